@@ -1,0 +1,139 @@
+"""Transformer building blocks shared by ST-MEM and the baselines (flax.linen)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+HEAD_DIM = 64
+ENCODER_LN_EPS = 1e-5
+
+xavier_uniform = nn.initializers.xavier_uniform()
+
+
+def dense(features: int, dtype: Any, name: str | None = None) -> nn.Dense:
+    """Dense layer with the ST-MEM initialisation: Xavier-uniform kernel, zero bias, float32 params."""
+    return nn.Dense(features, dtype=dtype, param_dtype=jnp.float32, kernel_init=xavier_uniform,
+                    bias_init=nn.initializers.zeros, name=name)
+
+
+def layer_norm(eps: float, dtype: Any, name: str | None = None) -> nn.LayerNorm:
+    return nn.LayerNorm(epsilon=eps, dtype=dtype, param_dtype=jnp.float32, name=name)
+
+
+class PatchEmbedding(nn.Module):
+    """LayerNorm(P) -> Dense(P -> W) -> LayerNorm(W), applied to the last axis."""
+
+    width: int
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, patches: jax.Array) -> jax.Array:
+        x = layer_norm(ENCODER_LN_EPS, self.dtype, "norm_in")(patches)
+        x = dense(self.width, self.dtype, "proj")(x)
+        return layer_norm(ENCODER_LN_EPS, self.dtype, "norm_out")(x)
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drops the whole residual branch per example with probability ``rate``."""
+
+    rate: float
+
+    @nn.compact
+    def __call__(self, x: jax.Array, deterministic: bool) -> jax.Array:
+        if deterministic or self.rate == 0.0:
+            return x
+        keep = 1.0 - self.rate
+        shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+        survive = jax.random.bernoulli(self.make_rng("dropout"), keep, shape)
+        return jnp.where(survive, x / keep, 0.0).astype(x.dtype)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with a fused qkv projection and heads of dimension 64.
+
+    qkv features are laid out [q | k | v], each head-major (feature = head * 64 + d).
+    """
+
+    heads: int
+    attn_dropout: float = 0.0
+    dropout: float = 0.0
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, deterministic: bool = True) -> jax.Array:
+        *batch, length, width = x.shape
+        qkv = dense(3 * self.heads * HEAD_DIM, self.dtype, "qkv")(x)
+        q, k, v = jnp.split(qkv.reshape(*batch, length, 3, self.heads, HEAD_DIM), 3, axis=-3)
+        q, k, v = (t.squeeze(-3) for t in (q, k, v))  # (..., L, H, 64)
+        if deterministic or self.attn_dropout == 0.0:
+            out = jax.nn.dot_product_attention(q, k, v, scale=HEAD_DIM ** -0.5)
+        else:
+            logits = jnp.einsum("...qhd,...khd->...hqk", q, k) * HEAD_DIM ** -0.5
+            weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(v.dtype)
+            weights = nn.Dropout(self.attn_dropout)(weights, deterministic=False)
+            out = jnp.einsum("...hqk,...khd->...qhd", weights, v)
+        out = dense(width, self.dtype, "out")(out.reshape(*batch, length, self.heads * HEAD_DIM))
+        return nn.Dropout(self.dropout)(out, deterministic=deterministic)
+
+
+class MLP(nn.Module):
+    """Dense(W -> hidden) -> exact GELU -> dropout -> Dense(hidden -> W) -> dropout."""
+
+    hidden: int
+    dropout: float = 0.0
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, deterministic: bool = True) -> jax.Array:
+        width = x.shape[-1]
+        h = nn.gelu(dense(self.hidden, self.dtype, "fc1")(x), approximate=False)
+        h = nn.Dropout(self.dropout)(h, deterministic=deterministic)
+        h = dense(width, self.dtype, "fc2")(h)
+        return nn.Dropout(self.dropout)(h, deterministic=deterministic)
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + Attn(LN(x)), then x + MLP(LN(x))."""
+
+    heads: int
+    mlp_dim: int
+    ln_eps: float = ENCODER_LN_EPS
+    dropout: float = 0.0
+    attn_dropout: float = 0.0
+    drop_path: float = 0.0
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, deterministic: bool = True) -> jax.Array:
+        drop_path = DropPath(self.drop_path)
+        h = layer_norm(self.ln_eps, self.dtype, "attn_norm")(x)
+        h = Attention(self.heads, self.attn_dropout, self.dropout, self.dtype, name="attn")(h, deterministic)
+        x = x + drop_path(h, deterministic)
+        h = layer_norm(self.ln_eps, self.dtype, "mlp_norm")(x)
+        h = MLP(self.mlp_dim, self.dropout, self.dtype, name="mlp")(h, deterministic)
+        return x + drop_path(h, deterministic)
+
+
+class Transformer(nn.Module):
+    """``depth`` blocks named ``block_0`` ...; drop-path rate rises linearly from 0 to ``drop_path``."""
+
+    depth: int
+    heads: int
+    mlp_dim: int
+    ln_eps: float = ENCODER_LN_EPS
+    dropout: float = 0.0
+    attn_dropout: float = 0.0
+    drop_path: float = 0.0
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, deterministic: bool = True) -> jax.Array:
+        for i in range(self.depth):
+            rate = self.drop_path * i / (self.depth - 1) if self.depth > 1 else 0.0
+            x = Block(self.heads, self.mlp_dim, self.ln_eps, self.dropout, self.attn_dropout, rate,
+                      self.dtype, name=f"block_{i}")(x, deterministic)
+        return x

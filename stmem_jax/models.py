@@ -1,0 +1,95 @@
+"""Model presets, construction by name, and the model description stored with checkpoints."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from stmem_jax.baselines import BaselineClassifier, BaselineMAE
+from stmem_jax.st_mem import STMEM, STMEMClassifier
+
+# Encoder width / depth / heads / MLP and decoder width / depth / heads (heads are always 64 wide).
+PRESETS: dict[str, dict[str, int]] = {
+    "tiny": dict(width=128, depth=4, heads=2, mlp_dim=512, decoder_width=64, decoder_depth=2, decoder_heads=1),
+    "vit_small": dict(width=384, depth=12, heads=6, mlp_dim=1536, decoder_width=256, decoder_depth=4, decoder_heads=4),
+    "vit_base": dict(width=768, depth=12, heads=12, mlp_dim=3072, decoder_width=256, decoder_depth=4, decoder_heads=4),
+}
+
+# Model kinds: class and fixed attributes.
+KINDS: dict[str, tuple[type[nn.Module], dict[str, Any]]] = {
+    "st_mem": (STMEM, {}),
+    "st_mem_classifier": (STMEMClassifier, {}),
+    "mtae": (BaselineMAE, {"token_axis": "time"}),
+    "mtae_classifier": (BaselineClassifier, {"token_axis": "time"}),
+    "mlae": (BaselineMAE, {"token_axis": "lead"}),
+    "mlae_classifier": (BaselineClassifier, {"token_axis": "lead"}),
+}
+
+PRETRAINING_KINDS = ("st_mem", "mtae", "mlae")
+
+
+def _fields(cls: type[nn.Module]) -> set[str]:
+    return set(cls.__dataclass_fields__) - {"parent", "name"}
+
+
+def create_model(kind: str = "st_mem", preset: str = "tiny", **overrides: Any) -> nn.Module:
+    """Builds a model by kind (see ``KINDS``) and preset (see ``PRESETS``); keyword arguments
+    override any field, e.g. ``create_model('st_mem_classifier', 'vit_base', num_classes=5)``."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown model kind {kind!r}; choose from {sorted(KINDS)}")
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
+    cls, fixed = KINDS[kind]
+    fields = _fields(cls)
+    unknown = set(overrides) - fields
+    if unknown:
+        raise ValueError(f"{cls.__name__} has no field(s) {sorted(unknown)}")
+    kwargs = {k: v for k, v in PRESETS[preset].items() if k in fields} | fixed | overrides
+    return cls(**kwargs)
+
+
+def model_config(model: nn.Module) -> dict[str, Any]:
+    """JSON-serialisable description of a model: its kind and every field."""
+    for kind, (cls, fixed) in KINDS.items():
+        if type(model) is cls and all(getattr(model, k) == v for k, v in fixed.items()):
+            break
+    else:
+        raise ValueError(f"not a model of this package: {type(model).__name__}")
+    config = {name: getattr(model, name) for name in sorted(_fields(cls))}
+    config["dtype"] = jnp.dtype(config["dtype"]).name
+    return {"kind": kind, **config}
+
+
+def model_from_config(config: dict[str, Any]) -> nn.Module:
+    """Inverse of :func:`model_config`."""
+    config = dict(config)
+    kind = config.pop("kind")
+    cls, _ = KINDS[kind]
+    config["dtype"] = jnp.dtype(config["dtype"])
+    return cls(**config)
+
+
+def example_input(model: nn.Module, batch: int = 1) -> jax.Array:
+    """A zero batch of the shape the model expects, (batch, num_leads, seq_len)."""
+    return jnp.zeros((batch, model.num_leads, model.seq_len), jnp.float32)
+
+
+def init_variables(model: nn.Module, key: jax.Array) -> dict[str, Any]:
+    """Initial variables of any model of this package, from one PRNG key."""
+    params_key, masking_key, dropout_key = jax.random.split(key, 3)
+    rngs = {"params": params_key, "masking": masking_key, "dropout": dropout_key}
+    return model.init(rngs, example_input(model))
+
+
+def count_parameters(model: nn.Module, variables: dict[str, Any]) -> int:
+    """Parameter count as the ST-MEM paper counts it: the parameters plus the fixed
+    positional tables of pre-training models."""
+    count = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(variables["params"]))
+    if isinstance(model, (STMEM, BaselineMAE)):
+        tables = model.apply(variables, method=lambda m: m.fixed_tables())
+        count += sum(int(np.prod(t.shape)) for t in tables.values())
+    return count
