@@ -79,10 +79,10 @@ def example_input(model: nn.Module, batch: int = 1) -> jax.Array:
 
 
 def init_variables(model: nn.Module, key: jax.Array) -> dict[str, Any]:
-    """Initial variables of any model of this package, from one PRNG key."""
+    """Initial variables of any model of this package, from one PRNG key (initialised under jit)."""
     params_key, masking_key, dropout_key = jax.random.split(key, 3)
     rngs = {"params": params_key, "masking": masking_key, "dropout": dropout_key}
-    return model.init(rngs, example_input(model))
+    return jax.jit(model.init)(rngs, example_input(model))
 
 
 def count_parameters(model: nn.Module, variables: dict[str, Any]) -> int:
@@ -90,6 +90,6 @@ def count_parameters(model: nn.Module, variables: dict[str, Any]) -> int:
     positional tables of pre-training models."""
     count = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(variables["params"]))
     if isinstance(model, (STMEM, BaselineMAE)):
-        tables = model.apply(variables, method=lambda m: m.fixed_tables())
+        tables = model.fixed_tables()
         count += sum(int(np.prod(t.shape)) for t in tables.values())
     return count

@@ -1,0 +1,50 @@
+"""A model and its variables as one directory: orbax-written variables plus ``model.json``."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import flax.linen as nn
+import jax
+import orbax.checkpoint as ocp
+from etils import epath
+
+from stmem_jax.models import init_variables, model_config, model_from_config
+
+MODEL_FILE = "model.json"
+VARIABLES_DIR = "variables"
+
+
+def _path(directory: str | os.PathLike) -> epath.Path:
+    text = os.fspath(directory)
+    return epath.Path(text if "://" in text else os.path.abspath(text))
+
+
+def save_model(directory: str | os.PathLike, model: nn.Module, variables: dict[str, Any], *,
+               overwrite: bool = False, metadata: dict[str, Any] | None = None) -> epath.Path:
+    """Writes ``variables`` with orbax and the model description, so :func:`load_model` (and the
+    trainers) can rebuild both. Refuses to replace an existing directory unless ``overwrite``."""
+    path = _path(directory)
+    if path.exists() and any(path.iterdir()) and not overwrite:
+        raise FileExistsError(f"{path} already exists and is not empty; pass overwrite=True to replace it")
+    path.mkdir(parents=True, exist_ok=True)
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save(path / VARIABLES_DIR, variables, force=overwrite)
+    checkpointer.wait_until_finished()
+    description = {"model": model_config(model), "metadata": metadata or {}}
+    (path / MODEL_FILE).write_text(json.dumps(description, indent=2, sort_keys=True))
+    return path
+
+
+def load_model(directory: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuilds the model saved by :func:`save_model` and restores its variables."""
+    path = _path(directory)
+    description_file = path / MODEL_FILE
+    if not description_file.exists():
+        raise FileNotFoundError(f"{path} is not a saved model: {MODEL_FILE} is missing")
+    model = model_from_config(json.loads(description_file.read_text())["model"])
+    target = jax.eval_shape(lambda: init_variables(model, jax.random.key(0)))
+    variables = ocp.StandardCheckpointer().restore(path / VARIABLES_DIR, target)
+    return model, variables
