@@ -1,0 +1,3 @@
+"""ST-MEM in JAX/Flax."""
+
+__version__ = "0.1.0"

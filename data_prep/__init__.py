@@ -1,0 +1,1 @@
+"""Dataset preparation: native ECG datasets -> TFRecord shards (stmem-prepare)."""

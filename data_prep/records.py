@@ -1,0 +1,70 @@
+"""What a dataset reader hands to the preparation pipeline."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import numpy as np
+
+
+@dataclasses.dataclass
+class Record:
+    """One native record: where it is, who it belongs to, and its labels."""
+
+    record_id: str
+    patient_id: str
+    source: str
+    path: str                                   # the file named in reports
+    locator: Any = None                         # whatever the reader needs to load the signal
+    codes: list[str] = dataclasses.field(default_factory=list)
+    code_weights: list[float] = dataclasses.field(default_factory=list)
+    labels: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+    age: float = math.nan
+    sex: str = ""
+    fold: int = 0
+    split: str | None = None                    # set by the reader or by the split step
+    duration_s: float | None = None             # when cheap to know: used to size shards
+
+
+@dataclasses.dataclass
+class Signal:
+    """A loaded record: (leads, samples) in mV, its sampling rate and the file's lead names."""
+
+    data: np.ndarray
+    fs: float
+    lead_names: list[str]
+
+
+@dataclasses.dataclass
+class Skip:
+    """A record (or part of one) left out, and why."""
+
+    record_id: str
+    path: str
+    reason: str
+
+    def as_dict(self) -> dict[str, str]:
+        return dataclasses.asdict(self)
+
+
+class RecordError(Exception):
+    """A record cannot be used; the message is the reason written to the skip list."""
+
+
+def parse_age(value: Any) -> float:
+    try:
+        age = float(value)
+    except (TypeError, ValueError):
+        return math.nan
+    return age if 0 <= age < 130 else math.nan
+
+
+def parse_sex(value: Any) -> str:
+    text = str(value).strip().lower()
+    if text in ("m", "male", "0", "0.0", "true"):
+        return "M"
+    if text in ("f", "female", "1", "1.0", "false"):
+        return "F"
+    return ""

@@ -1,0 +1,55 @@
+"""PhysioNet/CinC Challenge 2017: ``training2017/A00001.{hea,mat}`` (1 lead, 300 Hz) and
+``REFERENCE.csv`` lines ``A00001,N`` (N normal, A AF, O other rhythm, ~ noisy)."""
+
+from __future__ import annotations
+
+import glob
+import os
+
+import pandas as pd
+
+from data_prep.records import Record, Signal, Skip
+from data_prep.sources.base import Source
+from data_prep.sources.wfdb_io import read_signal
+
+CLASSES = ("N", "A", "O", "~")
+
+
+class PhysioNet2017(Source):
+    """Single-lead (handheld, lead I equivalent); task ``af2017`` with the four classes."""
+
+    name = "physionet2017"
+    leads = ("I",)
+
+    def _reference(self) -> str:
+        found = sorted(glob.glob(os.path.join(self.input_dir, "**", "REFERENCE*.csv"), recursive=True))
+        if not found:
+            raise FileNotFoundError(f"no REFERENCE.csv under {self.input_dir}: is it the training2017 folder?")
+        return found[0]
+
+    def index_files(self) -> list[str]:
+        return [self._reference()]
+
+    def list_records(self) -> tuple[list[Record], list[Skip]]:
+        reference = pd.read_csv(self._reference(), header=None, names=["record", "label"], dtype=str)
+        headers = {os.path.basename(p)[:-4]: p[:-4]
+                   for p in glob.glob(os.path.join(self.input_dir, "**", "*.hea"), recursive=True)}
+        records, skipped = [], []
+        for name, label in zip(reference["record"].str.strip(), reference["label"].str.strip()):
+            base = headers.get(name)
+            if base is None:
+                skipped.append(Skip(name, os.path.join(self.input_dir, name + ".hea"), "header file missing"))
+                continue
+            if label not in CLASSES:
+                skipped.append(Skip(name, base + ".hea", f"unknown label code {label!r}"))
+                continue
+            records.append(Record(record_id=name, patient_id=name, source=self.name, path=base + ".hea",
+                                  locator=base, codes=[label], code_weights=[1.0], labels={"af2017": [label]}))
+        self.tasks = {"af2017": {"classes": list(CLASSES), "multilabel": False}}
+        self.split_task = "af2017"
+        return records, skipped
+
+    def load(self, record: Record) -> Signal:
+        signal = read_signal(record.locator)
+        # one channel whatever the header calls it: the handheld lead is lead I
+        return Signal(signal.data[:1], signal.fs, ["I"])

@@ -1,0 +1,101 @@
+"""PTB-XL (PhysioNet v1.0.3): ``ptbxl_database.csv``, ``scp_statements.csv``, ``records500/``."""
+
+from __future__ import annotations
+
+import ast
+import math
+import os
+
+import pandas as pd
+
+from data_prep.records import Record, Skip, parse_age
+from data_prep.sources.base import Source, vocabulary
+from data_prep.sources.wfdb_io import read_signal
+
+# strat_fold -> split: the ST-MEM protocol (70/10/20) and the Strodthoff et al. benchmark.
+SPLIT_SCHEMES = {
+    "st_mem": {**{f: "train" for f in range(1, 8)}, 8: "validation", 9: "test", 10: "test"},
+    "benchmark": {**{f: "train" for f in range(1, 9)}, 9: "validation", 10: "test"},
+}
+BENCHMARK_TASKS = ("all", "diagnostic", "subdiagnostic", "superdiagnostic", "form", "rhythm")
+
+
+class PTBXL(Source):
+    """Tasks: the six benchmark label sets (multi-label) and ``st_mem``, the superdiagnostic
+    records with exactly one superclass as a 5-class single-label task. A code counts whatever
+    its likelihood (as in the benchmark); likelihoods / 100 are kept as ``code_weights``."""
+
+    name = "ptbxl"
+
+    def index_files(self) -> list[str]:
+        return [os.path.join(self.input_dir, f) for f in ("ptbxl_database.csv", "scp_statements.csv")]
+
+    def _read_csv(self, name: str, **kwargs) -> pd.DataFrame:
+        path = os.path.join(self.input_dir, name)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{path} not found: is {self.input_dir} the PTB-XL root folder?")
+        return pd.read_csv(path, **kwargs)
+
+    def list_records(self) -> tuple[list[Record], list[Skip]]:
+        database = self._read_csv("ptbxl_database.csv")
+        statements = self._read_csv("scp_statements.csv", index_col=0)
+        scheme = SPLIT_SCHEMES[self.options.get("split_scheme", "st_mem")]
+        resolution = self.options.get("resolution", "hr")
+        records, skipped = [], []
+        for row in database.itertuples(index=False):
+            base = os.path.join(self.input_dir, str(getattr(row, f"filename_{resolution}")))
+            path = base + ".hea"
+            record_id = str(int(row.ecg_id))
+            try:
+                scp = ast.literal_eval(row.scp_codes)
+                if not isinstance(scp, dict):
+                    raise ValueError("not a dict")
+            except (ValueError, SyntaxError) as error:
+                skipped.append(Skip(record_id, path, f"unparsable scp_codes {row.scp_codes!r} ({error})"))
+                continue
+            unknown = [code for code in scp if code not in statements.index]
+            if unknown:
+                skipped.append(Skip(record_id, path, f"unknown SCP code(s) {', '.join(unknown)}"))
+                continue
+            fold = int(row.strat_fold)
+            if fold not in scheme:
+                skipped.append(Skip(record_id, path, f"strat_fold {fold} outside 1..10"))
+                continue
+            records.append(Record(
+                record_id=record_id, patient_id=str(int(row.patient_id)), source=self.name, path=path,
+                locator=base, codes=list(scp), code_weights=[float(v) / 100 for v in scp.values()],
+                labels=_labels(list(scp), statements), age=parse_age(row.age),
+                sex={0: "M", 1: "F"}.get(_int(row.sex), ""), fold=fold, split=scheme[fold], duration_s=10.0))
+        self.tasks = {task: {"classes": vocabulary(records, task), "multilabel": True} for task in BENCHMARK_TASKS}
+        self.tasks["st_mem"] = {"classes": vocabulary(records, "st_mem"), "multilabel": False}
+        self.split_task = "st_mem"
+        return records, skipped
+
+    def load(self, record: Record):
+        return read_signal(record.locator)
+
+
+def _int(value) -> int | None:
+    try:
+        return None if value is None or math.isnan(float(value)) else int(float(value))
+    except ValueError:
+        return None
+
+
+def _labels(codes: list[str], statements: pd.DataFrame) -> dict[str, list[str]]:
+    def members(column: str) -> list[str]:
+        return [c for c in codes if statements.at[c, column] == 1]
+
+    diagnostic = members("diagnostic")
+    labels = {
+        "all": sorted(codes),
+        "diagnostic": sorted(diagnostic),
+        "subdiagnostic": sorted({str(statements.at[c, "diagnostic_subclass"]) for c in diagnostic
+                                 if isinstance(statements.at[c, "diagnostic_subclass"], str)}),
+        "superdiagnostic": sorted({str(statements.at[c, "diagnostic_class"]) for c in diagnostic
+                                   if isinstance(statements.at[c, "diagnostic_class"], str)}),
+        "form": sorted(members("form")),
+        "rhythm": sorted(members("rhythm")),
+    }
+    labels["st_mem"] = labels["superdiagnostic"] if len(labels["superdiagnostic"]) == 1 else []
+    return labels

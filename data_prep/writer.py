@@ -1,0 +1,262 @@
+"""The preparation run: plan shards, process records in worker processes, write shards
+atomically, resume, and assemble the manifest and TFDS metadata."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import multiprocessing
+import os
+import re
+import shutil
+import sys
+from collections import Counter, defaultdict
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from data_prep.records import Record, RecordError, Skip
+from data_prep.signals import Processing, make_windows
+from data_prep.sources.base import Source
+from data_prep.splits import SPLITS, assign_splits
+from stmem_jax import __version__
+from stmem_jax.data import format as fmt
+
+PROGRESS_DIR = ".progress"
+PLAN_FILE = "plan.json"
+_OWN_FILE = re.compile(r"^((train|validation|test)-\d{5}-of-\d{5}(\.tmp-\d+)?|manifest\.json|dataset_info\.json|"
+                       r"features\.json|\.progress)$")
+
+
+class PrepareError(Exception):
+    """The run cannot go on (strict mode, unusable output folder); the message names the file."""
+
+
+@dataclasses.dataclass
+class Job:
+    split: str
+    index: int
+    count: int
+    records: list[Record]
+
+    @property
+    def name(self) -> str:
+        return fmt.shard_name(self.split, self.index, self.count)
+
+
+def plan_shards(records: list[Record], proc: Processing, shard_windows: int) -> list[Job]:
+    """Records grouped by split into shards of about ``shard_windows`` windows each."""
+    jobs = []
+    for split in SPLITS:
+        members = [r for r in records if r.split == split]
+        groups, current, size = [], [], 0.0
+        for record in members:
+            windows = max(1.0, (record.duration_s or proc.window_s) // proc.window_s)
+            if current and size + windows > shard_windows:
+                groups.append(current)
+                current, size = [], 0.0
+            current.append(record)
+            size += windows
+        if current:
+            groups.append(current)
+        jobs += [Job(split, i, len(groups), group) for i, group in enumerate(groups)]
+    return jobs
+
+
+def input_digest(source: Source, records: list[Record]) -> dict[str, Any]:
+    """Sizes of every signal file (as a digest) and checksums of the index files."""
+    sizes = hashlib.sha256()
+    total, files = 0, sorted({f for r in records for f in _signal_files(r.path)})
+    for path in files:
+        size = os.path.getsize(path) if os.path.exists(path) else -1
+        total += max(size, 0)
+        sizes.update(f"{source.relpath(path)}\t{size}\n".encode())
+    index = {}
+    for path in source.index_files():
+        with open(path, "rb") as f:
+            index[source.relpath(path)] = {"bytes": os.path.getsize(path), "sha256": hashlib.sha256(f.read()).hexdigest()}
+    return {"root": source.input_dir, "signal_files": len(files), "signal_bytes": total,
+            "signal_sizes_sha256": sizes.hexdigest(), "index_files": index}
+
+
+def _signal_files(path: str) -> list[str]:
+    """The files a record is read from: a WFDB header with its .dat/.mat, or the file itself."""
+    if not path.endswith(".hea"):
+        return [path]
+    return [path] + [p for p in (path[:-4] + ".dat", path[:-4] + ".mat") if os.path.exists(p)]
+
+
+def _prepare_output(output: str, overwrite: bool) -> None:
+    if os.path.exists(os.path.join(output, fmt.MANIFEST)) and not overwrite:
+        raise PrepareError(f"{output} already holds a prepared dataset; pass --overwrite to replace it")
+    if os.path.isdir(output):
+        entries = os.listdir(output)
+        foreign = [e for e in entries if not _OWN_FILE.match(e)]
+        if foreign:
+            raise PrepareError(f"{output} is not empty and not a preparation output (found {foreign[0]!r})")
+        if overwrite:
+            for entry in entries:
+                path = os.path.join(output, entry)
+                shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+    os.makedirs(os.path.join(output, PROGRESS_DIR), exist_ok=True)
+
+
+def _check_plan(output: str, plan: dict[str, Any]) -> None:
+    """Starts a new plan, or resumes one only if it is the same plan."""
+    path = os.path.join(output, PROGRESS_DIR, PLAN_FILE)
+    if os.path.exists(path):
+        with open(path) as f:
+            if json.load(f)["fingerprint"] != plan["fingerprint"]:
+                raise PrepareError(f"{output} holds an unfinished preparation with other inputs or settings; "
+                                   f"pass --overwrite to start again")
+        return
+    _write_json(path, plan)
+
+
+def _write_json(path: str, content: Any) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(content, f, indent=1, sort_keys=True, default=float)
+    os.replace(tmp, path)
+
+
+def run_job(job: Job, source: Source, proc: Processing, output: str, tasks: list[str], strict: bool) -> dict:
+    """Processes one shard's records and writes the shard. Returns its statistics."""
+    features = fmt.features_dict(len(source.leads), proc.window_samples, tasks)
+    classes: dict[str, Counter] = {task: Counter() for task in tasks}
+    skipped: list[dict] = []
+    error_max, error_sq, error_n, used = 0.0, 0.0, 0, 0
+
+    def examples():
+        nonlocal error_max, error_sq, error_n, used
+        for record in job.records:
+            try:
+                windows, dropped = make_windows(source.load(record), source.leads, proc)
+                if dropped:
+                    skipped.append(Skip(record.record_id, record.path, f"{dropped} window(s) with NaN dropped").as_dict())
+                if not windows:
+                    raise RecordError("no window without NaN")
+            except RecordError as error:
+                if strict:
+                    raise PrepareError(f"{record.path}: {error}") from error
+                skipped.append(Skip(record.record_id, record.path, str(error)).as_dict())
+                continue
+            used += 1
+            for window, data in windows:
+                example = fmt.make_example(
+                    data, record_id=record.record_id, patient_id=record.patient_id, source=record.source,
+                    split=job.split, window=window, age=record.age, sex=record.sex, fold=record.fold,
+                    codes=record.codes, code_weights=record.code_weights,
+                    labels={task: record.labels.get(task, []) for task in tasks})
+                error = np.abs(fmt.dequantize(example["signal"], example["scale"]) - data)
+                error_max = max(error_max, float(error.max()))
+                error_sq += float(np.square(error, dtype=np.float64).sum())
+                error_n += error.size
+                for task in tasks:
+                    classes[task].update(example["labels"][task])
+                yield features.serialize_example(example)
+
+    count, size = fmt.write_shard(os.path.join(output, job.name), examples())
+    result = {"shard": job.name, "split": job.split, "examples": count, "bytes": size, "records": used,
+              "skipped": skipped, "classes": {t: dict(c) for t, c in classes.items()},
+              "error_max_mv": error_max, "error_sq_sum": error_sq, "error_n": error_n}
+    _write_json(os.path.join(output, PROGRESS_DIR, job.name + ".json"), result)
+    return result
+
+
+def _job_worker(args):
+    return run_job(*args)
+
+
+def _pool(workers: int):
+    # fork is cheap, but only safe while TensorFlow is not loaded in this process
+    method = "fork" if "fork" in multiprocessing.get_all_start_methods() and "tensorflow" not in sys.modules \
+        else "spawn"
+    return multiprocessing.get_context(method).Pool(workers)
+
+
+def prepare(source: Source, output: str, proc: Processing, *, workers: int = 1, overwrite: bool = False,
+            strict: bool = False, seed: int = 0, shard_windows: int = 2000, progress: bool = True,
+            args: dict | None = None) -> dict[str, Any]:
+    """Prepares ``source`` into ``output``; resumes an unfinished run of the same plan.
+    Returns the manifest."""
+    output = os.path.abspath(output)
+    _prepare_output(output, overwrite)
+    records, listing_skips = source.list_records()
+    if strict and listing_skips:
+        raise PrepareError(f"{listing_skips[0].path}: {listing_skips[0].reason}")
+    if not records:
+        raise PrepareError(f"no usable records found in {source.input_dir}")
+    if source.pretraining:
+        for record in records:
+            record.split = "train"
+    assign_splits(records, source.split_task, seed)
+    jobs = plan_shards(records, proc, shard_windows)
+    tasks = sorted(source.tasks)
+    inputs = input_digest(source, records)
+    settings = {"source": source.name, "options": source.options, "processing": dataclasses.asdict(proc),
+                "seed": seed, "shard_windows": shard_windows, "tasks": tasks}
+    fingerprint = hashlib.sha256(json.dumps(
+        [settings, inputs, [(j.name, [r.record_id for r in j.records]) for j in jobs]],
+        sort_keys=True, default=str).encode()).hexdigest()
+    _check_plan(output, {"fingerprint": fingerprint, "settings": settings})
+
+    progress_dir = os.path.join(output, PROGRESS_DIR)
+    done = {j.name for j in jobs if os.path.exists(os.path.join(output, j.name))
+            and os.path.exists(os.path.join(progress_dir, j.name + ".json"))}
+    pending = [j for j in jobs if j.name not in done]
+    bar = tqdm(total=len(records), initial=sum(len(j.records) for j in jobs if j.name in done),
+               unit="rec", desc=f"{source.name} -> {len(jobs)} shards", disable=not progress)
+    work = [(job, source, proc, output, tasks, strict) for job in pending]
+    if workers > 1 and len(pending) > 1:
+        with _pool(min(workers, len(pending))) as pool:
+            for result in pool.imap_unordered(_job_worker, work):
+                bar.update(len(next(j for j in pending if j.name == result["shard"]).records))
+    else:
+        for item in work:
+            run_job(*item)
+            bar.update(len(item[0].records))
+    bar.close()
+    return _finish(output, source, proc, jobs, tasks, listing_skips, inputs, settings, args)
+
+
+def _finish(output, source, proc, jobs, tasks, listing_skips, inputs, settings, args) -> dict[str, Any]:
+    results = []
+    for job in jobs:
+        with open(os.path.join(output, PROGRESS_DIR, job.name + ".json")) as f:
+            results.append(json.load(f))
+    splits: dict[str, dict[str, Any]] = {}
+    for split in SPLITS:
+        own = [r for r in results if r["split"] == split]
+        if not own:
+            continue
+        classes: dict[str, Counter] = defaultdict(Counter)
+        for r in own:
+            for task, counts in r["classes"].items():
+                classes[task].update(counts)
+        splits[split] = {"examples": sum(r["examples"] for r in own), "records": sum(r["records"] for r in own),
+                         "bytes": sum(r["bytes"] for r in own), "shard_lengths": [r["examples"] for r in own],
+                         "classes": {t: dict(sorted(c.items())) for t, c in sorted(classes.items())}}
+    skipped = [s.as_dict() for s in listing_skips] + [s for r in results for s in r["skipped"]]
+    error_n = sum(r["error_n"] for r in results)
+    manifest = {
+        "format_version": 1, "tool": f"stmem-prepare {__version__}", "source": source.name,
+        "leads": list(source.leads), "sampling_rate": proc.fs, "window_samples": proc.window_samples,
+        "window_s": proc.window_s, "filter": proc.filter_settings(),
+        "tasks": {t: source.tasks[t] for t in tasks}, "splits": splits,
+        "storage": {"dtype": "int16", "scale": "per example: max |x| -> 32767; mV = value * scale",
+                    "max_abs_error_uv": 1000 * max((r["error_max_mv"] for r in results), default=0.0),
+                    "rms_error_uv": 1000 * float(np.sqrt(sum(r["error_sq_sum"] for r in results) / max(error_n, 1)))},
+        "inputs": inputs, "settings": settings, "args": args or {},
+        "skipped_count": len({s["record_id"] for s in skipped if "window(s)" not in s["reason"]}),
+        "skipped": skipped,
+    }
+    written = {s: info["shard_lengths"] for s, info in splits.items() if info["examples"]}
+    if written:
+        fmt.write_tfds_metadata(output, fmt.features_dict(len(source.leads), proc.window_samples, tasks), written,
+                                description=f"ECG windows prepared by stmem-prepare from {source.name}")
+    _write_json(os.path.join(output, fmt.MANIFEST), manifest)
+    shutil.rmtree(os.path.join(output, PROGRESS_DIR))
+    return manifest

@@ -1,0 +1,1 @@
+"""ECG data: the shard format shared by data_prep and the input pipeline, and the pipeline."""

@@ -1,0 +1,101 @@
+"""Small datasets written in each native layout, with the signals they hold."""
+
+import os
+
+import h5py
+import numpy as np
+import pandas as pd
+import wfdb
+from scipy import io as sio
+
+PTBXL_LEADS = ["I", "II", "III", "AVR", "AVL", "AVF", "V1", "V2", "V3", "V4", "V5", "V6"]
+
+
+def ecg_like(rng, leads, samples, fs):
+    """Smooth multi-lead test signal in mV: a few sines per lead plus a little noise."""
+    t = np.arange(samples) / fs
+    out = np.zeros((leads, samples))
+    for lead in range(leads):
+        for _ in range(4):
+            out[lead] += rng.uniform(0.1, 0.6) * np.sin(2 * np.pi * rng.uniform(0.8, 25) * t + rng.uniform(0, 6))
+    return out + 0.01 * rng.standard_normal(out.shape)
+
+
+def write_wfdb(directory, name, signal, fs, lead_names, comments=(), mat=False):
+    """Writes (leads, samples) mV ``signal`` as WFDB (``.dat``, or Challenge-style MATLAB v4 ``.mat``)
+    with 1 uV resolution; returns the values as stored (NaN kept)."""
+    os.makedirs(directory, exist_ok=True)
+    digital = np.where(np.isnan(signal), -32768, np.round(np.nan_to_num(signal) * 1000)).astype(np.int16)
+    n = len(lead_names)
+    common = dict(record_name=name, n_sig=n, fs=fs, sig_len=signal.shape[1], fmt=["16"] * n,
+                  adc_gain=[1000.0] * n, baseline=[0] * n, units=["mV"] * n, sig_name=list(lead_names),
+                  adc_res=[16] * n, adc_zero=[0] * n, init_value=[int(v) for v in digital[:, 0]],
+                  checksum=[0] * n, block_size=[0] * n, comments=list(comments))
+    if mat:
+        sio.savemat(os.path.join(directory, name + ".mat"), {"val": digital}, format="4")
+        record = wfdb.Record(file_name=[name + ".mat"] * n, byte_offset=[24] * n, **common)
+    else:
+        record = wfdb.Record(file_name=[name + ".dat"] * n, d_signal=digital.T, **common)
+        record.wr_dats(expanded=False, write_dir=directory)
+    record.wrheader(write_dir=directory)
+    return np.where(digital == -32768, np.nan, digital / 1000.0)
+
+
+SCP_STATEMENTS = pd.DataFrame(
+    {"description": ["normal ECG", "inferior MI", "complete RBBB", "LVH", "sinus rhythm", "atrial fibrillation",
+                     "ischemic in anterolateral leads", "abnormal QRS"],
+     "diagnostic": [1, 1, 1, 1, np.nan, np.nan, 1, np.nan],
+     "form": [np.nan, np.nan, np.nan, np.nan, np.nan, np.nan, np.nan, 1],
+     "rhythm": [np.nan, np.nan, np.nan, np.nan, 1, 1, np.nan, np.nan],
+     "diagnostic_class": ["NORM", "MI", "CD", "HYP", np.nan, np.nan, "STTC", np.nan],
+     "diagnostic_subclass": ["NORM", "IMI", "CRBBB", "LVH", np.nan, np.nan, "ISCA", np.nan]},
+    index=pd.Index(["NORM", "IMI", "CRBBB", "LVH", "SR", "AFIB", "ISCAL", "ABQRS"]))
+
+
+def write_ptbxl(root, rows, seed=0):
+    """PTB-XL layout. ``rows``: dicts with ecg_id, patient_id, scp_codes (dict), strat_fold and
+    optionally signal ((12, 5000) mV at 500 Hz). Returns {ecg_id: stored signal}."""
+    rng = np.random.default_rng(seed)
+    stored, table = {}, []
+    for row in rows:
+        ecg_id = row["ecg_id"]
+        folder = f"records500/{ecg_id // 1000 * 1000:05d}"
+        signal = row.get("signal")
+        signal = ecg_like(rng, 12, 5000, 500) if signal is None else signal
+        stored[ecg_id] = write_wfdb(os.path.join(root, folder), f"{ecg_id:05d}_hr", signal, 500, PTBXL_LEADS)
+        table.append({"ecg_id": ecg_id, "patient_id": float(row["patient_id"]), "age": row.get("age", 60.0),
+                      "sex": row.get("sex", 0), "scp_codes": repr(row["scp_codes"]), "strat_fold": row["strat_fold"],
+                      "filename_lr": f"records100/{ecg_id // 1000 * 1000:05d}/{ecg_id:05d}_lr",
+                      "filename_hr": f"{folder}/{ecg_id:05d}_hr"})
+    pd.DataFrame(table).to_csv(os.path.join(root, "ptbxl_database.csv"), index=False)
+    SCP_STATEMENTS.to_csv(os.path.join(root, "scp_statements.csv"))
+    return stored
+
+
+def write_cpsc_original(root, records, seed=0):
+    """Original CPSC2018 release. ``records``: (name, [class numbers], seconds). Returns signals."""
+    rng = np.random.default_rng(seed)
+    folder = os.path.join(root, "TrainingSet1")
+    os.makedirs(folder, exist_ok=True)
+    signals, rows = {}, []
+    for name, classes, seconds in records:
+        data = ecg_like(rng, 12, int(seconds * 500), 500)
+        sio.savemat(os.path.join(folder, name + ".mat"), {"ECG": {"sex": "Female", "age": 63, "data": data}})
+        signals[name] = data
+        rows.append([name] + [str(c) for c in classes] + [""] * (3 - len(classes)))
+    pd.DataFrame(rows, columns=["Recording", "First_label", "Second_label", "Third_label"]).to_csv(
+        os.path.join(folder, "REFERENCE.csv"), index=False)
+    return signals
+
+
+def write_code15(root, tracings, exam_ids, patient_ids):
+    """CODE-15 layout: one HDF5 part with (n, 4096, 12) tracings and exams.csv."""
+    os.makedirs(root, exist_ok=True)
+    with h5py.File(os.path.join(root, "exams_part0.hdf5"), "w") as f:
+        f.create_dataset("tracings", data=np.asarray(tracings, np.float32))
+        f.create_dataset("exam_id", data=np.asarray(exam_ids, np.int64))
+    rows = [{"exam_id": e, "age": 50, "is_male": i % 2 == 0, "nn_predicted_age": 51, "1dAVb": False,
+             "RBBB": i == 0, "LBBB": False, "SB": False, "ST": False, "AF": i == 1, "patient_id": p,
+             "death": False, "timey": 1.0, "normal_ecg": i > 1, "trace_file": "exams_part0.hdf5"}
+            for i, (e, p) in enumerate(zip(exam_ids, patient_ids)) if e != 0]
+    pd.DataFrame(rows).to_csv(os.path.join(root, "exams.csv"), index=False)

@@ -1,0 +1,318 @@
+import json
+import os
+
+import numpy as np
+import pytest
+from scipy import signal as sps
+
+import native_fixtures as nf
+from data_prep import writer
+from data_prep.cli import main
+from data_prep.signals import Processing, band_filter, resample
+from data_prep.sources import SOURCES
+from data_prep.writer import prepare
+
+
+def read_split(directory, split):
+    """Every example of a split through TFDS, signals in mV."""
+    import tensorflow_datasets as tfds
+
+    builder = tfds.builder_from_directory(str(directory))
+    out = []
+    for ex in tfds.as_numpy(builder.as_dataset(split=split, shuffle_files=False)):
+        ex = dict(ex)
+        ex["mv"] = ex["signal"].astype(np.float32) * ex["scale"]
+        out.append(ex)
+    return out
+
+
+def expected_windows(stored, fs, proc=Processing()):
+    processed = band_filter(resample(stored, fs, 250), 250, proc)
+    return [processed[:, i * 2500:(i + 1) * 2500] for i in range(processed.shape[1] // 2500)]
+
+
+def tolerance(window):
+    return np.abs(window).max() / 32767  # int16 storage step
+
+
+PTBXL_ROWS = [
+    # patient 1: two records, fold 1 -> train; patient 2: fold 8 -> validation; patient 3: fold 9 -> test
+    {"ecg_id": 1, "patient_id": 1, "scp_codes": {"NORM": 100.0, "SR": 0.0}, "strat_fold": 1},
+    {"ecg_id": 2, "patient_id": 1, "scp_codes": {"IMI": 80.0, "ABQRS": 0.0, "SR": 0.0}, "strat_fold": 1},
+    {"ecg_id": 3, "patient_id": 2, "scp_codes": {"CRBBB": 100.0, "AFIB": 0.0}, "strat_fold": 8},
+    {"ecg_id": 4, "patient_id": 3, "scp_codes": {"LVH": 50.0, "IMI": 100.0}, "strat_fold": 9},
+    {"ecg_id": 5, "patient_id": 4, "scp_codes": {"XYZ": 100.0}, "strat_fold": 2},  # unknown code
+    {"ecg_id": 1001, "patient_id": 5, "scp_codes": {"ISCAL": 100.0}, "strat_fold": 10},
+]
+
+
+@pytest.fixture(scope="module")
+def ptbxl(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ptbxl")
+    rows = [dict(r) for r in PTBXL_ROWS]
+    rows.append({"ecg_id": 6, "patient_id": 6, "scp_codes": {"NORM": 100.0}, "strat_fold": 3})
+    nan_signal = nf.ecg_like(np.random.default_rng(1), 12, 5000, 500)
+    nan_signal[4, 100:200] = np.nan
+    rows.append({"ecg_id": 7, "patient_id": 7, "scp_codes": {"NORM": 100.0}, "strat_fold": 3, "signal": nan_signal})
+    stored = nf.write_ptbxl(root, rows)
+    with open(root / "records500/00000/00006_hr.dat", "r+b") as f:  # truncate record 6
+        f.truncate(1000)
+    out = root / "shards"
+    manifest = prepare(SOURCES["ptbxl"](str(root)), str(out), Processing(), progress=False)
+    return root, out, manifest, stored
+
+
+def test_ptbxl_windows_match_fixture_signals_sample_by_sample(ptbxl):
+    root, out, manifest, stored = ptbxl
+    examples = {ex["record_id"].decode(): ex for split in ("train", "validation", "test")
+                for ex in read_split(out, split)}
+    assert sorted(examples) == ["1", "1001", "2", "3", "4"]
+    for record_id, ex in examples.items():
+        (window,) = expected_windows(stored[int(record_id)], 500)
+        assert ex["mv"].shape == (12, 2500)
+        np.testing.assert_allclose(ex["mv"], window, atol=tolerance(window) * 0.51 + 1e-7)
+
+
+def test_ptbxl_labels_splits_and_manifest(ptbxl):
+    root, out, manifest, _ = ptbxl
+    train = {ex["record_id"].decode(): ex for ex in read_split(out, "train")}
+    assert set(train) == {"1", "2"}
+    two = train["2"]
+    assert [c.decode() for c in two["codes"]] == ["IMI", "ABQRS", "SR"]
+    np.testing.assert_allclose(two["code_weights"], [0.8, 0.0, 0.0])
+    labels = {task: [c.decode() for c in v] for task, v in two["labels"].items()}
+    assert labels["superdiagnostic"] == ["MI"] and labels["st_mem"] == ["MI"]
+    assert labels["subdiagnostic"] == ["IMI"] and labels["form"] == ["ABQRS"] and labels["rhythm"] == ["SR"]
+    test = {ex["record_id"].decode(): ex for ex in read_split(out, "test")}
+    assert [c.decode() for c in test["4"]["labels"]["superdiagnostic"]] == ["HYP", "MI"]
+    assert list(test["4"]["labels"]["st_mem"]) == []  # two superclasses: not in the single-label task
+    assert test["4"]["fold"] == 9 and test["4"]["patient_id"] == b"3" and test["4"]["sex"] == b"M"
+
+    assert manifest["leads"] == ["I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6"]
+    assert manifest["sampling_rate"] == 250 and manifest["window_samples"] == 2500
+    assert manifest["filter"]["highpass_hz"] == 0.67 and manifest["filter"]["lowpass_hz"] == 40.0
+    assert manifest["tasks"]["superdiagnostic"] == {"classes": ["CD", "HYP", "MI", "NORM", "STTC"], "multilabel": True}
+    assert manifest["tasks"]["st_mem"]["multilabel"] is False
+    assert manifest["splits"]["train"]["examples"] == 2
+    assert manifest["splits"]["train"]["classes"]["superdiagnostic"] == {"MI": 1, "NORM": 1}
+    assert manifest["splits"]["validation"]["classes"]["st_mem"] == {"CD": 1}
+    reasons = {s["record_id"]: s["reason"] for s in manifest["skipped"]}
+    assert "unknown SCP code(s) XYZ" in reasons["5"]
+    assert "unreadable signal" in reasons["6"]
+    assert reasons["7"] in ("1 window(s) with NaN dropped", "no window without NaN") or "NaN" in reasons["7"]
+    assert manifest["skipped_count"] == 3
+    assert manifest["storage"]["max_abs_error_uv"] < 0.1
+    assert manifest["inputs"]["signal_files"] == 2 * 7 and "ptbxl_database.csv" in manifest["inputs"]["index_files"]
+    assert manifest["tool"].startswith("stmem-prepare ")
+    assert sorted(os.listdir(out)) == sorted(["dataset_info.json", "features.json", "manifest.json",
+                                              "train-00000-of-00001", "validation-00000-of-00001",
+                                              "test-00000-of-00001"])
+
+
+def test_existing_output_is_never_overwritten_without_flag(ptbxl, tmp_path, capsys):
+    root, out, _, _ = ptbxl
+    before = {name: os.path.getmtime(out / name) for name in os.listdir(out)}
+    assert main(["ptbxl", "--input", str(root), "--output", str(out), "--quiet"]) == 1
+    assert "--overwrite" in capsys.readouterr().err
+    assert before == {name: os.path.getmtime(out / name) for name in os.listdir(out)}
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep me")
+    assert main(["ptbxl", "--input", str(root), "--output", str(foreign), "--quiet", "--overwrite"]) == 1
+    assert (foreign / "notes.txt").read_text() == "keep me"
+
+
+def test_command_exit_status_counts_skips_and_strict_names_the_file(ptbxl, tmp_path, capsys):
+    root, _, _, _ = ptbxl
+    assert main(["ptbxl", "--input", str(root), "--output", str(tmp_path / "a"), "--quiet", "--no-filter",
+                 "--split-scheme", "benchmark"]) == 3
+    printed = capsys.readouterr().out
+    assert "skipped records: 3" in printed
+    manifest = json.loads((tmp_path / "a" / "manifest.json").read_text())
+    assert manifest["filter"] is None
+    # benchmark folds: 1-8 train (records 1, 2, 3), 9 validation (4), 10 test (1001)
+    assert [manifest["splits"][s]["records"] for s in ("train", "validation", "test")] == [3, 1, 1]
+    assert main(["ptbxl", "--input", str(root), "--output", str(tmp_path / "b"), "--quiet", "--strict"]) == 1
+    assert "XYZ" in capsys.readouterr().err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["wfdb", "--input", str(empty), "--output", str(tmp_path / "c"), "--quiet"]) == 1
+    assert "no usable records" in capsys.readouterr().err
+
+
+def test_resume_after_kill_redoes_nothing_and_matches_a_full_run(tmp_path, monkeypatch):
+    root = tmp_path / "native"
+    rows = [{"ecg_id": i, "patient_id": i, "scp_codes": {"NORM": 100.0}, "strat_fold": 1 + i % 7} for i in range(1, 9)]
+    nf.write_ptbxl(root, rows)
+    reference = prepare(SOURCES["ptbxl"](str(root)), str(tmp_path / "full"), Processing(), shard_windows=2,
+                        progress=False)
+    real_run_job, calls = writer.run_job, []
+
+    def dying(job, *args):
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # the process is killed while working on the third shard
+        calls.append(job.name)
+        return real_run_job(job, *args)
+
+    monkeypatch.setattr(writer, "run_job", dying)
+    out = tmp_path / "resumed"
+    with pytest.raises(KeyboardInterrupt):
+        prepare(SOURCES["ptbxl"](str(root)), str(out), Processing(), shard_windows=2, progress=False)
+    first = {name: os.path.getmtime(out / name) for name in calls}
+    assert not (out / "manifest.json").exists()
+    redone = []
+    monkeypatch.setattr(writer, "run_job", lambda job, *a: (redone.append(job.name), real_run_job(job, *a))[1])
+    manifest = prepare(SOURCES["ptbxl"](str(root)), str(out), Processing(), shard_windows=2, progress=False)
+    assert not set(redone) & set(calls) and len(redone) == 2
+    assert first == {name: os.path.getmtime(out / name) for name in calls}
+    assert manifest["splits"] == reference["splits"]
+    ids = sorted(ex["record_id"] for ex in read_split(out, "train"))
+    assert ids == sorted(ex["record_id"] for ex in read_split(tmp_path / "full", "train"))
+    assert len(ids) == len(set(ids)) == 8
+
+
+def test_challenge2021_subsets_labels_and_patient_disjoint_stratified_split(tmp_path):
+    root = tmp_path / "training"
+    rng = np.random.default_rng(0)
+    names = ["I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6"]
+    stored = {}
+    for i in range(3):
+        data = nf.ecg_like(rng, 12, 5000, 500)
+        stored[f"chapman_shaoxing/JS{i:05d}"] = nf.write_wfdb(root / "chapman_shaoxing" / "g1", f"JS{i:05d}", data, 500,
+                                                              names, ["Age: 70", "Sex: Male", "Dx: 426783006"], mat=True)
+    codes = ["426783006", "164889003", "713427006", "270492004"]  # NSR, AF, RBBB (equivalent code), I-AVB
+    for i in range(40):
+        data = nf.ecg_like(rng, 12, 7500 if i else 12500, 500)  # 15 s -> 1 window; record 0: 25 s -> 2
+        dx = codes[i % 4] + (",164884008" if i == 5 else "")
+        stored[f"cpsc_2018/A{i:04d}"] = nf.write_wfdb(root / "cpsc_2018" / "g1", f"A{i:04d}", data, 500,
+                                                      [n.upper() if i == 1 else n for n in names],
+                                                      ["Age: 50", "Sex: Female", f"Dx: {dx}"], mat=True)
+    bad = root / "cpsc_2018" / "g2"
+    nf.write_wfdb(bad, "B0001", nf.ecg_like(rng, 12, 5000, 500), 500, names, ["Dx: abc"], mat=True)
+    flat = nf.ecg_like(rng, 12, 5000, 500)
+    flat[3] = 0.0
+    nf.write_wfdb(bad, "B0002", flat, 500, names, ["Dx: 164931005"], mat=True)
+    nf.write_wfdb(bad, "B0003", nf.ecg_like(rng, 11, 5000, 500), 500, names[:11], ["Dx: 164931005"], mat=True)
+    nf.write_wfdb(bad, "B0004", nf.ecg_like(rng, 12, 2000, 500), 500, names, ["Dx: 164931005"], mat=True)
+    (bad / "B0005.hea").write_text("garbage\n")
+    out = tmp_path / "out"
+    source = SOURCES["challenge2021"](str(tmp_path), {"subsets": ["chapman_shaoxing", "cpsc_2018"]})
+    manifest = prepare(source, str(out), Processing(), progress=False, seed=3)
+
+    reasons = {s["record_id"]: s["reason"] for s in manifest["skipped"]}
+    assert "unknown label code" in reasons["cpsc_2018/B0001"]
+    assert reasons["cpsc_2018/B0002"] == "lead aVR is flat"
+    assert reasons["cpsc_2018/B0003"].startswith("missing lead(s) V6")
+    assert reasons["cpsc_2018/B0004"].startswith("shorter than the window (4.00 s")
+    assert "unreadable header" in reasons["cpsc_2018/B0005"]
+
+    examples = {}
+    for split in ("train", "validation", "test"):
+        for ex in read_split(out, split):
+            examples[(ex["record_id"].decode(), int(ex["window"]))] = (split, ex)
+    assert all(examples[(f"chapman_shaoxing/JS{i:05d}", 0)][0] == "train" for i in range(3))
+    assert (("cpsc_2018/A0000", 1)) in examples  # 25 s -> two windows, same split
+    assert examples[("cpsc_2018/A0000", 0)][0] == examples[("cpsc_2018/A0000", 1)][0]
+    for (record_id, w), (_, ex) in examples.items():
+        window = expected_windows(stored[record_id], 500)[w]
+        np.testing.assert_allclose(ex["mv"], window, atol=tolerance(window) * 0.51 + 1e-7)
+    labels = {k[0]: [c.decode() for c in ex["labels"]["cpsc2018"]] for k, (_, ex) in examples.items()}
+    assert labels["cpsc_2018/A0002"] == ["RBBB"]
+    assert labels["cpsc_2018/A0005"] == ["AF", "PVC"]
+    assert [c.decode() for c in examples[("cpsc_2018/A0005", 0)][1]["labels"]["cpsc2018_single"]] == []
+    assert [c.decode() for c in examples[("cpsc_2018/A0002", 0)][1]["codes"]] == ["59118001"]
+    # 40 CPSC records, 10 per class (A0005 counts as AF): about 7/1/2 of every class in train/validation/test
+    per_split = manifest["splits"]
+    for cls in ("Normal", "AF", "RBBB", "I-AVB"):
+        records = {s: {k[0] for k, (split, ex) in examples.items() if split == s and k[0].startswith("cpsc")
+                       and [c.decode() for c in ex["labels"]["cpsc2018"]][:1] == [cls]} for s in per_split}
+        counts = [len(records[s]) for s in ("train", "validation", "test")]
+        assert counts[0] in (6, 7, 8) and counts[1] >= 1 and counts[2] >= 1 and sum(counts) == 10, (cls, counts)
+
+
+def test_cpsc2018_original_release(tmp_path):
+    signals = nf.write_cpsc_original(tmp_path, [("A0001", [1], 12), ("A0002", [5, 7], 21), ("A0003", [12], 10)])
+    manifest = prepare(SOURCES["cpsc2018"](str(tmp_path)), str(tmp_path / "out"), Processing(), progress=False)
+    reasons = {s["record_id"]: s["reason"] for s in manifest["skipped"]}
+    assert "unknown label code" in reasons["A0003"]
+    found = {(ex["record_id"].decode(), int(ex["window"])): ex for split in manifest["splits"]
+             for ex in read_split(tmp_path / "out", split)}
+    assert set(found) == {("A0001", 0), ("A0002", 0), ("A0002", 1)}
+    window = expected_windows(signals["A0002"], 500)[1]
+    np.testing.assert_allclose(found[("A0002", 1)]["mv"], window, atol=tolerance(window) * 0.51 + 1e-7)
+    assert [c.decode() for c in found[("A0002", 0)]["labels"]["cpsc2018"]] == ["RBBB", "PVC"]
+    assert found[("A0001", 0)]["sex"] == b"F" and found[("A0001", 0)]["age"] == 63
+
+
+def test_code15_strips_padding_and_resamples_from_400_hz(tmp_path):
+    rng = np.random.default_rng(0)
+    ten = nf.ecg_like(rng, 12, 4000, 400)
+    seven = nf.ecg_like(rng, 12, 2800, 400)
+    tracings = np.zeros((4, 4096, 12), np.float32)
+    tracings[0, 48:4048] = ten.T
+    tracings[1, 648:3448] = seven.T
+    tracings[2, 48:4048] = ten.T
+    nf.write_code15(tmp_path, tracings, [11, 12, 0, 14], [1, 2, 0, 4])
+    manifest = prepare(SOURCES["code15"](str(tmp_path)), str(tmp_path / "out"), Processing(), progress=False)
+    reasons = {s["record_id"]: s["reason"] for s in manifest["skipped"]}
+    assert reasons["12"].startswith("shorter than the window (7.00 s")
+    assert reasons["exams_part0.hdf5[2]"] == "padding row (exam_id 0)"
+    assert "14" in reasons  # all zeros
+    assert list(manifest["splits"]) == ["train"]
+    (ex,) = read_split(tmp_path / "out", "train")
+    window = expected_windows(ten.astype(np.float32).astype(np.float64), 400)[0]
+    np.testing.assert_allclose(ex["mv"], window, atol=tolerance(window) * 0.51 + 1e-6)
+    assert [c.decode() for c in ex["labels"]["code15"]] == ["RBBB"] and ex["sex"] == b"M"
+
+
+def test_physionet2017_single_lead_and_wfdb_folder_with_labels(tmp_path):
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "training2017"
+    stored = nf.write_wfdb(folder, "A00001", nf.ecg_like(rng, 1, 9000, 300), 300, ["ECG"], mat=True)
+    nf.write_wfdb(folder, "A00002", nf.ecg_like(rng, 1, 2700, 300), 300, ["ECG"], mat=True)
+    nf.write_wfdb(folder, "A00003", nf.ecg_like(rng, 1, 9000, 300), 300, ["ECG"], mat=True)
+    (folder / "REFERENCE.csv").write_text("A00001,A\nA00002,N\nA00003,X\n")
+    manifest = prepare(SOURCES["physionet2017"](str(folder)), str(tmp_path / "out"), Processing(), progress=False)
+    assert manifest["leads"] == ["I"]
+    reasons = {s["record_id"]: s["reason"] for s in manifest["skipped"]}
+    assert reasons["A00002"].startswith("shorter") and "unknown label code 'X'" in reasons["A00003"]
+    examples = [ex for split in manifest["splits"] for ex in read_split(tmp_path / "out", split)]
+    assert sorted(int(ex["window"]) for ex in examples) == [0, 1, 2]
+    windows = expected_windows(stored, 300)
+    for ex in examples:
+        assert ex["mv"].shape == (1, 2500)
+        np.testing.assert_allclose(ex["mv"], windows[ex["window"]], atol=tolerance(windows[ex["window"]]) * 0.51 + 1e-7)
+        assert [c.decode() for c in ex["labels"]["af2017"]] == ["A"]
+
+    generic = tmp_path / "generic"
+    names = ["I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6"]
+    for i in range(4):
+        nf.write_wfdb(generic / "sub", f"r{i}", nf.ecg_like(rng, 12, 2500, 250), 250, names)
+    (tmp_path / "labels.csv").write_text("record,label\nsub/r0,x\nsub/r1,y;z\nr2,x\n")
+    out = tmp_path / "generic_out"
+    assert main(["wfdb", "--input", str(generic), "--output", str(out), "--labels", str(tmp_path / "labels.csv"),
+                 "--quiet", "--workers", "1"]) == 3
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["tasks"]["label"] == {"classes": ["x", "y", "z"], "multilabel": True}
+    assert [s["reason"] for s in manifest["skipped"]] == ["no row in the labels CSV"]
+
+
+def test_parallel_workers_write_the_same_shards(ptbxl, tmp_path):
+    root, out, manifest, _ = ptbxl
+    parallel = prepare(SOURCES["ptbxl"](str(root)), str(tmp_path / "par"), Processing(), workers=2,
+                       shard_windows=1, progress=False)
+    assert {s: v["examples"] for s, v in parallel["splits"].items()} == \
+        {s: v["examples"] for s, v in manifest["splits"].items()}
+    assert parallel["splits"]["train"]["shard_lengths"] == [1, 1, 0, 0]  # records 6 and 7 are skipped
+    serial = {ex["record_id"]: ex["mv"] for ex in read_split(out, "train")}
+    for ex in read_split(tmp_path / "par", "train"):
+        np.testing.assert_array_equal(ex["mv"], serial[ex["record_id"]])
+
+
+def test_resampling_and_filter_are_the_documented_ones():
+    x = np.random.default_rng(0).standard_normal((2, 5000))
+    np.testing.assert_allclose(resample(x, 500, 250), sps.resample_poly(x, 1, 2, axis=-1))
+    hp = sps.butter(5, 0.67, "highpass", fs=250, output="sos")
+    lp = sps.butter(5, 40.0, "lowpass", fs=250, output="sos")
+    np.testing.assert_allclose(band_filter(x, 250, Processing()), sps.sosfiltfilt(lp, sps.sosfiltfilt(hp, x)))
+    np.testing.assert_array_equal(band_filter(x, 250, Processing(highpass_hz=None, lowpass_hz=None)), x)
