@@ -4,6 +4,7 @@ non-overlapping windows, NaN and flat-lead checks."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Sequence
 from fractions import Fraction
 
@@ -57,13 +58,18 @@ def resample(data: np.ndarray, fs_in: float, fs_out: int) -> np.ndarray:
     return sps.resample_poly(data, ratio.numerator, ratio.denominator, axis=-1)
 
 
+@functools.lru_cache(maxsize=16)
+def _butter(order: int, cutoff: float, kind: str, fs: int) -> np.ndarray:
+    return sps.butter(order, cutoff, kind, fs=fs, output="sos")
+
+
 def band_filter(data: np.ndarray, fs: int, proc: Processing) -> np.ndarray:
     """Zero-phase Butterworth high-pass and low-pass (each ``filter_order``) along the last axis."""
     out = data
     if proc.highpass_hz is not None:
-        out = sps.sosfiltfilt(sps.butter(proc.filter_order, proc.highpass_hz, "highpass", fs=fs, output="sos"), out)
+        out = sps.sosfiltfilt(_butter(proc.filter_order, proc.highpass_hz, "highpass", fs), out)
     if proc.lowpass_hz is not None:
-        out = sps.sosfiltfilt(sps.butter(proc.filter_order, proc.lowpass_hz, "lowpass", fs=fs, output="sos"), out)
+        out = sps.sosfiltfilt(_butter(proc.filter_order, proc.lowpass_hz, "lowpass", fs), out)
     return out
 
 

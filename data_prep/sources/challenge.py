@@ -9,7 +9,7 @@ import os
 from data_prep.records import Record, RecordError, Skip, parse_age, parse_sex
 from data_prep.sources.base import Source, vocabulary
 from data_prep.sources.cpsc2018 import CPSC_TASKS, cpsc_labels
-from data_prep.sources.wfdb_io import header_comments, read_header, read_signal
+from data_prep.sources.wfdb_io import read_header, read_signal
 
 SUBSETS = ("chapman_shaoxing", "ningbo", "cpsc_2018", "cpsc_2018_extra", "georgia", "ptb-xl", "ptb",
            "st_petersburg_incart")
@@ -47,7 +47,7 @@ class Challenge2021(Source):
                 record_id = f"{subset}/{os.path.basename(base)}"
                 try:
                     header = read_header(base)
-                    fields = header_comments(header)
+                    fields = header.comments
                     codes = [c.strip() for c in fields.get("dx", "").split(",") if c.strip()]
                     if any(not c.isdigit() for c in codes):
                         raise RecordError(f"unknown label code(s) in #Dx: {fields.get('dx')!r}")

@@ -11,7 +11,7 @@ import pandas as pd
 
 from data_prep.records import Record, RecordError, Skip, parse_age, parse_sex
 from data_prep.sources.base import Source, vocabulary
-from data_prep.sources.wfdb_io import header_comments, read_header, read_signal
+from data_prep.sources.wfdb_io import read_header, read_signal
 
 
 class WFDBFolder(Source):
@@ -41,7 +41,7 @@ class WFDBFolder(Source):
             except RecordError as error:
                 skipped.append(Skip(record_id, header_path, str(error)))
                 continue
-            fields = header_comments(header)
+            fields = header.comments
             if table is not None:
                 labels = table.get(record_id, table.get(os.path.basename(base)))
                 if labels is None:

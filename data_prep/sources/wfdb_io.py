@@ -1,8 +1,15 @@
-"""WFDB reading (``.hea`` with ``.dat`` or MATLAB v4 ``.mat`` signal files)."""
+"""WFDB reading (``.hea`` with ``.dat`` or MATLAB v4 ``.mat`` signal files).
+
+Headers are parsed here (the WFDB header format is line-based and simple); signals in format 16
+(with an optional byte offset, as the Challenge's ``.mat`` files use) are read straight with NumPy.
+Other formats fall back to the ``wfdb`` package.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import re
 
 import numpy as np
 import wfdb
@@ -10,35 +17,98 @@ import wfdb
 from data_prep.records import RecordError, Signal
 
 _UNIT_TO_MV = {"mv": 1.0, "uv": 1e-3, "µv": 1e-3, "v": 1e3}
+_FORMAT = re.compile(r"^(\d+)(?:x\d+)?(?::\d+)?(?:\+(\d+))?$")
+_GAIN = re.compile(r"^([-+\d.eE]+)(?:\(([-\d]+)\))?(?:/(\S+))?$")
 
 
-def read_header(record_path: str) -> wfdb.Record:
+@dataclasses.dataclass
+class Header:
+    fs: float
+    sig_len: int
+    names: list[str]
+    files: list[str]
+    formats: list[str]
+    offsets: list[int]
+    gains: list[float]
+    baselines: list[int]
+    units: list[str]
+    comments: dict[str, str]   # '#Key: value' lines, lower-case keys
+
+
+def read_header(record_path: str) -> Header:
     """The header of ``record_path`` (path without extension)."""
-    if not os.path.isfile(record_path + ".hea"):
-        raise RecordError("header file missing")
+    path = record_path + ".hea"
     try:
-        return wfdb.rdheader(record_path)
-    except Exception as error:  # wfdb raises many kinds on malformed headers
-        raise RecordError(f"unreadable header ({type(error).__name__}: {error})") from error
+        with open(path, encoding="latin-1") as f:
+            lines = [line.strip() for line in f]
+    except OSError as error:
+        raise RecordError(f"header file missing or unreadable ({error.strerror})") from error
+    try:
+        return _parse_header(lines)
+    except (ValueError, IndexError) as error:
+        raise RecordError(f"unreadable header ({error})") from error
+
+
+def _parse_header(lines: list[str]) -> Header:
+    comments, body = {}, []
+    for line in lines:
+        if line.startswith("#"):
+            key, sep, value = line[1:].partition(":")
+            if sep:
+                comments[key.strip().lower()] = value.strip()
+        elif line:
+            body.append(line.split())
+    record = body[0]
+    if "/" in record[0]:
+        raise ValueError("multi-segment records are not supported")
+    nsig = int(record[1])
+    fs = float(record[2].split("/")[0]) if len(record) > 2 else 250.0
+    sig_len = int(record[3]) if len(record) > 3 else 0
+    header = Header(fs, sig_len, [], [], [], [], [], [], [], comments)
+    if len(body) < 1 + nsig:
+        raise ValueError(f"{nsig} signals announced, {len(body) - 1} signal lines found")
+    for fields in body[1:1 + nsig]:
+        fmt = _FORMAT.match(fields[1])
+        if not fmt:
+            raise ValueError(f"bad format field {fields[1]!r}")
+        gain = _GAIN.match(fields[2]) if len(fields) > 2 else None
+        adc_zero = int(fields[4]) if len(fields) > 4 else 0
+        header.files.append(fields[0])
+        header.formats.append(fmt.group(1))
+        header.offsets.append(int(fmt.group(2) or 0))
+        header.gains.append(float(gain.group(1)) if gain and float(gain.group(1)) != 0 else 200.0)
+        header.baselines.append(int(gain.group(2)) if gain and gain.group(2) else adc_zero)
+        header.units.append(gain.group(3) if gain and gain.group(3) else "mV")
+        header.names.append(" ".join(fields[8:]) if len(fields) > 8 else f"ch{len(header.names)}")
+    return header
 
 
 def read_signal(record_path: str) -> Signal:
     """The physical signal in mV, (leads, samples), with the header's lead names and rate."""
+    header = read_header(record_path)
+    if len(set(header.files)) == 1 and set(header.formats) == {"16"} and len(set(header.offsets)) == 1:
+        digital = _read_format16(os.path.join(os.path.dirname(record_path), header.files[0]), header)
+    else:
+        try:
+            digital = np.asarray(wfdb.rdrecord(record_path, physical=False).d_signal, dtype=np.float64).T
+        except Exception as error:  # wfdb raises many kinds on broken files
+            raise RecordError(f"unreadable signal ({type(error).__name__}: {error})") from error
+    gains = np.asarray(header.gains)[:, None]
+    baselines = np.asarray(header.baselines, dtype=np.float64)[:, None]
+    scale = np.array([_UNIT_TO_MV.get(u.strip().lower(), 1.0) for u in header.units])[:, None]
+    return Signal((digital - baselines) / gains * scale, header.fs, list(header.names))
+
+
+def _read_format16(path: str, header: Header) -> np.ndarray:
+    nsig = len(header.names)
     try:
-        record = wfdb.rdrecord(record_path)
-    except Exception as error:
-        raise RecordError(f"unreadable signal ({type(error).__name__}: {error})") from error
-    data = np.asarray(record.p_signal, dtype=np.float64).T
-    units = record.units or ["mV"] * data.shape[0]
-    scale = np.array([_UNIT_TO_MV.get(str(u).strip().lower(), 1.0) for u in units])[:, None]
-    return Signal(data * scale, float(record.fs), list(record.sig_name))
-
-
-def header_comments(header: wfdb.Record) -> dict[str, str]:
-    """``#Key: value`` comment lines (Challenge style) as a dict with lower-case keys."""
-    fields = {}
-    for line in header.comments or []:
-        key, sep, value = line.partition(":")
-        if sep:
-            fields[key.strip().lower()] = value.strip()
-    return fields
+        raw = np.fromfile(path, dtype="<i2", offset=header.offsets[0])
+    except (OSError, ValueError) as error:
+        raise RecordError(f"unreadable signal file {os.path.basename(path)} ({error})") from error
+    expected = header.sig_len * nsig if header.sig_len else raw.size - raw.size % nsig
+    if raw.size < expected or expected == 0:
+        raise RecordError(f"unreadable signal: {os.path.basename(path)} is truncated "
+                          f"({raw.size // max(nsig, 1)} of {header.sig_len} samples)")
+    digital = raw[:expected].reshape(-1, nsig).T.astype(np.float64)
+    digital[digital == -32768] = np.nan  # WFDB's invalid-sample value in format 16
+    return digital
