@@ -1,0 +1,376 @@
+"""The tf.data input pipeline: per-host reads of a prepared split, transforms as TF ops, per-host
+numpy batches, and global ``jax.Array`` batches sharded over a mesh's data axis.
+
+Batches (per host, B = global batch / process count; C leads, T = crop_samples):
+  series      training float32 (B, C, T); evaluation float32 (B, crops, C, T), the ``eval_crops``
+              equally spaced crops, each z-scored on its own
+  label       with a task: int32 (B,) class index (single-label) or float32 (B, K) multi-hot
+  valid       evaluation only: bool (B,), False on padding
+  record_id   bytes (B,) and window int32 (B,): host-side only (b"" and -1 on padding)
+
+Per example: int16 * scale -> lead selection -> optional band filter (full window) -> crop(s) ->
+z-score -> RandAugment (training with ``augment``). Single-label tasks use only examples with
+exactly one class (others are dropped, training and evaluation alike).
+
+Order and randomness. Every example has a global index (its position in the split's shards, in
+shard order). A process reads every ``process_count``-th shard, or, when there are fewer shards
+than processes, every ``process_count``-th example. Training epoch ``e`` shuffles the shard order
+and the examples with seeds derived from ``(seed, e)``; the example at position ``p`` of the epoch
+gets its crop/augmentation seed from ``(seed, e, p)``. Every epoch has exactly
+``steps_per_epoch`` batches (the minimum over processes; the rest of an epoch is dropped), so
+``start_step`` is positioned by starting at epoch ``start_step // steps_per_epoch`` and skipping
+the remaining whole batches of serialised records before any transform. Evaluation reads in a
+fixed order (shards interleaved deterministically) and pads every process to the same number of
+batches.
+
+With a task, every process first reads the labels of the whole split (cached per process): they
+give the label arrays, the usable examples and the label-fraction subset, so the examples per
+process are known exactly. The shuffle buffer holds serialised examples (about 60 kB each for 12
+leads x 2500 samples). The band filter acts on the stored window (data_prep filters whole records).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import queue
+import threading
+from collections.abc import Iterator
+
+import jax
+import numpy as np
+import tensorflow as tf
+from jax.sharding import NamedSharding, PartitionSpec
+
+from stmem_jax.data import format as fmt
+from stmem_jax.data import labels as labels_lib
+from stmem_jax.data.augment import rand_augment
+from stmem_jax.data.transforms import band_filter, fixed_crops, random_crop, zscore
+from stmem_jax.leads import LEAD_NAMES, lead_indices
+
+try:  # the pipeline runs on the CPU; leave accelerators to JAX
+    tf.config.set_visible_devices([], "GPU")
+except RuntimeError:  # TensorFlow was initialised already
+    pass
+
+DEVICE_KEYS = ("series", "label", "valid")  # global jax.Arrays in ``global_batches``; others stay numpy
+_MAX_EPOCHS = 1 << 40
+
+
+@dataclasses.dataclass(frozen=True)
+class InputConfig:
+    """What to read and how. ``batch_size`` is global; ``leads`` a set name (``"12"``, ``"limb"``,
+    ``"1"``) or a sequence of lead names; ``label_fraction`` < 1 keeps a seeded, stratified subset
+    of the split's records (needs a task); ``augment`` applies to training only; ``bandpass``
+    filters on the fly (for data stored unfiltered)."""
+
+    data_dir: str
+    split: str = "train"
+    batch_size: int = 256
+    training: bool = True
+    leads: str | tuple = "12"
+    crop_samples: int = 2250
+    task: str | None = None
+    label_fraction: float = 1.0
+    augment: bool = False
+    augment_level: int = 10
+    augment_ops: int = 2
+    augment_prob: float = 0.5
+    bandpass: bool = False
+    seed: int = 0
+    shuffle_buffer: int = 10_000
+    eval_crops: int = 3
+
+
+@dataclasses.dataclass(frozen=True)
+class _Split:
+    """A split's shards (in shard order) and, with a task, each example's label and whether it is used."""
+
+    files: tuple[str, ...]
+    lengths: tuple[int, ...]
+    labels: np.ndarray | None
+    usable: np.ndarray | None
+
+    def share(self, index: int, count: int) -> tuple[list[int], np.ndarray | None]:
+        """(shards process ``index`` reads, mask over all examples of those it uses, or None for all)."""
+        if len(self.files) >= count:
+            return list(range(index, len(self.files), count)), self.usable
+        mine = np.arange(sum(self.lengths)) % count == index
+        return list(range(len(self.files))), mine if self.usable is None else mine & self.usable
+
+    def count(self, index: int, count: int) -> int:
+        files, mask = self.share(index, count)
+        if mask is None:
+            return sum(self.lengths[f] for f in files)
+        starts = np.cumsum((0,) + self.lengths)
+        return int(sum(mask[starts[f]:starts[f + 1]].sum() for f in files))
+
+
+def lead_indices_for(config: InputConfig, manifest: dict) -> tuple[int, ...]:
+    """The lead-embedding indices (standard lead order) of the selected leads, for the model; errors
+    when the dataset lacks one of them."""
+    _lead_rows(config, manifest)
+    return lead_indices(config.leads)
+
+
+def steps_per_epoch(config: InputConfig, *, process_count: int | None = None) -> int:
+    """Batches per epoch: training, full batches every process has; evaluation, all batches."""
+    _, split = _load(config)
+    return _steps(config, split, _process_count(process_count))
+
+
+def make_dataset(config: InputConfig, *, process_index: int | None = None, process_count: int | None = None,
+                 start_step: int = 0) -> tf.data.Dataset:
+    """This process's batches (dicts of tensors; iterate with ``as_numpy_iterator``), training from
+    ``start_step`` on, infinitely; evaluation once."""
+    count = _process_count(process_count)
+    index = _process_index(process_index)
+    manifest, split = _load(config)
+    batch = _host_batch(config, count)
+    steps = _steps(config, split, count)
+    files, mask = split.share(index, count)
+    transform = _transform(config, manifest, split)
+    if config.training:
+        start_epoch, skip_steps = divmod(start_step, steps)
+
+        @tf.autograph.experimental.do_not_convert
+        def epoch(e):
+            file_key, shuffle_key, element_key = tf.unstack(
+                tf.random.experimental.stateless_split(tf.stack([tf.constant(config.seed, tf.int64), e]), 3))
+            order = tf.random.experimental.stateless_shuffle(tf.constant(files, tf.int64), file_key)
+            shuffle_seed = tf.random.stateless_uniform([], shuffle_key, None, None, dtype=tf.int64)
+            ds = (_read(split, order, mask).shuffle(config.shuffle_buffer, seed=shuffle_seed)
+                  .take(steps * batch).enumerate()
+                  .skip(tf.where(e == start_epoch, tf.constant(skip_steps * batch, tf.int64), 0)))
+            return ds.map(lambda p, item: (tf.random.experimental.stateless_fold_in(element_key, p), *item))
+
+        ds = tf.data.Dataset.range(start_epoch, _MAX_EPOCHS).flat_map(epoch)
+        ds = ds.map(transform, num_parallel_calls=tf.data.AUTOTUNE).batch(batch, drop_remainder=True)
+    else:
+        if start_step:
+            raise ValueError("start_step applies to training pipelines only")
+        ds = _read(split, tf.constant(files, tf.int64), mask)
+        ds = ds.map(lambda g, s: transform(None, g, s), num_parallel_calls=tf.data.AUTOTUNE)
+        padding = steps * batch - split.count(index, count)
+        blank = tf.nest.map_structure(lambda spec: tf.zeros(spec.shape, spec.dtype), ds.element_spec)
+        blank.update(valid=tf.constant(False), window=tf.constant(-1))
+        ds = ds.concatenate(tf.data.Dataset.from_tensors(blank).repeat(padding)).batch(batch)
+    options = tf.data.Options()
+    options.deterministic = True
+    return ds.prefetch(tf.data.AUTOTUNE).with_options(options)
+
+
+def global_batches(config: InputConfig, mesh, *, data_axis: str | tuple[str, ...] = "data", start_step: int = 0,
+                   prefetch: int = 2) -> Iterator[dict]:
+    """Batches with ``DEVICE_KEYS`` as global jax.Arrays sharded over ``mesh``'s ``data_axis`` (the
+    rest, e.g. ``record_id``, stay this host's numpy arrays), converted ``prefetch`` batches ahead
+    in a background thread. An unreadable shard raises a ValueError that names it."""
+    axes = (data_axis,) if isinstance(data_axis, str) else tuple(data_axis)
+    devices = int(np.prod([mesh.shape[a] for a in axes]))
+    if config.batch_size % devices:
+        raise ValueError(f"global batch size {config.batch_size} is not divisible by the {devices} devices "
+                         f"of mesh axis {data_axis!r}")
+    ds = make_dataset(config, process_index=jax.process_index(), process_count=jax.process_count(),
+                      start_step=start_step)
+    sharding = NamedSharding(mesh, PartitionSpec(data_axis))
+
+    def batches():
+        try:
+            for batch in ds.as_numpy_iterator():
+                yield {k: jax.make_array_from_process_local_data(sharding, v) if k in DEVICE_KEYS else v
+                       for k, v in batch.items()}
+        except tf.errors.OpError as e:
+            raise _explain(config, e) from e
+
+    return _background(batches(), prefetch)
+
+
+def _background(iterator: Iterator, size: int) -> Iterator:
+    """Runs ``iterator`` in a daemon thread, ``size`` items ahead; re-raises its errors here."""
+    items: queue.Queue = queue.Queue(size)
+    stop, end = threading.Event(), object()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                items.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                pass
+        return False
+
+    def work():
+        try:
+            for item in iterator:
+                if not put(item):
+                    return
+            put(end)
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer
+            put(e)
+
+    threading.Thread(target=work, daemon=True).start()
+    try:
+        while (item := items.get()) is not end:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+
+
+def _explain(config: InputConfig, error: tf.errors.OpError) -> Exception:
+    """A ValueError naming the first shard of the split that fails to read or parse, else ``error``."""
+    manifest, split = _load(config)
+    spec = _spec(manifest, ("signal", "scale", "record_id", "window"))
+    shape = (len(manifest["leads"]), manifest["window_samples"])
+    for path in split.files:
+        try:
+            for _ in tf.data.TFRecordDataset(path).map(
+                    lambda s: tf.reshape(tf.io.decode_raw(tf.io.parse_single_example(s, spec)["signal"], tf.int16),
+                                         shape)):
+                pass
+        except tf.errors.OpError as e:
+            return ValueError(f"cannot read shard {path}: {e.message}")
+    return error
+
+
+def _read(split: _Split, files: tf.Tensor, mask: np.ndarray | None) -> tf.data.Dataset:
+    """(global index, serialised example) of the shards ``files`` (indices), interleaved in a fixed
+    order, keeping the examples ``mask`` selects."""
+    paths = tf.constant(split.files)
+    starts = tf.constant(np.cumsum((0,) + split.lengths[:-1]), tf.int64)
+
+    def shard(f):
+        return tf.data.TFRecordDataset(paths[f], buffer_size=1 << 20).enumerate(starts[f])
+
+    ds = tf.data.Dataset.from_tensor_slices(files).interleave(
+        shard, cycle_length=min(len(split.files), 8), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    if mask is not None:
+        keep = tf.constant(mask)
+        ds = ds.filter(lambda g, s: tf.gather(keep, g))
+    return ds
+
+
+def _transform(config: InputConfig, manifest: dict, split: _Split):
+    """The per-example map ``(seed or None, global index, serialised) -> dict``."""
+    num_leads, samples, fs = len(manifest["leads"]), manifest["window_samples"], manifest["sampling_rate"]
+    rows = _lead_rows(config, manifest)
+    spec = _spec(manifest, ("signal", "scale", "record_id", "window"))
+    labels = None if split.labels is None else tf.constant(split.labels)
+
+    @tf.autograph.experimental.do_not_convert
+    def transform(seed, g, serialized):
+        example = tf.io.parse_single_example(serialized, spec)
+        x = tf.reshape(tf.io.decode_raw(example["signal"], tf.int16), (num_leads, samples))
+        if rows != tuple(range(num_leads)):
+            x = tf.gather(x, rows)
+        x = tf.cast(x, tf.float32) * example["scale"]
+        if config.bandpass:
+            x = band_filter(x, fs)
+        if config.training:
+            crop_seed, augment_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+            x = zscore(random_crop(x, config.crop_samples, crop_seed))
+            if config.augment:
+                x = rand_augment(x, augment_seed, level=config.augment_level, num_ops=config.augment_ops,
+                                 prob=config.augment_prob, sampling_rate=fs)
+            out = {"series": x}
+        else:
+            out = {"series": zscore(fixed_crops(x, config.crop_samples, config.eval_crops)), "valid": tf.constant(True)}
+        out.update(record_id=example["record_id"], window=tf.cast(example["window"], tf.int32))
+        if labels is not None:
+            out["label"] = tf.gather(labels, g)
+        return out
+
+    return transform
+
+
+def _lead_rows(config: InputConfig, manifest: dict) -> tuple[int, ...]:
+    """Rows of the stored signal holding the selected leads, in the selected order."""
+    stored = lead_indices(manifest["leads"])
+    wanted = lead_indices(config.leads)
+    missing = [i for i in wanted if i not in stored]
+    if missing:
+        raise ValueError(f"lead(s) {', '.join(LEAD_NAMES[i] for i in missing)} not in {config.data_dir} "
+                         f"(it has {', '.join(manifest['leads'])})")
+    return tuple(stored.index(i) for i in wanted)
+
+
+def _spec(manifest: dict, keys) -> dict:
+    """tf.io parse specs of ``keys``, derived from the format's TFDS features dict."""
+    from tensorflow_datasets.core import example_parser
+
+    tasks = sorted(manifest.get("tasks") or {})
+    features = fmt.features_dict(len(manifest["leads"]), manifest["window_samples"], tasks)
+    specs = example_parser.ExampleParser(features.get_serialized_info()).flat_feature_specs
+    return {k: specs[k] for k in keys}
+
+
+def _load(config: InputConfig) -> tuple[dict, _Split]:
+    """The manifest and the split, validated against the config; runs the label pass when a task is set."""
+    manifest = fmt.read_manifest(config.data_dir)
+    splits = manifest.get("splits") or {}
+    if config.split not in splits:
+        raise ValueError(f"split {config.split!r} not in {config.data_dir} (it has: {', '.join(splits) or 'none'})")
+    lengths = tuple(splits[config.split]["shard_lengths"])
+    if not sum(lengths):
+        raise ValueError(f"split {config.split!r} of {config.data_dir} has no examples")
+    files = tuple(os.path.join(config.data_dir, fmt.shard_name(config.split, i, len(lengths)))
+                  for i in range(len(lengths)))
+    missing = [f for f in files if not os.path.isfile(f)]
+    if missing:
+        raise FileNotFoundError(f"shard(s) listed in the manifest are missing: {', '.join(missing)}")
+    if config.crop_samples > manifest["window_samples"]:
+        raise ValueError(f"crop of {config.crop_samples} samples is longer than the stored "
+                         f"{manifest['window_samples']}-sample windows")
+    if config.bandpass and manifest.get("filter"):
+        raise ValueError(f"{config.data_dir} is stored filtered ({manifest['filter']}); set bandpass=False")
+    if not 0 < config.label_fraction <= 1:
+        raise ValueError(f"label_fraction must be in (0, 1], got {config.label_fraction}")
+    _lead_rows(config, manifest)
+    if config.task is None:
+        if config.label_fraction < 1:
+            raise ValueError("label_fraction < 1 needs a task to stratify by")
+        return manifest, _Split(files, lengths, None, None)
+    tasks = manifest.get("tasks") or {}
+    if config.task not in tasks:
+        raise ValueError(f"task {config.task!r} not in {config.data_dir} (it has: {', '.join(tasks) or 'none'})")
+    spec = _spec(manifest, ("record_id", f"labels/{config.task}"))
+    record_ids, names = [], []
+    for path, length in zip(files, lengths):
+        ids, rows = labels_lib.read_labels(path, config.task, spec)
+        if len(ids) != length:
+            raise ValueError(f"shard {path} holds {len(ids)} examples, the manifest says {length}")
+        record_ids.extend(ids)
+        names.extend(rows)
+    task = tasks[config.task]
+    labels, usable = labels_lib.encode(names, task["classes"], task["multilabel"], record_ids)
+    if config.label_fraction < 1:
+        usable = labels_lib.stratified_subset(record_ids, names, usable, config.label_fraction, config.seed)
+    return manifest, _Split(files, lengths, labels, None if usable.all() else usable)
+
+
+def _steps(config: InputConfig, split: _Split, count: int) -> int:
+    batch = _host_batch(config, count)
+    counts = [split.count(i, count) for i in range(count)]
+    if not config.training:
+        return max(1, math.ceil(max(counts) / batch))
+    if min(counts) < batch:
+        raise ValueError(f"split {config.split!r} gives process {counts.index(min(counts))} only {min(counts)} "
+                         f"examples, fewer than the per-process batch of {batch}")
+    return min(counts) // batch
+
+
+def _host_batch(config: InputConfig, count: int) -> int:
+    if config.batch_size <= 0 or config.batch_size % count:
+        raise ValueError(f"global batch size {config.batch_size} is not a positive multiple of the "
+                         f"{count} processes")
+    return config.batch_size // count
+
+
+def _process_count(count: int | None) -> int:
+    return jax.process_count() if count is None else count
+
+
+def _process_index(index: int | None) -> int:
+    return jax.process_index() if index is None else index

@@ -1,0 +1,77 @@
+"""Per-example signal transforms as TensorFlow ops: crops, z-score and the band filter.
+
+A signal is a float32 tensor (leads, samples); seeds are int shape-[2] tensors for
+``tf.random.stateless_*``.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import tensorflow as tf
+
+HIGHPASS_HZ, LOWPASS_HZ, FILTER_ORDER = 0.67, 40.0, 5
+
+
+def crop_starts(total: int, length: int, count: int) -> tuple[int, ...]:
+    """``count`` equally spaced crop starts, ``linspace(0, total - length, count)`` rounded."""
+    if length > total:
+        raise ValueError(f"crop of {length} samples is longer than the {total}-sample window")
+    return tuple(int(round(s)) for s in np.linspace(0, total - length, count))
+
+
+def random_crop(x: tf.Tensor, length: int, seed: tf.Tensor) -> tf.Tensor:
+    """A crop of ``length`` samples starting uniformly in [0, samples - length]."""
+    start = tf.random.stateless_uniform([], seed, 0, x.shape[-1] - length + 1, dtype=tf.int32)
+    return tf.slice(x, [0, start], [x.shape[0], length])
+
+
+def fixed_crops(x: tf.Tensor, length: int, count: int) -> tf.Tensor:
+    """(count, leads, length): the crops at ``crop_starts``."""
+    return tf.stack([x[:, s:s + length] for s in crop_starts(x.shape[-1], length, count)])
+
+
+def zscore(x: tf.Tensor) -> tf.Tensor:
+    """(x - mean) / std over the last two axes together (population std); 0 where std is 0."""
+    mean = tf.reduce_mean(x, axis=(-2, -1), keepdims=True)
+    std = tf.math.reduce_std(x, axis=(-2, -1), keepdims=True)
+    return tf.math.divide_no_nan(x - mean, std)
+
+
+def band_filter(x: tf.Tensor, sampling_rate: int) -> tf.Tensor:
+    """The 0.67 Hz high-pass then 40 Hz low-pass, each a 5th-order zero-phase Butterworth, exactly as
+    ``scipy.signal.sosfiltfilt`` computes them (default odd padding and steady-state initial state).
+
+    ``sosfiltfilt`` is a linear map of a fixed-length window, ``y = x @ M``. ``M`` is a symmetric
+    Toeplitz part (the ideal zero-phase filter, kernel = inverse FFT of |H|^2) plus the edge
+    handling, which has rank about 20; the first is applied as an FFT convolution, the second as
+    two thin matmuls (``band_filter_operator``). Agrees with scipy to float32 rounding.
+    """
+    spectrum, left, right = band_filter_operator(sampling_rate, x.shape[-1])
+    n = x.shape[-1]
+    conv = tf.signal.irfft(tf.signal.rfft(x, [2 * n]) * spectrum, [2 * n])[..., :n]
+    return conv + tf.matmul(tf.matmul(x, left), right)
+
+
+@functools.lru_cache(maxsize=8)
+def band_filter_operator(sampling_rate: int, samples: int, rank: int = 32):
+    """(rfft of the circular Toeplitz kernel, edge part as ``left @ right``) as float32 constants."""
+    from scipy import signal as sps
+
+    high = sps.butter(FILTER_ORDER, HIGHPASS_HZ, "highpass", fs=sampling_rate, output="sos")
+    low = sps.butter(FILTER_ORDER, LOWPASS_HZ, "lowpass", fs=sampling_rate, output="sos")
+    n = samples
+    operator = sps.sosfiltfilt(low, sps.sosfiltfilt(high, np.eye(n)))  # row i: response to e_i
+    grid = 1 << 16
+    freqs = np.fft.rfftfreq(grid, 1 / sampling_rate)
+    response = np.abs(sps.sosfreqz(high, worN=freqs, fs=sampling_rate)[1]
+                      * sps.sosfreqz(low, worN=freqs, fs=sampling_rate)[1]) ** 2
+    kernel = np.fft.irfft(response, grid)  # symmetric: kernel[-k] = kernel[k]
+    lags = np.arange(n)
+    toeplitz = kernel[np.abs(lags[:, None] - lags[None, :])]
+    circular = np.concatenate([kernel[:n], kernel[n:0:-1]])  # lags 0..n-1, then -n..-1
+    edge = operator - toeplitz
+    basis, _ = np.linalg.qr(edge @ np.random.default_rng(0).standard_normal((n, rank)))
+    return (tf.constant(np.fft.rfft(circular).real.astype(np.complex64)),
+            tf.constant(basis.astype(np.float32)), tf.constant((basis.T @ edge).astype(np.float32)))
