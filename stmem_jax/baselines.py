@@ -97,6 +97,10 @@ class BaselineMAE(TokenSettings):
         features = self.patch_size * self.num_leads if self.token_axis == "time" else self.seq_len
         self.decoder_head = dense(features, self.dtype, "decoder_head")
 
+    def noise_shape(self, series_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """Shape of the masking ``noise``: one value per example and token."""
+        return (series_shape[0], self.num_tokens)
+
     def fixed_tables(self) -> dict[str, jax.Array]:
         return {"pos_embedding": self.token_table(self.width),
                 "decoder_pos_embedding": self.token_table(self.decoder_width)}

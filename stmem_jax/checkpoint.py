@@ -25,7 +25,8 @@ def _path(directory: str | os.PathLike) -> epath.Path:
 def save_model(directory: str | os.PathLike, model: nn.Module, variables: dict[str, Any], *,
                overwrite: bool = False, metadata: dict[str, Any] | None = None) -> epath.Path:
     """Writes ``variables`` with orbax and the model description, so :func:`load_model` (and the
-    trainers) can rebuild both. Refuses to replace an existing directory unless ``overwrite``."""
+    trainers) can rebuild both. Refuses to replace an existing directory unless ``overwrite``.
+    In a multi-process run every process calls it with the same (global) arrays."""
     path = _path(directory)
     if path.exists() and any(path.iterdir()) and not overwrite:
         raise FileExistsError(f"{path} already exists and is not empty; pass overwrite=True to replace it")
@@ -33,8 +34,9 @@ def save_model(directory: str | os.PathLike, model: nn.Module, variables: dict[s
     checkpointer = ocp.StandardCheckpointer()
     checkpointer.save(path / VARIABLES_DIR, variables, force=overwrite)
     checkpointer.wait_until_finished()
-    description = {"model": model_config(model), "metadata": metadata or {}}
-    (path / MODEL_FILE).write_text(json.dumps(description, indent=2, sort_keys=True))
+    if jax.process_index() == 0:
+        description = {"model": model_config(model), "metadata": metadata or {}}
+        (path / MODEL_FILE).write_text(json.dumps(description, indent=2, sort_keys=True))
     return path
 
 

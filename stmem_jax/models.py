@@ -93,3 +93,25 @@ def count_parameters(model: nn.Module, variables: dict[str, Any]) -> int:
         tables = model.fixed_tables()
         count += sum(int(np.prod(t.shape)) for t in tables.values())
     return count
+
+
+def pretrained_encoder(model: nn.Module, variables: dict[str, Any], num_classes: int = 0,
+                       **overrides: Any) -> tuple[nn.Module, dict[str, Any]]:
+    """The classification encoder of a pre-training model, with its pre-trained weights.
+
+    The pre-training model's fixed positional table becomes the classifier's (trainable)
+    positional parameter. With ``num_classes`` > 0 the head is freshly initialised."""
+    config = model_config(model)
+    kind = config.pop("kind")
+    if kind not in PRETRAINING_KINDS:
+        raise ValueError(f"{kind} is not a pre-training model")
+    cls, _ = KINDS[kind + "_classifier"]
+    fields = {k: v for k, v in config.items() if k in _fields(cls)}
+    fields["dtype"] = jnp.dtype(fields["dtype"])
+    classifier = cls(**(fields | {"num_classes": num_classes} | overrides))
+    encoder = dict(variables["params"]["encoder"])
+    encoder["pos_embedding"] = jnp.asarray(model.fixed_tables()["pos_embedding"])
+    params = {"encoder": encoder}
+    if num_classes:
+        params["head"] = init_variables(classifier, jax.random.key(0))["params"]["head"]
+    return classifier, {"params": params}

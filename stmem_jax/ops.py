@@ -87,18 +87,23 @@ def normalize_patches(patches: jax.Array, eps: float = 1e-6) -> jax.Array:
     return (patches - mean) / jnp.sqrt(var + eps)
 
 
+def patch_errors(pred: jax.Array, target: jax.Array, norm_pix_loss: bool = True) -> jax.Array:
+    """Mean squared error of each patch over its last axis, float32, against the (optionally
+    normalised, :func:`normalize_patches`) target."""
+    pred = pred.astype(jnp.float32)
+    target = target.astype(jnp.float32)
+    if norm_pix_loss:
+        target = normalize_patches(target)
+    return jnp.mean((pred - target) ** 2, axis=-1)
+
+
 def reconstruction_loss(pred: jax.Array, target: jax.Array, mask: jax.Array, *,
                         norm_pix_loss: bool = True) -> jax.Array:
     """Mean squared error per patch (over the last axis), averaged over removed patches only.
 
     ``pred`` and ``target`` are (..., F) patches, ``mask`` (...) is 1 where a patch was removed.
-    With ``norm_pix_loss`` each target patch is normalised first (:func:`normalize_patches`).
     Computed in float32 whatever the input dtype; 0 when no patch was removed.
     """
-    pred = pred.astype(jnp.float32)
-    target = target.astype(jnp.float32)
     mask = mask.astype(jnp.float32)
-    if norm_pix_loss:
-        target = normalize_patches(target)
-    per_patch = jnp.mean((pred - target) ** 2, axis=-1)
+    per_patch = patch_errors(pred, target, norm_pix_loss)
     return jnp.sum(per_patch * mask) / jnp.maximum(jnp.sum(mask), 1.0)

@@ -124,6 +124,10 @@ class STMEM(ViTSettings):
         self.decoder_norm = layer_norm(DECODER_NORM_EPS, self.dtype, "decoder_norm")
         self.decoder_head = dense(self.patch_size, self.dtype, "decoder_head")
 
+    def noise_shape(self, series_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """Shape of the masking ``noise`` for a series batch: one value per example, lead and patch."""
+        return (*series_shape[:2], self.num_patches)
+
     def fixed_tables(self) -> dict[str, jax.Array]:
         """The fixed (not trained) sine-cosine tables of the encoder and the decoder."""
         return {"pos_embedding": jnp.asarray(sincos_table(self.num_patches, self.width)),

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import reference
-from stmem_jax.models import (KINDS, PRESETS, count_parameters, create_model, init_variables,
+from stmem_jax.models import (KINDS, PRESETS, count_parameters, create_model, init_variables, pretrained_encoder,
                               model_config, model_from_config)
 from stmem_jax.st_mem import STMEM
 
@@ -220,3 +220,17 @@ def test_model_config_round_trip():
         create_model("st_mem", "huge")
     with pytest.raises(ValueError, match="no field"):
         create_model("st_mem", "tiny", num_classes=3)
+
+
+@pytest.mark.parametrize("kind", ["st_mem", "mtae", "mlae"])
+def test_pretrained_encoder_carries_the_pretrained_weights(kind, series):
+    model = create_model(kind, "tiny")
+    variables = init_variables(model, jax.random.key(0))
+    classifier, clf_vars = pretrained_encoder(model, variables, num_classes=3, dropout=0.1)
+    assert classifier.num_classes == 3 and classifier.dropout == 0.1 and classifier.width == model.width
+    np.testing.assert_array_equal(clf_vars["params"]["encoder"]["pos_embedding"], model.fixed_tables()["pos_embedding"])
+    blocks = clf_vars["params"]["encoder"]["blocks"]
+    assert jax.tree.all(jax.tree.map(np.array_equal, blocks, variables["params"]["encoder"]["blocks"]))
+    fresh = init_variables(classifier, jax.random.key(1))
+    assert jax.tree.structure(fresh["params"]) == jax.tree.structure(clf_vars["params"])
+    assert classifier.apply(clf_vars, series).shape == (2, 3)

@@ -1,0 +1,68 @@
+"""Analytic FLOP counts of the pre-training step and peak rates of common accelerators (for MFU)."""
+
+from __future__ import annotations
+
+import os
+
+from stmem_jax.baselines import BaselineMAE
+from stmem_jax.layers import HEAD_DIM
+from stmem_jax.ops import num_kept
+from stmem_jax.st_mem import STMEM
+
+# Dense peak FLOP/s per chip by compute dtype (NVIDIA: tensor cores, float32 as TF32).
+PEAK_FLOPS = {
+    "H100": {"bfloat16": 989e12, "float32": 494e12},
+    "H200": {"bfloat16": 989e12, "float32": 494e12},
+    "A100": {"bfloat16": 312e12, "float32": 156e12},
+    "L4": {"bfloat16": 121e12, "float32": 60e12},
+    "TPU v4": {"bfloat16": 275e12, "float32": 275e12},
+    "TPU v5 lite": {"bfloat16": 197e12, "float32": 197e12},
+    "TPU v5p": {"bfloat16": 459e12, "float32": 459e12},
+}
+
+
+def _blocks(tokens: int, sequences: int, width: int, heads: int, mlp_dim: int, depth: int) -> float:
+    """Forward FLOPs of ``depth`` blocks over ``sequences`` sequences of ``tokens`` tokens."""
+    inner = heads * HEAD_DIM
+    dense = 2 * tokens * (width * 3 * inner + inner * width + 2 * width * mlp_dim)
+    attention = 4 * tokens * tokens * inner  # q k^T and weights @ v
+    return depth * sequences * (dense + attention)
+
+
+def forward_flops(model, channels: int, mask_ratio: float = 0.75) -> float:
+    """Forward FLOPs per example of a pre-training model (matmuls only; a training step is ~3x)."""
+    if isinstance(model, STMEM):
+        n, kept = model.num_patches, num_kept(model.num_patches, mask_ratio)
+        embed = 2 * channels * n * model.patch_size * model.width
+        encoder = _blocks(channels * (kept + 2), 1, model.width, model.heads, model.mlp_dim, model.depth)
+        tokens_d = channels * (n + 2)
+        decoder = 2 * channels * (kept + 2) * model.width * model.decoder_width + \
+            _blocks(n + 2, channels, model.decoder_width, model.decoder_heads, 4 * model.decoder_width,
+                    model.decoder_depth) + 2 * tokens_d * model.decoder_width * model.patch_size
+        return float(embed + encoder + decoder)
+    if isinstance(model, BaselineMAE):
+        tokens, features = model.num_tokens, model.patch_size * channels if model.token_axis == "time" else model.seq_len
+        kept = num_kept(tokens, mask_ratio)
+        embed = 2 * tokens * features * model.width
+        encoder = _blocks(kept + 1, 1, model.width, model.heads, model.mlp_dim, model.depth)
+        decoder = 2 * (kept + 1) * model.width * model.decoder_width + \
+            _blocks(tokens + 1, 1, model.decoder_width, model.decoder_heads, 4 * model.decoder_width,
+                    model.decoder_depth) + 2 * (tokens + 1) * model.decoder_width * features
+        return float(embed + encoder + decoder)
+    raise TypeError(f"no FLOP count for {type(model).__name__}")
+
+
+def peak_flops(device, dtype: str) -> float | None:
+    """Peak dense FLOP/s of one device for ``dtype``, or None if unknown. CPUs: cores x clock x
+    32 float32 FMAs per cycle (two AVX-512 units), an upper bound."""
+    kind = getattr(device, "device_kind", str(device))
+    for name, rates in PEAK_FLOPS.items():
+        if name.lower() in kind.lower():
+            return rates.get(dtype)
+    if getattr(device, "platform", "") == "cpu":
+        try:
+            mhz = max(float(line.split(":")[1]) for line in open("/proc/cpuinfo") if line.startswith("cpu MHz"))
+        except (OSError, ValueError):
+            return None
+        return (len(os.sched_getaffinity(0))) * mhz * 1e6 * 64
+    return None

@@ -1,0 +1,1 @@
+"""Training: optimisation, device mesh, checkpoints, reporting, and the trainers."""

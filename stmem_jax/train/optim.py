@@ -1,0 +1,49 @@
+"""AdamW with warm-up + half-cycle cosine, decay only on Dense kernels, optional clipping and
+layer-wise learning-rate decay."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import optax
+from flax.traverse_util import path_aware_map
+
+
+def peak_learning_rate(lr: float | None, base_lr: float, global_batch: int) -> float:
+    """``lr`` when set, else ``base_lr * global_batch / 256`` (the MAE scaling rule)."""
+    return float(lr) if lr else base_lr * global_batch / 256
+
+
+def schedule(peak: float, total_steps: int, warmup_steps: int, min_lr: float = 0.0) -> optax.Schedule:
+    """Linear warm-up from 0 to ``peak`` over ``warmup_steps``, then half-cycle cosine to ``min_lr``."""
+    warmup_steps = min(warmup_steps, max(total_steps - 1, 0))
+    return optax.warmup_cosine_decay_schedule(0.0, peak, warmup_steps, max(total_steps, warmup_steps + 1), min_lr)
+
+
+def decay_mask(params: Any) -> Any:
+    """True for Dense kernels only: norms, biases and embeddings get no weight decay."""
+    return path_aware_map(lambda path, _: path[-1] == "kernel", params)
+
+
+def layer_depths(params: Any, depth: int) -> Any:
+    """Depth of each parameter for layer-wise decay: embeddings 0, block i -> i + 1, the rest depth + 1."""
+    def of(path, _):
+        if "blocks" in path:
+            return int(path[path.index("blocks") + 1].split("_")[1]) + 1
+        return 0 if path[0] == "encoder" and path[1] != "norm" else depth + 1
+    return path_aware_map(of, params)
+
+
+def adamw(learning_rate: optax.Schedule, params: Any, *, b1: float = 0.9, b2: float = 0.95,
+          weight_decay: float = 0.05, clip_norm: float = 0.0, layer_decay: float = 1.0,
+          depth: int = 0) -> optax.GradientTransformation:
+    """AdamW over ``params`` (a tree of arrays or shapes). ``layer_decay`` < 1 scales the update of
+    a parameter at depth d by ``layer_decay ** (depth + 1 - d)`` (the head and final norm by 1)."""
+    parts = [optax.clip_by_global_norm(clip_norm)] if clip_norm > 0 else []
+    parts.append(optax.adamw(learning_rate, b1=b1, b2=b2, weight_decay=weight_decay, mask=decay_mask(params)))
+    if layer_decay < 1.0:
+        scales = jax.tree.map(lambda d: layer_decay ** (depth + 1 - d), layer_depths(params, depth))
+        parts.append(optax.transforms.partition(
+            {s: optax.scale(s) for s in set(jax.tree.leaves(scales))}, scales))
+    return optax.chain(*parts)

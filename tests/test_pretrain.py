@@ -1,0 +1,171 @@
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from stmem_jax.checkpoint import load_model
+from stmem_jax.train import pretrain
+from stmem_jax.train.optim import adamw
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG = os.path.join(ROOT, "configs", "pretrain", "st_mem.py")
+SMALL = {"model.width": 64, "model.depth": 2, "model.heads": 1, "model.mlp_dim": 128, "model.decoder_width": 64,
+         "model.decoder_depth": 1, "model.decoder_heads": 1, "train.batch_size": 16, "train.warmup_steps": 2,
+         "train.base_lr": 2e-3, "log.every_steps": 1, "checkpoint.every_steps": 1000, "eval.every_steps": 0,
+         "log.figure_every_steps": 0, "checkpoint.asynchronous": False}
+
+
+def small_config(data_dir, **overrides):
+    config = pretrain_config()
+    for key, value in {**SMALL, "data.dir": data_dir, **overrides}.items():
+        section, field = key.split(".")
+        config[section][field] = value
+    return config
+
+
+def pretrain_config():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("st_mem_config", CONFIG)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config("tiny")
+
+
+def losses(workdir):
+    rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+    return [r["loss"] for r in rows if r["split"] == "train"]
+
+
+def final_params(workdir):
+    return jax.tree.leaves(load_model(os.path.join(workdir, "model"))[1])
+
+
+def summary_of(stdout):
+    (line,) = [line for line in stdout.splitlines() if line.startswith("summary: ")]
+    return json.loads(line[len("summary: "):])
+
+
+def run_cli(workdir, data_dir, devices=1, extra=(), **overrides):
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu")
+    flags = [f"--config.{k}={v}" for k, v in {**SMALL, "data.dir": data_dir, **overrides}.items()]
+    result = subprocess.run([sys.executable, "-m", "stmem_jax.train.pretrain", f"--config={CONFIG}:tiny",
+                             f"--workdir={workdir}", *flags, *extra], env=env, capture_output=True, text=True,
+                            timeout=600, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def test_tiny_run_lowers_the_loss_and_writes_everything(synthetic_shards, tmp_path):
+    workdir = str(tmp_path / "run")
+    config = small_config(synthetic_shards, **{"train.num_steps": 40, "log.every_steps": 10,
+                                               "eval.every_steps": 20, "log.figure_every_steps": 40})
+    summary = pretrain.train(config, workdir)
+    assert summary["step"] == 40
+    train_losses = losses(workdir)
+    assert len(train_losses) == 4 and train_losses[-1] < 0.8 * train_losses[0]
+    rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+    assert [r["step"] for r in rows if r["split"] == "validation"] == [20, 40]
+    assert {"lr", "grad_norm", "examples_per_s"} <= set(rows[1])
+    assert os.path.exists(os.path.join(workdir, "figures", "reconstruction_0000040.png"))
+    assert os.listdir(os.path.join(workdir, "tensorboard"))
+    assert os.listdir(os.path.join(workdir, "best"))
+    encoder, variables = load_model(os.path.join(workdir, "encoder"))
+    assert type(encoder).__name__ == "STMEMClassifier" and encoder.width == 64
+    assert variables["params"]["encoder"]["pos_embedding"].shape == (32, 64)
+
+
+def test_accumulated_micro_batches_equal_one_big_batch():
+    model = pretrain.create_model("st_mem", "tiny", depth=1, decoder_depth=1)
+    params = model.init({"params": jax.random.key(0), "masking": jax.random.key(0)}, jnp.zeros((1, 12, 2250)))["params"]
+    tx = optax.sgd(1.0)  # parameter change = gradient, compared directly
+    state = pretrain.TrainState(jnp.zeros((), jnp.int32), params, tx.init(params), jnp.full((), -1, jnp.int32))
+    series = jax.random.normal(jax.random.key(1), (8, 12, 2250))
+    key = jax.random.key(2)
+    leads = tuple(range(12))
+    one, m1 = jax.jit(pretrain.make_train_step(model, tx, 0.75, 1, leads))(state, series, key)
+    four, m4 = jax.jit(pretrain.make_train_step(model, tx, 0.75, 4, leads))(state, series, key)
+    np.testing.assert_allclose(m1["loss"], m4["loss"], rtol=1e-6)
+    np.testing.assert_allclose(m1["grad_norm"], m4["grad_norm"], rtol=1e-5)
+    for a, b, p in zip(jax.tree.leaves(one.params), jax.tree.leaves(four.params), jax.tree.leaves(params)):
+        grad_one, grad_four = np.asarray(p - a), np.asarray(p - b)
+        np.testing.assert_allclose(grad_four, grad_one, rtol=1e-4, atol=1e-5 * np.abs(grad_one).max() + 1e-9)
+
+
+def test_non_finite_guard_keeps_parameters_and_names_the_step(synthetic_shards, tmp_path, monkeypatch):
+    model = pretrain.create_model("st_mem", "tiny", depth=1, decoder_depth=1)
+    params = model.init({"params": jax.random.key(0), "masking": jax.random.key(0)}, jnp.zeros((1, 12, 2250)))["params"]
+    tx = adamw(optax.constant_schedule(1e-3), params)
+    state = pretrain.TrainState(jnp.full((), 4, jnp.int32), params, tx.init(params), jnp.full((), -1, jnp.int32))
+    poisoned = jnp.ones((2, 12, 2250)).at[0, 3, 100].set(jnp.nan)
+    new, _ = jax.jit(pretrain.make_train_step(model, tx, 0.75, 1, tuple(range(12))))(state, poisoned, jax.random.key(0))
+    assert int(new.bad_step) == 4 and int(new.step) == 5
+    for a, b in zip(jax.tree.leaves(new.params), jax.tree.leaves(params)):
+        np.testing.assert_array_equal(a, b)
+
+    real = pretrain.global_batches
+
+    def poisoning(config, mesh, **kwargs):
+        for i, batch in enumerate(real(config, mesh, **kwargs), start=kwargs.get("start_step", 0)):
+            if i == 5:  # the 6th step's batch
+                batch = {**batch, "series": batch["series"] * jnp.nan}
+            yield batch
+
+    monkeypatch.setattr(pretrain, "global_batches", poisoning)
+    workdir = str(tmp_path / "run")
+    with pytest.raises(pretrain.NonFiniteLoss, match="at step 6"):
+        pretrain.train(small_config(synthetic_shards, **{"train.num_steps": 12, "checkpoint.every_steps": 4}), workdir)
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["4"]
+
+
+def test_killed_run_resumed_equals_uninterrupted_run(synthetic_shards, tmp_path):
+    full = str(tmp_path / "full")
+    pretrain.train(small_config(synthetic_shards, **{"train.num_steps": 8}), full)
+    parts = str(tmp_path / "parts")
+    first = pretrain.train(small_config(synthetic_shards, **{"train.num_steps": 8, "train.max_steps_per_run": 4}), parts)
+    assert first["step"] == 4 and not os.path.exists(os.path.join(parts, "model"))
+    second = pretrain.train(small_config(synthetic_shards, **{"train.num_steps": 8}), parts)
+    assert second["step"] == 8
+    np.testing.assert_allclose(losses(parts), losses(full), rtol=1e-6)
+    for a, b in zip(final_params(parts), final_params(full)):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_eight_devices_match_one_and_their_checkpoint_restores_on_one(synthetic_shards, tmp_path):
+    one, eight = str(tmp_path / "one"), str(tmp_path / "eight")
+    run_cli(one, synthetic_shards, devices=1, **{"train.num_steps": 5})
+    run_cli(eight, synthetic_shards, devices=8, **{"train.num_steps": 5, "train.max_steps_per_run": 3})
+    run_cli(eight, synthetic_shards, devices=1, **{"train.num_steps": 5})  # resumes on one device
+    np.testing.assert_allclose(losses(eight), losses(one), rtol=1e-5, atol=1e-5)
+    for a, b in zip(final_params(eight), final_params(one)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_two_processes_train_together(synthetic_shards, tmp_path):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    workdir = str(tmp_path / "multi")
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    flags = [f"--config.{k}={v}" for k, v in {**SMALL, "data.dir": synthetic_shards, "train.num_steps": 3,
+                                              "distributed.num_processes": 2,
+                                              "distributed.coordinator_address": f"127.0.0.1:{port}"}.items()]
+    procs = [subprocess.Popen([sys.executable, "-m", "stmem_jax.train.pretrain", f"--config={CONFIG}:tiny",
+                               f"--workdir={workdir}", *flags, f"--config.distributed.process_id={i}"],
+                              env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i in range(2)]
+    outputs = [p.communicate(timeout=600) for p in procs]
+    assert all(p.returncode == 0 for p in procs), outputs[0][1][-3000:] + outputs[1][1][-3000:]
+    checksums = [summary_of(out)["local_params_checksum"] for out, _ in outputs]
+    assert checksums[0] == checksums[1]
+    single = str(tmp_path / "single")
+    out = run_cli(single, synthetic_shards, devices=2, **{"train.num_steps": 3}).stdout
+    assert summary_of(out)["local_params_checksum"] == pytest.approx(checksums[0], rel=1e-5)
