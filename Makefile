@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: test
+.PHONY: test demo
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,3 +16,6 @@ $(STAMP): setup.cfg pyproject.toml
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest
+
+demo: $(STAMP)
+	$(VENV)/bin/stmem-demo --workdir runs/demo

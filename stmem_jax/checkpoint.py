@@ -41,12 +41,15 @@ def save_model(directory: str | os.PathLike, model: nn.Module, variables: dict[s
 
 
 def load_model(directory: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuilds the model saved by :func:`save_model` and restores its variables."""
+    """Rebuilds the model saved by :func:`save_model` and restores its variables onto this process's
+    first device, whatever the device count of the run that saved them."""
     path = _path(directory)
     description_file = path / MODEL_FILE
     if not description_file.exists():
         raise FileNotFoundError(f"{path} is not a saved model: {MODEL_FILE} is missing")
     model = model_from_config(json.loads(description_file.read_text())["model"])
-    target = jax.eval_shape(lambda: init_variables(model, jax.random.key(0)))
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+                          jax.eval_shape(lambda: init_variables(model, jax.random.key(0))))
     variables = ocp.StandardCheckpointer().restore(path / VARIABLES_DIR, target)
     return model, variables

@@ -45,3 +45,4 @@ def synthetic_shards(tmp_path_factory):
     write_ptbxl(str(root / "native"), 240, seed=0, workers=1, progress=False)
     prepare(PTBXL(str(root / "native")), str(root / "shards"), Processing(), shard_windows=60, progress=False)
     return str(root / "shards")
+

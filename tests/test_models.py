@@ -222,7 +222,7 @@ def test_model_config_round_trip():
         create_model("st_mem", "tiny", num_classes=3)
 
 
-@pytest.mark.parametrize("kind", ["st_mem", "mtae", "mlae"])
+@pytest.mark.parametrize("kind", ["st_mem", "mlae"])
 def test_pretrained_encoder_carries_the_pretrained_weights(kind, series):
     model = create_model(kind, "tiny")
     variables = init_variables(model, jax.random.key(0))

@@ -167,15 +167,17 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     init_key, mask_key = jax.random.split(key)
     example = jnp.zeros((1, len(lead_ids), config.data.crop_samples), jnp.float32)
 
+    def init_params():
+        return model.init({"params": init_key, "masking": init_key}, example, leads=lead_ids)["params"]
+
+    tx = adamw(lr_schedule, jax.eval_shape(init_params), b1=config.train.b1, b2=config.train.b2,
+               weight_decay=config.train.weight_decay, clip_norm=config.train.clip_norm)
+
     def init_state() -> TrainState:
-        params = model.init({"params": init_key, "masking": init_key}, example, leads=lead_ids)["params"]
-        tx = adamw(lr_schedule, params, b1=config.train.b1, b2=config.train.b2,
-                   weight_decay=config.train.weight_decay, clip_norm=config.train.clip_norm)
+        params = init_params()
         return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params), jnp.full((), -1, jnp.int32))
 
     abstract = jax.eval_shape(init_state)
-    tx = adamw(lr_schedule, abstract.params, b1=config.train.b1, b2=config.train.b2,
-               weight_decay=config.train.weight_decay, clip_norm=config.train.clip_norm)
     shardings = TrainState(meshlib.replicated(mesh), meshlib.state_shardings(mesh, abstract.params),
                            meshlib.state_shardings(mesh, abstract.opt_state), meshlib.replicated(mesh))
     checkpoints = Checkpoints(workdir, config.checkpoint.keep, asynchronous=config.checkpoint.asynchronous,

@@ -1,0 +1,13 @@
+"""Any prepared dataset with labels: ``configs/downstream/generic.py:<task>``, the task as named in
+its manifest.json (e.g. ``label`` for ``stmem-prepare wfdb``); empty: the dataset's only task.
+
+    stmem-finetune --config configs/downstream/generic.py:label --config.data.dir=<dir> ...
+"""
+
+from stmem_jax.train.downstream import base_config
+
+
+def get_config(arg: str = ""):
+    config = base_config()
+    config.data.task = arg
+    return config

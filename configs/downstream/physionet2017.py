@@ -1,0 +1,15 @@
+"""PhysioNet/CinC Challenge 2017: task ``af2017`` (N, A, O, ~), one lead (the handheld lead, lead I).
+
+    stmem-prepare physionet2017 --input <training2017> --output <dir>
+    stmem-finetune --config configs/downstream/physionet2017.py --config.data.dir=<dir> ...
+"""
+
+from stmem_jax.train.downstream import base_config
+
+
+def get_config(arg: str = ""):
+    del arg
+    config = base_config()
+    config.data.task = "af2017"
+    config.data.leads = "1"
+    return config

@@ -1,0 +1,33 @@
+"""The benchmark scripts run (tiny settings) and print their tables."""
+
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run(script, *args):
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", script), *args], cwd=ROOT,
+                            capture_output=True, text=True, timeout=600,
+                            env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+def test_prepare_benchmark_prints_records_per_second():
+    lines = run("prepare.py", "--records", "40", "--workers", "1").splitlines()
+    assert lines[0].split() == ["workers", "records", "seconds", "records/s"]
+    workers, records, seconds, rate = lines[1].split()
+    assert workers == "1" and int(records) == 40 and float(rate) > 0
+
+
+def test_train_throughput_benchmark_prints_mfu():
+    out = run("train_throughput.py", "--presets", "tiny", "--dtypes", "float32", "--batch", "4", "--steps", "1")
+    row = [line for line in out.splitlines() if line.startswith("tiny")][0].split()
+    assert row[:3] == ["tiny", "float32", "4"] and float(row[4]) > 0 and row[6].endswith("%")
+
+
+def test_input_pipeline_benchmark_prints_rates():
+    out = run("input_pipeline.py", "--windows", "64", "--batch-size", "16", "--batches", "2")
+    assert "examples/s" in out and "pre-training" in out

@@ -1,0 +1,231 @@
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from stmem_jax import benchmark, embed
+from stmem_jax.checkpoint import load_model, save_model
+from stmem_jax.data.pipeline import InputConfig, make_dataset
+from stmem_jax.models import create_model, init_variables, pretrained_encoder
+from stmem_jax.train import downstream
+from stmem_jax.train.mesh import make_mesh
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = os.path.join(ROOT, "configs", "downstream")
+SIZES = dict(width=64, depth=2, heads=1, mlp_dim=128)
+# a tiny model, no augmentation or drop-path, a high learning rate: learns the synthetic rhythm in 60 steps
+SMALL = {"model.preset": "tiny", **{f"model.{k}": v for k, v in SIZES.items()}, "model.drop_path": 0.0,
+         "data.augment": False, "train.batch_size": 16, "train.warmup_steps": 5, "train.lr": 6e-3,
+         "eval.batch_size": 16, "log.every_steps": 20, "checkpoint.asynchronous": False}
+
+
+def run_config(data_dir, task="rhythm", **overrides):
+    config = downstream.base_config()
+    for key, value in {**SMALL, "data.dir": data_dir, "data.task": task, **overrides}.items():
+        *path, field = key.split(".")
+        section = config
+        for name in path:
+            section = section[name]
+        section[field] = value
+    return config
+
+
+def split_ids(data_dir, split="test", task="rhythm"):
+    ds = make_dataset(InputConfig(data_dir, split=split, batch_size=16, training=False, task=task),
+                      process_index=0, process_count=1)
+    return sorted(r.decode() for b in ds.as_numpy_iterator() for r, v in zip(b["record_id"], b["valid"]) if v)
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    """A (randomly initialised) pre-training workdir as stmem-pretrain leaves it: model/ and encoder/."""
+    workdir = tmp_path_factory.mktemp("pretrain")
+    model = create_model("st_mem", "tiny", **SIZES, decoder_width=64, decoder_depth=1, decoder_heads=1)
+    variables = init_variables(model, jax.random.key(0))
+    save_model(workdir / "model", model, variables)
+    save_model(workdir / "encoder", *pretrained_encoder(model, variables))
+    return str(workdir)
+
+
+@pytest.fixture(scope="module")
+def finetuned(synthetic_shards, pretrained, tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("finetune") / "run")
+    config = run_config(synthetic_shards, mode="finetune", init=pretrained,
+                        **{"train.num_steps": 60, "eval.every_steps": 30, "model.drop_path": 0.1})
+    return workdir, downstream.train(config, workdir)
+
+
+def test_finetune_learns_the_rhythm_and_writes_its_results(finetuned, synthetic_shards):
+    workdir, record = finetuned
+    assert record["multilabel"] and record["classes"] == ["AFIB", "SR"]
+    assert record["test"]["auroc"] > 0.75, record["test"]
+    assert record["selected_step"] in (30, 60) and record["select"] == "loss"
+    assert json.load(open(os.path.join(workdir, "test_metrics.json"))) == record
+    header, row = open(os.path.join(workdir, "test_metrics.csv")).read().splitlines()
+    assert header.split(",")[:7] == ["task", "mode", "leads", "label_fraction", "seed", "selected_step", "num_examples"]
+    predictions = np.load(os.path.join(workdir, "test_predictions.npz"))
+    assert sorted(predictions["record_id"]) == split_ids(synthetic_shards)
+    model, variables = load_model(os.path.join(workdir, "model"))
+    assert model.num_classes == 2 and model.drop_path == 0.1
+    # a finished run is not trained again
+    assert downstream.train(run_config(synthetic_shards, mode="finetune", init="unused"), workdir) == record
+
+
+def test_scratch_learns_a_single_label_task_and_reports_absent_classes(synthetic_shards, tmp_path):
+    config = run_config(synthetic_shards, "st_mem", mode="scratch", **{"train.num_steps": 60, "eval.select": "auroc"})
+    record = downstream.train(config, str(tmp_path / "run"))
+    test = record["test"]
+    assert test["auroc"] > 0.7, test
+    assert test["absent_classes"] == ["MI"] and test["per_class_auroc"]["MI"] is None  # no MI in the test split
+    assert {"f1", "accuracy"} <= set(test) and record["select"] == "auroc"
+    model, variables = load_model(str(tmp_path / "run" / "model"))
+    assert model.num_classes == 5
+
+
+def test_linear_probe_keeps_the_encoder_and_caches_features(finetuned, synthetic_shards, tmp_path, monkeypatch):
+    init = finetuned[0]  # a downstream workdir: its classifier's head is replaced
+    config = run_config(synthetic_shards, mode="linprobe", init=init, **{"train.num_steps": 100, "train.lr": 0.02})
+    record = downstream.train(config, str(tmp_path / "first"))
+    assert record["test"]["auroc"] > 0.75, record["test"]
+    _, before = downstream.load_encoder(init)
+    _, after = load_model(str(tmp_path / "first" / "model"))
+    leaves = jax.tree.leaves(before["params"]["encoder"])
+    assert len(leaves) == len(jax.tree.leaves(after["params"]["encoder"]))
+    for a, b in zip(leaves, jax.tree.leaves(after["params"]["encoder"])):
+        assert np.array_equal(np.asarray(a), np.asarray(b))
+    cache = sorted(os.listdir(tmp_path / "first" / "features"))
+    assert [name.split("-")[0] for name in cache] == ["train", "validation"]
+
+    original, calls = downstream.predict, []
+
+    def counting(fn, params, input_config, mesh):
+        calls.append(input_config.split)
+        return original(fn, params, input_config, mesh)
+
+    monkeypatch.setattr(downstream, "predict", counting)
+    config.data.feature_cache = str(tmp_path / "first" / "features")
+    again = downstream.train(config, str(tmp_path / "second"))
+    assert calls == ["test"]  # train and validation features came from the cache
+    assert again["test"] == record["test"]
+
+
+def test_three_crop_evaluation_is_the_mean_of_single_crop_passes():
+    model = create_model("st_mem_classifier", "tiny", **SIZES, num_classes=3)
+    params = init_variables(model, jax.random.key(0))["params"]
+    series = jax.random.normal(jax.random.key(1), (2, 3, 12, 2250))
+    leads = tuple(range(12))
+    for multilabel, act in ((False, jax.nn.softmax), (True, jax.nn.sigmoid)):
+        averaged = downstream.crop_probabilities(downstream.crop_outputs(model, params, series, leads), multilabel)
+        single = [act(model.apply({"params": params}, series[:, i], leads=leads)) for i in range(3)]
+        np.testing.assert_allclose(averaged, np.mean(single, axis=0), rtol=1e-5, atol=1e-6)
+
+
+def test_encoders_from_every_source(pretrained, tmp_path):
+    from stmem_jax.convert import save_torch_checkpoint
+
+    model, variables = load_model(os.path.join(pretrained, "model"))
+    expected = jax.tree.leaves(pretrained_encoder(model, variables)[1])
+    save_torch_checkpoint(str(tmp_path / "st_mem.pth"), model, variables)
+    for path in (pretrained, os.path.join(pretrained, "model"), str(tmp_path / "st_mem.pth")):
+        encoder, loaded = downstream.load_encoder(path)
+        assert encoder.num_classes == 0 and encoder.width == 64
+        for a, b in zip(expected, jax.tree.leaves(loaded)):
+            np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_baseline_encoders_need_all_twelve_leads(synthetic_shards, tmp_path):
+    mtae = create_model("mtae", "tiny", **SIZES, decoder_width=64, decoder_depth=1, decoder_heads=1)
+    save_model(tmp_path / "mtae", mtae, init_variables(mtae, jax.random.key(0)))
+    config = run_config(synthetic_shards, mode="linprobe", init=str(tmp_path / "mtae"), **{"train.num_steps": 20})
+    record = downstream.train(config, str(tmp_path / "twelve"))
+    assert 0 <= record["test"]["auroc"] <= 1
+    config.data.leads = "limb"
+    with pytest.raises(ValueError, match="MTAE/MLAE encoders need all 12 leads"):
+        downstream.train(config, str(tmp_path / "limb"))
+    config = run_config(synthetic_shards, mode="scratch", **{"model.kind": "mlae", "data.leads": "II"})
+    with pytest.raises(ValueError, match="lead setting 'II'"):
+        downstream.train(config, str(tmp_path / "lead_ii"))
+
+
+def test_config_files_set_their_tasks():
+    assert benchmark.load_config(os.path.join(CONFIGS, "ptbxl.py"), "").data.task == "st_mem"
+    assert benchmark.load_config(os.path.join(CONFIGS, "ptbxl.py"), "form").data.task == "form"
+    assert benchmark.load_config(os.path.join(CONFIGS, "cpsc2018.py"), "multi").data.task == "cpsc2018"
+    assert benchmark.load_config(os.path.join(CONFIGS, "cpsc2018.py"), "single").data.task == "cpsc2018_single"
+    af = benchmark.load_config(os.path.join(CONFIGS, "physionet2017.py"))
+    assert (af.data.task, af.data.leads) == ("af2017", "1")
+    assert benchmark.load_config(os.path.join(CONFIGS, "generic.py"), "label").data.task == "label"
+    grid = benchmark.load_config(os.path.join(CONFIGS, "benchmark.py"), "cpsc2018:multi")
+    assert grid.run.data.task == "cpsc2018" and len(grid.grid.seeds) >= 3
+    assert downstream.parse_leads("I, II,V1") == ("I", "II", "V1") and downstream.parse_leads("limb") == "limb"
+    with pytest.raises(ValueError, match="needs data.dir"):
+        downstream.train(af, "/nonexistent/never/created")
+
+
+def test_eight_devices_score_every_test_example_once(synthetic_shards, tmp_path):
+    """The CLI on 8 simulated devices: test examples (49, an odd number) each scored exactly once,
+    with the probabilities a one-device evaluation of the saved model gives."""
+    workdir = str(tmp_path / "run")
+    overrides = {**SMALL, "data.dir": synthetic_shards, "mode": "scratch", "train.num_steps": 3,
+                 "train.batch_size": 32, "data.label_fraction": 0.1, "eval.batch_size": 8, "eval.every_steps": 2}
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    result = subprocess.run([sys.executable, "-m", "stmem_jax.train.downstream",
+                             f"--config={CONFIGS}/ptbxl.py:st_mem", f"--workdir={workdir}",
+                             *[f"--config.{k}={v}" for k, v in overrides.items()]],
+                            env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "global batch 16 instead of 32" in result.stdout  # 10% of the labels: 17 examples
+    predictions = np.load(os.path.join(workdir, "test_predictions.npz"))
+    ids = list(predictions["record_id"])
+    assert len(ids) == 49 and sorted(ids) == split_ids(synthetic_shards, task="st_mem")
+
+    model, variables = load_model(os.path.join(workdir, "model"))
+    leads = tuple(range(12))
+    fn = jax.jit(lambda p, s: downstream.crop_probabilities(downstream.crop_outputs(model, p, s, leads), False))
+    config = InputConfig(synthetic_shards, split="test", batch_size=16, training=False, task="st_mem")
+    single = downstream.predict(fn, variables["params"], config, make_mesh())
+    assert list(single["record_id"]) == ids
+    np.testing.assert_allclose(single["outputs"], predictions["probs"], atol=1e-5)
+
+
+def test_benchmark_runs_a_grid_and_resumes(pretrained, synthetic_shards, tmp_path):
+    config = benchmark.load_config(os.path.join(CONFIGS, "benchmark.py"), "ptbxl:rhythm")
+    for key, value in {**SMALL, "data.dir": synthetic_shards, "train.num_steps": 20, "train.lr": 0.02}.items():
+        section, field = key.split(".")
+        config.run[section][field] = value
+    config.grid.update(methods=(f"Random={pretrained}",), modes=("linprobe",), fractions=(0.5, 1.0), leads=("12",))
+    first = benchmark.run_grid(config, str(tmp_path))
+    assert len(first["ran"]) == 6 and not first["skipped"]
+    second = benchmark.run_grid(config, str(tmp_path))
+    assert second["ran"] == [] and len(second["skipped"]) == 6 and second["table"] == first["table"]
+    lines = open(tmp_path / "results.md").read().splitlines()
+    assert lines[2] == "| Method | Leads | 50% AUROC | 50% F1 | 100% AUROC | 100% F1 |"
+    assert lines[4].startswith("| Random (linear probe) | 12-lead | 0.") and lines[4].count("±") == 4
+    rows = open(tmp_path / "runs.csv").read().splitlines()
+    assert len(rows) == 7 and rows[0].startswith("task,method,mode,leads,label_fraction,seed,auroc,f1")
+
+
+def test_embed_a_prepared_split_and_the_same_records_as_wfdb_files(pretrained, synthetic_shards, tmp_path):
+    output = str(tmp_path / "split.npz")
+    assert embed.main(["--model", pretrained, "--data", synthetic_shards, "--split", "test", "--task", "st_mem",
+                       "--batch-size", "16", "--output", output]) == 0
+    split = np.load(output)
+    assert split["features"].shape == (49, 64) and list(split["classes"]) == ["CD", "HYP", "MI", "NORM", "STTC"]
+    assert len(split["label"]) == 49 and set(split["window"]) == {0}
+
+    native = os.path.join(os.path.dirname(synthetic_shards), "native")
+    chosen = sorted(split["record_id"][:3], key=int)
+    for rid in chosen:
+        for ext in ("hea", "dat"):
+            name = f"{int(rid):05d}_hr.{ext}"
+            shutil.copy(os.path.join(native, "records500", f"{int(rid) // 1000 * 1000:05d}", name), tmp_path / name)
+    encoder, variables = downstream.load_encoder(pretrained)
+    folder = embed.embed_wfdb(encoder, variables, str(tmp_path), batch_size=2)
+    assert list(folder["record_id"]) == [f"{int(r):05d}_hr" for r in chosen]
+    expected = [split["features"][list(split["record_id"]).index(rid)] for rid in chosen]
+    np.testing.assert_allclose(folder["features"], expected, atol=2e-3)
