@@ -209,14 +209,16 @@ def _background(iterator: Iterator, size: int) -> Iterator:
         except BaseException as e:  # noqa: BLE001 - handed to the consumer
             put(e)
 
-    threading.Thread(target=work, daemon=True).start()
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
     try:
         while (item := items.get()) is not end:
             if isinstance(item, BaseException):
                 raise item
             yield item
-    finally:
+    finally:  # closing the iterator stops the thread before TensorFlow can be torn down under it
         stop.set()
+        thread.join()
 
 
 def _explain(config: InputConfig, error: tf.errors.OpError) -> Exception:

@@ -398,10 +398,10 @@ def _train_end_to_end(config, workdir, task, model, encoder_params, mesh, has_va
     reporter = Reporter(workdir, total, per_epoch, batch)
     pending: list[dict] = []
     step = start
+    batches = global_batches(train_input, mesh, data_axis=meshlib.BATCH_AXES, start_step=start) \
+        if start < total else (item for item in ())
     try:
-        if start < total:
-            batches = global_batches(train_input, mesh, data_axis=meshlib.BATCH_AXES, start_step=start)
-            reporter.reset_clock(step)
+        reporter.reset_clock(step)
         while step < total:
             item = next(batches)
             state, metrics = step_fn(state, item["series"], item["label"], dropout_key)
@@ -426,6 +426,7 @@ def _train_end_to_end(config, workdir, task, model, encoder_params, mesh, has_va
         if selected is not None and selected != step:
             state = checkpoints.restore(selected, abstract_with_shardings(abstract, shardings), best=True)
     finally:
+        batches.close()
         reporter.close()
         checkpoints.close()
     val = _validation(task, predict(probs_fn, state.params, val_input, mesh)) if has_val else None

@@ -231,6 +231,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                     break
         checkpoints.wait()
     finally:
+        batches.close()
         stop.restore()
         reporter.close()
         checkpoints.close()
