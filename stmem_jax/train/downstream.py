@@ -49,7 +49,7 @@ from stmem_jax.models import PRETRAINING_KINDS, create_model, model_config, pret
 from stmem_jax.train import mesh as meshlib
 from stmem_jax.train.checkpointing import Checkpoints, abstract_with_shardings
 from stmem_jax.train.optim import adamw, peak_learning_rate, schedule
-from stmem_jax.train.pretrain import NonFiniteLoss, TrainState, synthetic_data
+from stmem_jax.train.pretrain import NonFiniteLoss, TrainState, raise_if_bad, synthetic_data
 from stmem_jax.train.reporting import Reporter, scalars
 
 MODES = ("finetune", "linprobe", "scratch")
@@ -408,7 +408,7 @@ def _train_end_to_end(config, workdir, task, model, encoder_params, mesh, has_va
             step += 1
             pending.append(metrics)
             if step % config.log.every_steps == 0 or step == total:
-                _raise_if_bad(state)
+                raise_if_bad(state)
                 values = [scalars(m) for m in pending]
                 pending = []
                 reporter.log(step, {"loss": float(np.mean([v["loss"] for v in values])),
@@ -419,7 +419,7 @@ def _train_end_to_end(config, workdir, task, model, encoder_params, mesh, has_va
                 checkpoints.save_best(step, state, {"val_score": _score(config, val)})
                 reporter.reset_clock(step)
             if step % config.checkpoint.every_steps == 0 or step == total:
-                _raise_if_bad(state)
+                raise_if_bad(state)
                 checkpoints.save(step, state)
         checkpoints.wait()
         selected = checkpoints.best_step() if has_val else None
@@ -431,13 +431,6 @@ def _train_end_to_end(config, workdir, task, model, encoder_params, mesh, has_va
         checkpoints.close()
     val = _validation(task, predict(probs_fn, state.params, val_input, mesh)) if has_val else None
     return state.params, int(selected if selected is not None else step), val
-
-
-def _raise_if_bad(state: TrainState) -> None:
-    bad = int(jax.device_get(state.bad_step))
-    if bad >= 0:
-        raise NonFiniteLoss(f"non-finite loss or gradient at step {bad + 1}; the run stops and keeps the last "
-                            f"checkpoint written before it")
 
 
 def _validation(task: Task, predictions: dict) -> dict:

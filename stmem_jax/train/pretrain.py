@@ -225,7 +225,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             if config.log.figure_every_steps and (step % config.log.figure_every_steps == 0 or step == total_steps):
                 evaluator.figure(state.params, step)
             if step % config.checkpoint.every_steps == 0 or step == stop_at or _stop_agreed(stop, step, config):
-                _raise_if_bad(state)
+                raise_if_bad(state)
                 checkpoints.save(step, state)
                 if stop.requested:
                     break
@@ -252,7 +252,8 @@ def _stop_agreed(stop: _StopRequest, step: int, config) -> bool:
     return stop.requested
 
 
-def _raise_if_bad(state: TrainState) -> None:
+def raise_if_bad(state: TrainState) -> None:
+    """Raises NonFiniteLoss naming the first step whose loss or gradient was not finite."""
     bad = int(jax.device_get(state.bad_step))
     if bad >= 0:
         raise NonFiniteLoss(f"non-finite loss or gradient at step {bad + 1}; the run stops and keeps the last "
@@ -261,7 +262,7 @@ def _raise_if_bad(state: TrainState) -> None:
 
 def _check(state: TrainState, pending: list[dict], lr) -> dict[str, float]:
     """Fetches the interval's metrics; raises NonFiniteLoss naming the first bad step."""
-    _raise_if_bad(state)
+    raise_if_bad(state)
     values = [scalars(m) for m in pending]
     return {"loss": float(np.mean([v["loss"] for v in values])), "lr": float(lr),
             "grad_norm": values[-1]["grad_norm"]}
