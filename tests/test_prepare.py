@@ -196,8 +196,9 @@ def test_challenge2021_subsets_labels_and_patient_disjoint_stratified_split(tmp_
     nf.write_wfdb(bad, "B0004", nf.ecg_like(rng, 12, 2000, 500), 500, names, ["Dx: 164931005"], mat=True)
     (bad / "B0005.hea").write_text("garbage\n")
     out = tmp_path / "out"
-    source = SOURCES["challenge2021"](str(tmp_path), {"subsets": ["chapman_shaoxing", "cpsc_2018"]})
-    manifest = prepare(source, str(out), Processing(), progress=False, seed=3)
+    assert main(["challenge2021", "--input", str(tmp_path), "--output", str(out), "--subsets",
+                 "chapman_shaoxing,cpsc_2018", "--seed", "3", "--quiet", "--workers", "1"]) == 3  # 5 skipped
+    manifest = json.loads((out / "manifest.json").read_text())
 
     reasons = {s["record_id"]: s["reason"] for s in manifest["skipped"]}
     assert "unknown label code" in reasons["cpsc_2018/B0001"]
@@ -316,3 +317,13 @@ def test_resampling_and_filter_are_the_documented_ones():
     lp = sps.butter(5, 40.0, "lowpass", fs=250, output="sos")
     np.testing.assert_allclose(band_filter(x, 250, Processing()), sps.sosfiltfilt(lp, sps.sosfiltfilt(hp, x)))
     np.testing.assert_array_equal(band_filter(x, 250, Processing(highpass_hz=None, lowpass_hz=None)), x)
+
+
+def test_synthetic_source_command_writes_ptbxl_layout_and_shards(tmp_path):
+    native, out = tmp_path / "native", tmp_path / "shards"
+    assert main(["synthetic", "--input", str(native), "--output", str(out), "--records", "30", "--quiet",
+                 "--workers", "1"]) == 0
+    assert (native / "ptbxl_database.csv").exists() and (native / "records500" / "00000" / "00001_hr.hea").exists()
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["source"] == "ptbxl" and sum(s["records"] for s in manifest["splits"].values()) == 30
+    assert set(manifest["tasks"]["st_mem"]["classes"]) <= {"CD", "HYP", "MI", "NORM", "STTC"}
