@@ -219,6 +219,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, multilab
 
 
 def _gather_strings(values: np.ndarray) -> np.ndarray:
+    """This host's byte strings (at most 256 long) concatenated over the processes, in process order."""
     if jax.process_count() == 1:
         return values
     fixed = np.asarray(values, dtype="S256")
@@ -229,7 +230,7 @@ def _gather_strings(values: np.ndarray) -> np.ndarray:
 def predict(fn, params: Any, input_config: InputConfig, mesh) -> dict[str, np.ndarray]:
     """``fn(params, series)`` over an evaluation split, gathered from every device and process:
     ``outputs``, ``record_id`` (str), ``window`` and (with a task) ``label``, each valid example
-    exactly once, in split order."""
+    exactly once (in shard order per process, processes in turn)."""
     parts: dict[str, list] = {}
     for batch in global_batches(input_config, mesh, data_axis=meshlib.BATCH_AXES):
         device = {"outputs": fn(params, batch["series"]), "valid": batch["valid"], "window": batch["window"]}
@@ -289,6 +290,7 @@ def resolve_task(config: ml_collections.ConfigDict, workdir: str) -> Task:
 
 
 def _num_examples(input_config: InputConfig) -> int:
+    """Examples of the split that the config uses (after the label fraction)."""
     return steps_per_epoch(dataclasses.replace(input_config, training=False, batch_size=1), process_count=1)
 
 
