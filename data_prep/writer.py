@@ -124,7 +124,6 @@ def _write_json(path: str, content: Any) -> None:
 
 def run_job(job: Job, source: Source, proc: Processing, output: str, tasks: list[str], strict: bool) -> dict:
     """Processes one shard's records and writes the shard. Returns its statistics."""
-    features = fmt.features_dict(len(source.leads), proc.window_samples, tasks)
     classes: dict[str, Counter] = {task: Counter() for task in tasks}
     skipped: list[dict] = []
     error_max, error_sq, error_n, used = 0.0, 0.0, 0, 0
@@ -156,7 +155,7 @@ def run_job(job: Job, source: Source, proc: Processing, output: str, tasks: list
                 error_n += error.size
                 for task in tasks:
                     classes[task].update(example["labels"][task])
-                yield features.serialize_example(example)
+                yield fmt.serialize_example(example)
 
     count, size = fmt.write_shard(os.path.join(output, job.name), examples())
     result = {"shard": job.name, "split": job.split, "examples": count, "bytes": size, "records": used,

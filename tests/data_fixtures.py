@@ -42,7 +42,6 @@ def write_dataset(directory: str | os.PathLike, *, num_records: int = 40, num_le
     rng = np.random.default_rng(seed)
     leads = list(LEAD_NAMES[:num_leads] if leads is None else leads)
     num_leads = len(leads)
-    features = fmt.features_dict(num_leads, window_samples, sorted(tasks))
     names = list(splits)
     counts = [int(round(num_records * splits[s])) for s in names[:-1]]
     counts.append(num_records - sum(counts))
@@ -61,7 +60,7 @@ def write_dataset(directory: str | os.PathLike, *, num_records: int = 40, num_le
                           + 0.1 * rng.standard_normal((num_leads, window_samples)))
                 if not filtered:
                     signal = signal + 0.5 * np.sin(2 * np.pi * 0.2 * t) + 0.2
-                examples.append(features.serialize_example(fmt.make_example(
+                examples.append(fmt.serialize_example(fmt.make_example(
                     signal, record_id=f"rec{record:05d}", patient_id=f"pat{record // 2:05d}", source=source,
                     split=split, window=window, age=float(20 + record % 60), sex="MF"[record % 2],
                     fold=record % 10 + 1, codes=[f"code{record % 4}"], labels=labels)))
@@ -75,7 +74,7 @@ def write_dataset(directory: str | os.PathLike, *, num_records: int = 40, num_le
             shard_lengths[split].append(n)
         split_info[split] = {"examples": len(examples), "records": count, "shard_lengths": shard_lengths[split],
                              "classes": {task: dict(sorted(c.items())) for task, c in sorted(classes.items())}}
-    fmt.write_tfds_metadata(directory, features, shard_lengths, description="synthetic test dataset")
+    fmt.write_tfds_metadata(directory, fmt.features_dict(num_leads, window_samples, sorted(tasks)), shard_lengths, description="synthetic test dataset")
     manifest = {
         "format_version": 1, "tool": "tests.data_fixtures", "source": source, "leads": leads,
         "sampling_rate": sampling_rate, "window_samples": window_samples,

@@ -327,3 +327,24 @@ def test_synthetic_source_command_writes_ptbxl_layout_and_shards(tmp_path):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["source"] == "ptbxl" and sum(s["records"] for s in manifest["splits"].values()) == 30
     assert set(manifest["tasks"]["st_mem"]["classes"]) <= {"CD", "HYP", "MI", "NORM", "STTC"}
+
+
+def test_examples_are_encoded_as_tfds_encodes_them_without_tensorflow(tmp_path):
+    import tensorflow as tf
+
+    from stmem_jax.data import format as fmt
+
+    rng = np.random.default_rng(0)
+    features = fmt.features_dict(12, 2500, ["diag", "rhythm"])
+    for codes, labels in [(["NORM", "SR"], {"diag": ["NORM"], "rhythm": ["SR", "AFIB"]}),
+                          ([], {"diag": [], "rhythm": ["é"]})]:
+        example = fmt.make_example(rng.standard_normal((12, 2500)), record_id="r1", patient_id="", source="ptbxl",
+                                   split="test", window=3, age=float("nan"), sex="F", fold=7, codes=codes,
+                                   code_weights=[0.5] * len(codes), labels=labels)
+        ours = tf.train.Example.FromString(fmt.serialize_example(example))
+        assert ours == tf.train.Example.FromString(features.serialize_example(example))
+    path = str(tmp_path / "shard")
+    records = [b"", b"x" * 300, fmt.serialize_example(example)]
+    assert fmt.write_shard(path, records)[0] == 3
+    assert list(tf.data.TFRecordDataset(path).as_numpy_iterator()) == records  # checks both CRCs
+

@@ -67,7 +67,7 @@ def make_example(signal: np.ndarray, *, record_id: str, patient_id: str, source:
                  window: int = 0, age: float = float("nan"), sex: str = "", fold: int = 0,
                  codes: Sequence[str] = (), code_weights: Sequence[float] | None = None,
                  labels: Mapping[str, Sequence[str]] | None = None) -> dict[str, Any]:
-    """One example as a dict for ``features_dict(...).serialize_example``; ``signal`` is float (leads, samples)."""
+    """One example as a dict for :func:`serialize_example`; ``signal`` is float (leads, samples)."""
     values, scale = quantize(np.asarray(signal, np.float32))
     return {
         "signal": values, "scale": scale, "record_id": record_id, "patient_id": patient_id,
@@ -77,17 +77,63 @@ def make_example(signal: np.ndarray, *, record_id: str, patient_id: str, source:
     }
 
 
-def write_shard(path: str | os.PathLike, serialized: Iterable[bytes]) -> tuple[int, int]:
-    """Writes serialised examples to ``path`` atomically (temporary name, then rename).
-    Returns (examples, bytes)."""
-    import tensorflow as tf
+def _varint(value: int) -> bytes:
+    value &= (1 << 64) - 1  # negative int64 as two's complement, as protobuf does
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
 
+
+def _field(number: int, payload: bytes) -> bytes:
+    """A length-delimited protobuf field."""
+    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+
+
+_FLOAT_FEATURES = ("scale", "age", "code_weights")
+_INT_FEATURES = ("window", "fold")
+
+
+def _feature(key: str, value: Any) -> bytes:
+    """The ``tf.train.Feature`` of one key of our schema (scalars as one-element lists)."""
+    values = value if isinstance(value, (list, tuple)) else [value]
+    if key in _FLOAT_FEATURES:
+        return _field(2, _field(1, np.asarray(values, "<f4").tobytes()))
+    if key in _INT_FEATURES:
+        return _field(3, _field(1, b"".join(_varint(int(v)) for v in values)))
+    return _field(1, b"".join(_field(1, v.encode() if isinstance(v, str) else v) for v in values))
+
+
+def serialize_example(example: Mapping[str, Any]) -> bytes:
+    """One :func:`make_example` dict as a serialised ``tf.train.Example``, encoded as
+    ``features_dict(...).serialize_example`` encodes it (equal once parsed) but without loading
+    TensorFlow. ``labels`` becomes ``labels/<task>`` keys; the signal is raw little-endian int16 bytes."""
+    flat = {key: value for key, value in example.items() if key not in ("labels", "signal")}
+    flat.update({f"labels/{task}": names for task, names in example["labels"].items()})
+    flat["signal"] = np.ascontiguousarray(example["signal"], "<i2").tobytes()
+    entries = b"".join(_field(1, _field(1, key.encode()) + _field(2, _feature(key, flat[key]))) for key in sorted(flat))
+    return _field(1, entries)
+
+
+def _masked_crc(data: bytes) -> bytes:
+    import google_crc32c
+
+    crc = google_crc32c.value(data)
+    return (((crc >> 15 | crc << 17) + 0xA282EAD8) & 0xFFFFFFFF).to_bytes(4, "little")
+
+
+def write_shard(path: str | os.PathLike, serialized: Iterable[bytes]) -> tuple[int, int]:
+    """Writes serialised examples to ``path`` as a TFRecord file, atomically (temporary name, then
+    rename), without loading TensorFlow. Returns (examples, bytes)."""
     path = os.fspath(path)
     tmp = f"{path}.tmp-{os.getpid()}"
     count = 0
-    with tf.io.TFRecordWriter(tmp) as writer:
+    with open(tmp, "wb") as f:
         for record in serialized:
-            writer.write(record)
+            length = len(record).to_bytes(8, "little")
+            f.write(length + _masked_crc(length) + record + _masked_crc(record))
             count += 1
     os.replace(tmp, path)
     return count, os.path.getsize(path)
