@@ -92,7 +92,7 @@ class BaselineMAE(TokenSettings):
         self.decoder_embed = dense(self.decoder_width, self.dtype, "decoder_embed")
         self.mask_token = self.param("mask_token", nn.initializers.normal(0.02), (self.decoder_width,))
         self.decoder = Transformer(self.decoder_depth, self.decoder_heads, 4 * self.decoder_width,
-                                   ENCODER_LN_EPS, dtype=self.dtype, name="decoder")
+                                   ENCODER_LN_EPS, dtype=self.dtype, remat=self.remat, name="decoder")
         self.decoder_norm = layer_norm(DECODER_NORM_EPS, self.dtype, "decoder_norm")
         features = self.patch_size * self.num_leads if self.token_axis == "time" else self.seq_len
         self.decoder_head = dense(features, self.dtype, "decoder_head")

@@ -32,6 +32,7 @@ class ViTSettings(nn.Module):
     attn_dropout: float = 0.0
     drop_path: float = 0.0
     dtype: Any = jnp.float32
+    remat: bool = False  # recompute block activations in the backward pass (jax.checkpoint)
 
     @property
     def num_patches(self) -> int:
@@ -41,7 +42,7 @@ class ViTSettings(nn.Module):
 
     def transformer(self, name: str = "blocks") -> Transformer:
         return Transformer(self.depth, self.heads, self.mlp_dim, ENCODER_LN_EPS, self.dropout,
-                           self.attn_dropout, self.drop_path, self.dtype, name=name)
+                           self.attn_dropout, self.drop_path, self.dtype, self.remat, name=name)
 
     def settings(self) -> dict[str, Any]:
         """This module's ViTSettings fields, to build a sub-module with the same ones."""
@@ -120,7 +121,7 @@ class STMEM(ViTSettings):
         self.decoder_embed = dense(self.decoder_width, self.dtype, "decoder_embed")
         self.mask_token = self.param("mask_token", nn.initializers.normal(0.02), (self.decoder_width,))
         self.decoder = Transformer(self.decoder_depth, self.decoder_heads, 4 * self.decoder_width,
-                                   ENCODER_LN_EPS, dtype=self.dtype, name="decoder")
+                                   ENCODER_LN_EPS, dtype=self.dtype, remat=self.remat, name="decoder")
         self.decoder_norm = layer_norm(DECODER_NORM_EPS, self.dtype, "decoder_norm")
         self.decoder_head = dense(self.patch_size, self.dtype, "decoder_head")
 

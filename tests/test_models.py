@@ -234,3 +234,17 @@ def test_pretrained_encoder_carries_the_pretrained_weights(kind, series):
     fresh = init_variables(classifier, jax.random.key(1))
     assert jax.tree.structure(fresh["params"]) == jax.tree.structure(clf_vars["params"])
     assert classifier.apply(clf_vars, series).shape == (2, 3)
+
+
+def test_remat_keeps_parameters_loss_and_gradients(series):
+    plain, remat = (create_model("st_mem", "tiny", remat=flag) for flag in (False, True))
+    variables = init_variables(plain, jax.random.key(0))
+    assert jax.tree.structure(variables) == jax.tree.structure(init_variables(remat, jax.random.key(0)))
+
+    def value_and_grad(model):
+        loss = lambda p: model.apply({"params": p}, series, rngs={"masking": jax.random.key(1)})["loss"]
+        return jax.jit(jax.value_and_grad(loss))(variables["params"])
+
+    (expected, grads), (got, remat_grads) = value_and_grad(plain), value_and_grad(remat)
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), remat_grads, grads)

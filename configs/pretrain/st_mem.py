@@ -21,6 +21,7 @@ def get_config(arg: str = "vit_base") -> ml_collections.ConfigDict:
         dtype="bfloat16" if preset != "tiny" else "float32",
         mask_ratio=0.75,
         norm_pix_loss=True,
+        remat=False,              # recompute activations in the backward pass: less memory, ~1/3 more compute
     ))
     for field in ("width", "depth", "heads", "mlp_dim", "decoder_width", "decoder_depth", "decoder_heads"):
         config.model[field] = placeholder(int)  # set to override the preset

@@ -72,6 +72,7 @@ def base_config() -> ml_collections.ConfigDict:
         drop_path=0.1,
         dropout=0.0,
         first_k_leads=False,           # the public code's rule: a k-lead input uses lead embeddings 0..k-1
+        remat=False,                   # recompute activations in the backward pass: less memory, more compute
     ))
     for field in SIZE_FIELDS:
         config.model[field] = placeholder(int)  # scratch only: set to override the preset
@@ -147,7 +148,8 @@ def build_classifier(config: ml_collections.ConfigDict, num_classes: int, lead_i
                      ) -> tuple[nn.Module, Any]:
     """The run's classifier and the pre-trained encoder parameters (None for scratch)."""
     m = config.model
-    fields = dict(num_classes=num_classes, drop_path=m.drop_path, dropout=m.dropout, dtype=jnp.dtype(m.dtype))
+    fields = dict(num_classes=num_classes, drop_path=m.drop_path, dropout=m.dropout, dtype=jnp.dtype(m.dtype),
+                  remat=m.remat)
     if config.mode == "scratch":
         if config.init:
             raise ValueError("mode 'scratch' trains from random weights: leave init empty")

@@ -57,7 +57,8 @@ def build_model(config: ml_collections.ConfigDict, leads: int):
     if m.kind != "st_mem":  # MTAE / MLAE tokens hold exactly the input's leads
         overrides["num_leads"] = leads
     return create_model(m.kind, m.preset, dtype=jnp.dtype(m.dtype), seq_len=config.data.crop_samples,
-                        norm_pix_loss=m.norm_pix_loss, **overrides)
+                        norm_pix_loss=m.norm_pix_loss, remat=m.remat,
+                        **overrides)
 
 
 def make_train_step(model, tx: optax.GradientTransformation, mask_ratio: float, accum_steps: int,

@@ -1,0 +1,105 @@
+"""The same ST-MEM pre-training step in PyTorch, timed on the same machine: the reference for
+``train_throughput.py``.
+
+    pip install torch==2.13.0   # the CPU build; or: pip install -e '.[torch]'
+    python benchmarks/torch_reference.py [--presets vit_small,vit_base] [--batch 16] [--threads 2]
+
+A plain PyTorch model with ST-MEM's shapes and FLOPs (patch embedding, SEP tokens, 75% of the
+patches of every lead masked, pre-norm encoder blocks with exact GELU over the kept tokens, the
+lead-wise shared decoder, per-patch normalised loss on masked patches) and an AdamW step, float32
+on the CPU; eager mode, as the public code runs. Prints the same columns as ``train_throughput.py``.
+"""
+
+import argparse
+import time
+
+import torch
+from torch import nn
+
+from stmem_jax.flops import forward_flops
+from stmem_jax.models import PRESETS, create_model
+
+LEADS, PATCHES, PATCH = 12, 30, 75
+
+
+def blocks(width: int, heads: int, mlp: int, depth: int) -> nn.ModuleList:
+    return nn.ModuleList(nn.TransformerEncoderLayer(width, heads, mlp, dropout=0.0, activation="gelu",
+                                                    batch_first=True, norm_first=True) for _ in range(depth))
+
+
+class STMEM(nn.Module):
+    def __init__(self, width, depth, heads, mlp_dim, decoder_width, decoder_depth, decoder_heads):
+        super().__init__()
+        self.embed = nn.Sequential(nn.LayerNorm(PATCH), nn.Linear(PATCH, width), nn.LayerNorm(width))
+        self.sep = nn.Parameter(torch.zeros(width))
+        self.leads = nn.Parameter(torch.zeros(LEADS, width))
+        self.encoder, self.norm = blocks(width, heads, mlp_dim, depth), nn.LayerNorm(width)
+        self.decoder_embed = nn.Linear(width, decoder_width)
+        self.mask_token = nn.Parameter(torch.zeros(decoder_width))
+        self.decoder = blocks(decoder_width, decoder_heads, 4 * decoder_width, decoder_depth)
+        self.decoder_norm, self.head = nn.LayerNorm(decoder_width), nn.Linear(decoder_width, PATCH)
+
+    def forward(self, series: torch.Tensor, keep: int) -> torch.Tensor:
+        batch = series.shape[0]
+        patches = series.reshape(batch, LEADS, PATCHES, PATCH)
+        tokens = self.embed(patches)
+        width = tokens.shape[-1]
+        shuffle = torch.rand(batch, LEADS, PATCHES).argsort(-1)
+        restore = shuffle.argsort(-1)
+        kept = torch.gather(tokens, 2, shuffle[..., :keep, None].expand(-1, -1, -1, width))
+        sep = self.sep.expand(batch, LEADS, 1, width)
+        x = (torch.cat([sep, kept, sep], 2) + self.leads[None, :, None]).reshape(batch, -1, width)
+        for block in self.encoder:
+            x = block(x)
+        x = self.decoder_embed(self.norm(x)).reshape(batch, LEADS, keep + 2, -1)
+        dw = x.shape[-1]
+        body = torch.cat([x[:, :, 1:-1], self.mask_token.expand(batch, LEADS, PATCHES - keep, dw)], 2)
+        body = torch.gather(body, 2, restore[..., None].expand(-1, -1, -1, dw))
+        x = torch.cat([x[:, :, :1], body, x[:, :, -1:]], 2).reshape(batch * LEADS, PATCHES + 2, dw)
+        for block in self.decoder:
+            x = block(x)
+        pred = self.head(self.decoder_norm(x)).reshape(batch, LEADS, PATCHES + 2, PATCH)[:, :, 1:-1]
+        target = (patches - patches.mean(-1, keepdim=True)) / (patches.var(-1, keepdim=True) + 1e-6).sqrt()
+        mask = (restore >= keep).float()
+        return (((pred - target) ** 2).mean(-1) * mask).sum() / mask.sum()
+
+
+def measure(preset: str, batch: int, steps: int) -> float:
+    torch.manual_seed(0)
+    model = STMEM(**PRESETS[preset])
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.05)
+    series = torch.randn(batch, LEADS, PATCHES * PATCH)
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        model(series, keep=int(PATCHES * 0.25)).backward()
+        optimizer.step()
+
+    for _ in range(2):
+        step()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return (time.perf_counter() - start) / steps
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--presets", default="vit_small,vit_base")
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: PyTorch's default)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, float32, CPU")
+    print(f"{'preset':<10} {'batch':>5} {'step ms':>9} {'examples/s':>11} {'TFLOP/s':>8}")
+    for preset in args.presets.split(","):
+        seconds = measure(preset, args.batch, args.steps)
+        flops = 3 * forward_flops(create_model("st_mem", preset), 12) * args.batch
+        print(f"{preset:<10} {args.batch:>5} {1000 * seconds:>9.1f} {args.batch / seconds:>11.2f} "
+              f"{flops / seconds / 1e12:>8.3f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
