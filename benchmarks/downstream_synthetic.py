@@ -14,7 +14,10 @@ degrade gracefully.
 3. prints the table and two checks: fine-tuning beats scratch at the smallest fraction by at
    least ``--margin`` macro AUROC (12 leads, mean over seeds), and 6- and 1-lead fine-tuning stay
    within ``--lead-drop`` of 12-lead. Exit status 1 when a check fails.
-A rerun with the same workdir reuses the pre-training and every finished run.
+A rerun with the same workdir reuses the pre-training and every finished run; a rerun with more
+``--pretrain-steps`` resumes the pre-training from its last checkpoint up to the new step count
+(learning-rate schedule over the new total: a warm restart) and runs the grids again in
+``downstream_<steps>steps``.
 """
 
 from __future__ import annotations
@@ -59,10 +62,10 @@ def main(argv=None) -> int:
     config.log.update(every_steps=100, figure_every_steps=0)
     config.checkpoint.every_steps = 500
     pretrain_dir = os.path.join(args.workdir, "pretrain")
-    if not os.path.isdir(os.path.join(pretrain_dir, "encoder")):
-        summary = pretrain.train(config, pretrain_dir)
-        print(f"pre-training: {json.dumps(summary)}", flush=True)
+    summary = pretrain.train(config, pretrain_dir)  # resumes; continues a shorter finished run
+    print(f"pre-training: {json.dumps(summary)}", flush=True)
     pretrain_s = time.time() - start
+    downstream_dir = os.path.join(args.workdir, f"downstream_{args.pretrain_steps}steps")
 
     fractions = tuple(float(f) for f in args.fractions.split(","))
     smallest = min(fractions)
@@ -73,9 +76,9 @@ def main(argv=None) -> int:
     grid.run.eval.max_evals = 5
     grid.run.log.every_steps = args.epochs
     grid.grid.update(methods=(f"ST-MEM={pretrain_dir}",), fractions=fractions, leads=("12",))
-    rows = run_grid(grid, os.path.join(args.workdir, "downstream"))["rows"]
+    rows = run_grid(grid, downstream_dir)["rows"]
     grid.grid.update(modes=("finetune",), fractions=(smallest,), leads=("limb", "1"))
-    rows += run_grid(grid, os.path.join(args.workdir, "downstream"))["rows"]
+    rows += run_grid(grid, downstream_dir)["rows"]
     print(table(rows, grid.grid.seeds))
 
     def auroc(mode, leads):

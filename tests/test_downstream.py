@@ -201,8 +201,16 @@ def test_benchmark_runs_a_grid_and_resumes(pretrained, synthetic_shards, tmp_pat
     config.grid.update(methods=(f"Random={pretrained}",), modes=("linprobe",), fractions=(0.5, 1.0), leads=("12",))
     first = benchmark.run_grid(config, str(tmp_path))
     assert len(first["ran"]) == 6 and not first["skipped"]
-    second = benchmark.run_grid(config, str(tmp_path))
-    assert second["ran"] == [] and len(second["skipped"]) == 6 and second["table"] == first["table"]
+    # the same grid through the command: everything is done, so it only rewrites the table
+    overrides = {**SMALL, "data.dir": synthetic_shards, "train.num_steps": 20, "train.lr": 0.02}
+    result = subprocess.run(
+        [sys.executable, "-m", "stmem_jax.benchmark", f"--config={CONFIGS}/benchmark.py:ptbxl:rhythm",
+         f"--workdir={tmp_path}", *(f"--config.run.{k}={v}" for k, v in overrides.items()),
+         f"--config.grid.methods=('Random={pretrained}',)", "--config.grid.modes=('linprobe',)",
+         "--config.grid.fractions=(0.5,1.0)", "--config.grid.leads=('12',)"],
+        capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "ran 0 run(s), 6 already done" in result.stdout and first["table"] in result.stdout
     lines = open(tmp_path / "results.md").read().splitlines()
     assert lines[2] == "| Method | Leads | 50% AUROC | 50% F1 | 100% AUROC | 100% F1 |"
     assert lines[4].startswith("| Random (linear probe) | 12-lead | 0.") and lines[4].count("±") == 4
