@@ -2,8 +2,8 @@
 pipeline (reader).
 
 A prepared dataset is a directory holding, per split, TFRecord shards named
-``<split>-NNNNN-of-MMMMM`` of serialised ``tf.train.Example``s (one per 10 s window, encoded by
-TFDS's feature connectors so ``tfds.builder_from_directory`` reads them), TFDS's
+``<split>-NNNNN-of-MMMMM`` of serialised ``tf.train.Example``s (one per 10 s window, encoded as
+TFDS's feature connectors encode them, so ``tfds.builder_from_directory`` reads them), TFDS's
 ``dataset_info.json`` / ``features.json``, and ``manifest.json`` (see ``data_prep``).
 
 Features of one example:
