@@ -31,3 +31,9 @@ def test_train_throughput_benchmark_prints_mfu():
 def test_input_pipeline_benchmark_prints_rates():
     out = run("input_pipeline.py", "--windows", "64", "--batch-size", "16", "--batches", "2")
     assert "examples/s" in out and "pre-training" in out
+
+
+def test_torch_reference_benchmark_prints_the_same_columns():
+    out = run("torch_reference.py", "--presets", "tiny", "--batch", "2", "--steps", "1", "--threads", "1")
+    row = [line for line in out.splitlines() if line.startswith("tiny")][0].split()
+    assert row[:2] == ["tiny", "2"] and float(row[3]) > 0 and float(row[4]) > 0
