@@ -64,6 +64,9 @@ def main(argv=None) -> int:
     pretrain_dir = os.path.join(args.workdir, "pretrain")
     summary = pretrain.train(config, pretrain_dir)  # resumes; continues a shorter finished run
     print(f"pre-training: {json.dumps(summary)}", flush=True)
+    if summary["step"] < summary["total_steps"]:  # stopped (Ctrl-C, SIGTERM): the encoder is not the final one
+        print("pre-training stopped before its last step; run the same command again to resume", flush=True)
+        return 1
     pretrain_s = time.time() - start
     downstream_dir = os.path.join(args.workdir, f"downstream_{args.pretrain_steps}steps")
 

@@ -48,7 +48,8 @@ def run_demo(workdir: str, *, records: int = 2000, pretrain_steps: int = 300, do
     for field, value in (tiny_model or {}).items():
         config.model[field] = value
     pretrain_dir = os.path.join(workdir, "pretrain")
-    pretrain.train(config, pretrain_dir)
+    if pretrain.train(config, pretrain_dir)["step"] < pretrain_steps:  # stopped by Ctrl-C / SIGTERM
+        raise SystemExit(f"pre-training stopped with a checkpoint in {pretrain_dir}; run the demo again to resume")
     data_dir = os.path.join(pretrain_dir, "data", "shards")
 
     print("== 2/3 downstream, 1% labels: fine-tune (12, 6, 1 leads), linear probe and scratch (12 leads)", flush=True)
