@@ -27,6 +27,8 @@ import jax
 import ml_collections
 import numpy as np
 
+from stmem_jax.cli import run_config_command
+
 MODE_NAMES = {"finetune": "fine-tune", "linprobe": "linear probe", "scratch": "scratch"}
 LEAD_NAMES = {"12": "12-lead", "limb": "6-lead (limb)", "1": "1-lead (I)"}
 SUPERVISED = "Supervised"
@@ -159,21 +161,13 @@ def table(rows: list[dict], seeds) -> str:
 
 
 def main(argv=None) -> None:
-    from absl import app, flags
-    from ml_collections import config_flags
-
-    config_flags.DEFINE_config_file("config", None, "benchmark config, e.g. "
-                                    "configs/downstream/benchmark.py:ptbxl:st_mem", lock_config=True)
-    flags.DEFINE_string("workdir", None, "benchmark directory (one sub-directory per run); a rerun resumes it")
-    flags.mark_flags_as_required(["config", "workdir"])
-
-    def run(_):
-        result = run_grid(flags.FLAGS.config, flags.FLAGS.workdir)
+    def run(config, workdir):
+        result = run_grid(config, workdir)
         print(result["table"])
         print(f"ran {len(result['ran'])} run(s), {len(result['skipped'])} already done", flush=True)
 
-    app.run(run, argv=argv)
-
+    run_config_command(run, argv, example="configs/downstream/benchmark.py:ptbxl:st_mem",
+                       workdir_help="benchmark directory (one sub-directory per run); a rerun resumes it")
 
 if __name__ == "__main__":
     main()

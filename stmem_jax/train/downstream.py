@@ -43,6 +43,7 @@ from ml_collections.config_dict import placeholder
 
 from stmem_jax import metrics as metrics_lib
 from stmem_jax.checkpoint import MODEL_FILE, load_model, save_model
+from stmem_jax.cli import run_config_command
 from stmem_jax.data.format import read_manifest
 from stmem_jax.data.pipeline import InputConfig, global_batches, lead_indices_for, steps_per_epoch
 from stmem_jax.models import PRETRAINING_KINDS, create_model, model_config, pretrained_encoder
@@ -565,24 +566,16 @@ def _finish(config, workdir, task, model, params, selected, val, mesh) -> dict[s
 
 
 def main(argv=None) -> None:
-    from absl import app, flags
-    from ml_collections import config_flags
-
-    config_flags.DEFINE_config_file("config", None, "ml_collections config file, e.g. "
-                                    "configs/downstream/ptbxl.py:st_mem", lock_config=True)
-    flags.DEFINE_string("workdir", None, "run directory (checkpoints, logs, metrics); a run resumes from it")
-    flags.mark_flags_as_required(["config", "workdir"])
-
-    def run(_):
+    def run(config, workdir):
         start = time.time()
-        record = train(flags.FLAGS.config, flags.FLAGS.workdir)
-        summary = {"workdir": os.path.abspath(flags.FLAGS.workdir), "selected_step": record["selected_step"],
+        record = train(config, workdir)
+        summary = {"workdir": os.path.abspath(workdir), "selected_step": record["selected_step"],
                    **{f"test_{k}": v for k, v in _scalars_of(record["test"]).items()},
                    "wall_s": round(time.time() - start, 1)}
         print("summary: " + json.dumps(summary), flush=True)
 
-    app.run(run, argv=argv)
-
+    run_config_command(run, argv, example="configs/downstream/ptbxl.py:st_mem",
+                       workdir_help="run directory (checkpoints, logs, metrics); a run resumes from it")
 
 if __name__ == "__main__":
     main()

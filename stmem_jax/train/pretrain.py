@@ -26,6 +26,7 @@ import optax
 from jax.experimental import multihost_utils
 
 from stmem_jax.checkpoint import save_model
+from stmem_jax.cli import run_config_command
 from stmem_jax.data.format import read_manifest
 from stmem_jax.data.pipeline import InputConfig, global_batches, lead_indices_for, steps_per_epoch
 from stmem_jax.models import create_model, pretrained_encoder
@@ -347,23 +348,13 @@ class _Evaluator:
 
 
 def main(argv=None) -> None:
-    from absl import app, flags, logging
-    from ml_collections import config_flags
-
-    config_flags.DEFINE_config_file("config", None, "ml_collections config file, e.g. "
-                                    "configs/pretrain/st_mem.py:vit_base", lock_config=True)
-    flags.DEFINE_string("workdir", None, "run directory (checkpoints, logs, figures); a run resumes from it")
-    flags.mark_flags_as_required(["config", "workdir"])
-
-    def run(_):
-        if not flags.FLAGS["verbosity"].present:  # orbax logs every save at INFO
-            logging.set_verbosity(logging.WARNING)
+    def run(config, workdir):
         start = time.time()
-        summary = train(flags.FLAGS.config, flags.FLAGS.workdir)
+        summary = train(config, workdir)
         print("summary: " + json.dumps({**summary, "wall_s": round(time.time() - start, 1)}), flush=True)
 
-    app.run(run, argv=argv)
-
+    run_config_command(run, argv, example="configs/pretrain/st_mem.py:vit_base",
+                       workdir_help="run directory (checkpoints, logs, figures); a run resumes from it")
 
 if __name__ == "__main__":
     main()
