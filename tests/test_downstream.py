@@ -76,6 +76,28 @@ def test_finetune_learns_the_rhythm_and_writes_its_results(finetuned, synthetic_
     assert downstream.train(run_config(synthetic_shards, mode="finetune", init="unused"), workdir) == record
 
 
+def test_run_killed_after_an_evaluation_resumes_to_the_same_result(finetuned, pretrained, synthetic_shards,
+                                                                      tmp_path, monkeypatch):
+    """Killed after keeping its best state (step 30) but before its first periodic checkpoint (40):
+    the rerun replays from step 0 and ends as the uninterrupted run (the ``finetuned`` fixture) did."""
+    workdir = str(tmp_path / "run")
+    config = run_config(synthetic_shards, mode="finetune", init=pretrained,
+                        **{"train.num_steps": 60, "eval.every_steps": 30, "model.drop_path": 0.1,
+                           "checkpoint.every_steps": 40})
+
+    def killed(self, step, state):
+        raise KeyboardInterrupt
+    with monkeypatch.context() as patch:
+        patch.setattr(downstream.Checkpoints, "save", killed)
+        with pytest.raises(KeyboardInterrupt):
+            downstream.train(config, workdir)
+    assert os.listdir(os.path.join(workdir, "best")) == ["30"]
+    record = downstream.train(config, workdir)
+    expected = finetuned[1]
+    assert record["selected_step"] == expected["selected_step"]
+    np.testing.assert_allclose(record["test"]["auroc"], expected["test"]["auroc"], atol=1e-6)
+
+
 def test_scratch_learns_a_single_label_task_and_reports_absent_classes(synthetic_shards, tmp_path):
     config = run_config(synthetic_shards, "st_mem", mode="scratch", **{"train.num_steps": 60, "eval.select": "auroc"})
     record = downstream.train(config, str(tmp_path / "run"))

@@ -34,7 +34,9 @@ class Checkpoints:
         self.manager.save(step, args=ocp.args.StandardSave(state), force=True)
 
     def save_best(self, step: int, state: Any, metrics: dict[str, float]) -> None:
-        if self.best is not None:
+        """Keeps ``state`` if its metric is the best so far. A step already kept was saved before an
+        interruption; the resumed run replays the same state there, so it is left as it is."""
+        if self.best is not None and step not in self.best.all_steps():
             self.best.save(step, args=ocp.args.StandardSave(state), metrics=metrics, force=True)
 
     def restore(self, step: int, target: Any, best: bool = False) -> Any:
