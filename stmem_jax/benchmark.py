@@ -169,5 +169,6 @@ def main(argv=None) -> None:
     run_config_command(run, argv, example="configs/downstream/benchmark.py:ptbxl:st_mem",
                        workdir_help="benchmark directory (one sub-directory per run); a rerun resumes it")
 
+
 if __name__ == "__main__":
     main()

@@ -577,5 +577,6 @@ def main(argv=None) -> None:
     run_config_command(run, argv, example="configs/downstream/ptbxl.py:st_mem",
                        workdir_help="run directory (checkpoints, logs, metrics); a run resumes from it")
 
+
 if __name__ == "__main__":
     main()

@@ -356,5 +356,6 @@ def main(argv=None) -> None:
     run_config_command(run, argv, example="configs/pretrain/st_mem.py:vit_base",
                        workdir_help="run directory (checkpoints, logs, figures); a run resumes from it")
 
+
 if __name__ == "__main__":
     main()
