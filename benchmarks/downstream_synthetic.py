@@ -3,7 +3,7 @@ degrade gracefully.
 
     python benchmarks/downstream_synthetic.py --workdir /tmp/stmem_downstream_synthetic
 
-(about 90 minutes on a 2-core CPU)
+(about 80 minutes on a 2-core CPU)
 
 1. generates ``--records`` synthetic ECGs (PTB-XL layout, ST-MEM split 70/10/20) and pre-trains
    ST-MEM (the tiny preset narrowed to ``--width`` x ``--depth``) on the training split for
