@@ -8,18 +8,21 @@ degrade gracefully.
 1. generates ``--records`` synthetic ECGs (PTB-XL layout, ST-MEM split 70/10/20) and pre-trains
    ST-MEM (the tiny preset narrowed to ``--width`` x ``--depth``) on the training split for
    ``--pretrain-steps`` steps with ``stmem_jax.train.pretrain.train`` (labels unused);
-2. runs two downstream grids with ``stmem_jax.benchmark.run_grid`` on ``--task`` (3 seeds each):
-   fine-tune, linear probe and scratch with 12 leads at ``--fractions`` of the labels, and
-   fine-tuning with 6 (limb) and 1 (I) leads at the smallest fraction. The peak learning rate is
-   set directly (``--lr``, default 1e-3) rather than by the recipe's batch / 256 rule (``--lr 0``:
-   2.5e-4 at batch 64), which leaves 200 steps on ~140 examples short of converged;
-3. prints the table and two checks: fine-tuning beats scratch at the smallest fraction by at
-   least ``--margin`` macro AUROC (12 leads, mean over seeds), and 6- and 1-lead fine-tuning stay
-   within ``--lead-drop`` of 12-lead. Exit status 1 when a check fails.
+2. runs the 12-lead grid with ``stmem_jax.benchmark.run_grid`` on ``--task`` (3 seeds each):
+   fine-tune, linear probe and scratch at ``--fractions`` of the labels, once per peak learning
+   rate of ``--lr``, in ``downstream_<steps>steps_lr<lr>``. The rates are set directly: the
+   recipe's batch / 256 rule (``--lr 0``: 2.5e-4 at batch 64) leaves 200 steps on ~140 examples
+   short of converged. Each mode keeps the rate with its best mean validation AUROC. Then it
+   fine-tunes with 6 (limb) and 1 (I) leads at the smallest fraction and fine-tuning's rate;
+3. writes the kept runs to ``downstream_<steps>steps/results.md`` and ``runs.csv``, prints the
+   table and two checks. First, fine-tuning removes at least ``--margin`` of scratch's AUROC
+   shortfall (1 - macro AUROC; 12 leads, smallest fraction, mean over seeds): a relative bar,
+   since three of the five synthetic classes come close to AUROC 1 and squeeze absolute gaps.
+   Second, 6- and 1-lead fine-tuning stay within ``--lead-drop`` of 12-lead. Exit status 1 when
+   a check fails.
 A rerun with the same workdir reuses the pre-training and every finished run; a rerun with more
 ``--pretrain-steps`` resumes the pre-training from its last checkpoint up to the new step count
-(learning-rate schedule over the new total: a warm restart) and runs the grids again in
-``downstream_<steps>steps_lr<lr>``.
+(learning-rate schedule over the new total: a warm restart) and runs the grids again.
 """
 
 from __future__ import annotations
@@ -46,13 +49,16 @@ def main(argv=None) -> int:
     p.add_argument("--task", default="st_mem")
     p.add_argument("--fractions", default="0.01", help="comma-separated label fractions, e.g. 0.01,0.05")
     p.add_argument("--epochs", type=int, default=100)
-    p.add_argument("--lr", type=float, default=1e-3,
-                   help="downstream peak learning rate; 0: the recipe's base_lr x batch / 256")
-    p.add_argument("--margin", type=float, default=0.05)
+    p.add_argument("--lr", default="1e-3,3e-3",
+                   help="comma-separated downstream peak learning rates, each mode using the one with the best "
+                        "validation AUROC; 0: the recipe's base_lr x batch / 256")
+    p.add_argument("--margin", type=float, default=1 / 3,
+                   help="the fraction of scratch's AUROC shortfall, 1 - AUROC, that fine-tuning must remove")
     p.add_argument("--lead-drop", type=float, default=0.15)
     args = p.parse_args(argv)
 
-    from stmem_jax.benchmark import load_config, run_grid, table
+    from stmem_jax.benchmark import load_config, run_grid, write_results
+    from stmem_jax.train.downstream import METRICS_FILE
     from stmem_jax.train import pretrain
 
     sizes = dict(width=args.width, depth=args.depth, heads=max(1, args.width // 64), mlp_dim=2 * args.width)
@@ -71,30 +77,53 @@ def main(argv=None) -> int:
         print("pre-training stopped before its last step; run the same command again to resume", flush=True)
         return 1
     pretrain_s = time.time() - start
-    lr_name = f"lr{args.lr:g}" if args.lr else "recipe_lr"
-    downstream_dir = os.path.join(args.workdir, f"downstream_{args.pretrain_steps}steps_{lr_name}")
 
     fractions = tuple(float(f) for f in args.fractions.split(","))
     smallest = min(fractions)
     grid = load_config(os.path.join(ROOT, "configs", "downstream", "benchmark.py"), f"ptbxl:{args.task}")
     grid.run.data.dir = os.path.join(pretrain_dir, "data", "shards")
     grid.run.model.update(sizes, preset="tiny")
-    grid.run.train.update(epochs=args.epochs, lr=args.lr)
+    grid.run.train.epochs = args.epochs
     grid.run.eval.max_evals = 2  # validation is 10% of the records, 3 crops each: evaluation costs as much as training
     grid.run.log.every_steps = args.epochs
     grid.grid.update(methods=(f"ST-MEM={pretrain_dir}",), fractions=fractions, leads=("12",))
-    rows = run_grid(grid, downstream_dir)["rows"]
+
+    def grid_dir(lr):
+        return os.path.join(args.workdir, f"downstream_{args.pretrain_steps}steps_" + (f"lr{lr:g}" if lr else "recipe_lr"))
+
+    def validation_auroc(rows, mode):
+        def value(run_dir):
+            with open(os.path.join(run_dir, METRICS_FILE)) as f:
+                return json.load(f)["validation"]["auroc"]
+        return float(np.mean([value(r["workdir"]) for r in rows if r["mode"] == mode]))
+
+    rows, by_lr, lrs = [], {}, [float(x) for x in args.lr.split(",")]
+    for lr in lrs:
+        grid.run.train.lr = lr
+        by_lr[lr] = run_grid(grid, grid_dir(lr))["rows"]
+    for mode in grid.grid.modes:  # each mode at its best learning rate on validation
+        scores = {lr: validation_auroc(by_lr[lr], mode) for lr in lrs}
+        best = max(scores, key=scores.get)
+        print(f"{mode}: validation AUROC " + ", ".join(f"{v:.3f} at lr {lr:g}" for lr, v in scores.items())
+              + f" -> lr {best:g}", flush=True)
+        rows += [r for r in by_lr[best] if r["mode"] == mode]
+        if mode == "finetune":
+            grid.run.train.lr = best
     grid.grid.update(modes=("finetune",), fractions=(smallest,), leads=("limb", "1"))
-    rows += run_grid(grid, downstream_dir)["rows"]
-    print(table(rows, grid.grid.seeds))
+    rows += run_grid(grid, grid_dir(grid.run.train.lr))["rows"]
+    summary_dir = os.path.join(args.workdir, f"downstream_{args.pretrain_steps}steps")
+    os.makedirs(summary_dir, exist_ok=True)
+    print(write_results(rows, grid.grid.seeds, summary_dir))
 
     def auroc(mode, leads):
         return float(np.mean([r["auroc"] for r in rows if (r["mode"], r["leads"], r["label_fraction"])
                               == (mode, leads, smallest)]))
 
-    gain = auroc("finetune", "12") - auroc("scratch", "12")
-    checks = {f"fine-tune beats scratch by >= {args.margin} AUROC at {smallest:.0%} labels (got {gain:+.3f})":
-              gain >= args.margin}
+    tuned, scratch = auroc("finetune", "12"), auroc("scratch", "12")
+    removed = 1 - (1 - tuned) / (1 - scratch)
+    checks = {f"fine-tune removes >= {args.margin:.0%} of scratch's AUROC shortfall at {smallest:.0%} labels "
+              f"(got {removed:.0%}: 1 - AUROC {1 - scratch:.3f} -> {1 - tuned:.3f}, {tuned - scratch:+.3f} AUROC)":
+              removed >= args.margin}
     for leads in ("limb", "1"):
         drop = auroc("finetune", "12") - auroc("finetune", leads)
         checks[f"{leads} leads within {args.lead_drop} AUROC of 12 leads (drop {drop:+.3f})"] = drop <= args.lead_drop

@@ -120,7 +120,13 @@ def run_grid(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             record = json.load(f)
         rows.append({**run._asdict(), "label_fraction": run.fraction, "workdir": directory,
                      "selected_step": record["selected_step"], **record["test"]})
-    text = table(rows, config.grid.seeds)
+    return {"ran": ran, "skipped": skipped, "rows": rows, "table": write_results(rows, config.grid.seeds, workdir)}
+
+
+def write_results(rows: list[dict], seeds, workdir: str) -> str:
+    """Writes ``runs.csv`` and ``results.md`` (the :func:`table` of ``rows``) to ``workdir``; returns
+    the table."""
+    text = table(rows, seeds)
     if jax.process_index() == 0:
         with open(os.path.join(workdir, "runs.csv"), "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
@@ -128,7 +134,7 @@ def run_grid(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             writer.writerows(rows)
         with open(os.path.join(workdir, "results.md"), "w") as f:
             f.write(text)
-    return {"ran": ran, "skipped": skipped, "rows": rows, "table": text}
+    return text
 
 
 def _cell(values: list[float], seeds: int) -> str:
