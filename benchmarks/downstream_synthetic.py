@@ -42,7 +42,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--workdir", default="/tmp/stmem_downstream_synthetic")
-    p.add_argument("--records", type=int, default=20000, help="pre-training source")
+    p.add_argument("--records", type=int, default=20000, help="records of the pre-training source")
+    p.add_argument("--target-records", type=int, default=5000,
+                   help="records of the downstream dataset, a second synthetic draw apart from the pre-training "
+                        "source (1%% of the labels: about 35 examples); 0: the source's own labels")
     p.add_argument("--pretrain-steps", type=int, default=3000)
     p.add_argument("--pretrain-lr", type=float, default=1.5e-3)
     p.add_argument("--width", type=int, default=64)
@@ -54,9 +57,6 @@ def main(argv=None) -> int:
                    help="comma-separated downstream peak learning rates, each mode using the one with the best "
                         "validation AUROC; 0: the recipe's base_lr x batch / 256")
     p.add_argument("--margin", type=float, default=0.05)
-    p.add_argument("--target-records", type=int, default=5000,
-                   help="records of the downstream dataset, a second synthetic draw apart from the pre-training "
-                        "source (1%% of the labels: about 35 examples); 0: the source's own labels")
     p.add_argument("--lead-drop", type=float, default=0.15)
     args = p.parse_args(argv)
 
