@@ -61,7 +61,6 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     from stmem_jax.benchmark import load_config, run_grid, write_results
-    from stmem_jax.train.downstream import METRICS_FILE
     from stmem_jax.train import pretrain
 
     sizes = dict(width=args.width, depth=args.depth, heads=max(1, args.width // 64), mlp_dim=2 * args.width)
@@ -100,26 +99,20 @@ def main(argv=None) -> int:
         return os.path.join(args.workdir, f"downstream_{args.pretrain_steps}steps_{data_name}_"
                             + (f"lr{lr:g}" if lr else "recipe_lr"))
 
-    def validation_auroc(rows, mode):
-        def value(run_dir):
-            with open(os.path.join(run_dir, METRICS_FILE)) as f:
-                return json.load(f)["validation"]["auroc"]
-        return float(np.mean([value(r["workdir"]) for r in rows if r["mode"] == mode]))
-
-    rows, by_lr, lrs = [], {}, [float(x) for x in args.lr.split(",")]
+    by_lr, lrs = {}, [float(x) for x in args.lr.split(",")]
     for lr in lrs:
         grid.run.train.lr = lr
         by_lr[lr] = run_grid(grid, grid_dir(lr))["rows"]
+    rows, chosen = [], {}
     for mode in grid.grid.modes:  # each mode at its best learning rate on validation
-        scores = {lr: validation_auroc(by_lr[lr], mode) for lr in lrs}
-        best = max(scores, key=scores.get)
+        scores = {lr: float(np.mean([r["val_auroc"] for r in by_lr[lr] if r["mode"] == mode])) for lr in lrs}
+        chosen[mode] = max(scores, key=scores.get)
         print(f"{mode}: validation AUROC " + ", ".join(f"{v:.3f} at lr {lr:g}" for lr, v in scores.items())
-              + f" -> lr {best:g}", flush=True)
-        rows += [r for r in by_lr[best] if r["mode"] == mode]
-        if mode == "finetune":
-            grid.run.train.lr = best
+              + f" -> lr {chosen[mode]:g}", flush=True)
+        rows += [r for r in by_lr[chosen[mode]] if r["mode"] == mode]
+    grid.run.train.lr = chosen["finetune"]
     grid.grid.update(modes=("finetune",), fractions=(smallest,), leads=("limb", "1"))
-    rows += run_grid(grid, grid_dir(grid.run.train.lr))["rows"]
+    rows += run_grid(grid, grid_dir(chosen["finetune"]))["rows"]
     summary_dir = os.path.join(args.workdir, f"downstream_{args.pretrain_steps}steps_{data_name}")
     os.makedirs(summary_dir, exist_ok=True)
     print(write_results(rows, grid.grid.seeds, summary_dir))

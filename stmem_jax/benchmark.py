@@ -119,7 +119,8 @@ def run_grid(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         with open(os.path.join(directory, downstream.METRICS_FILE)) as f:
             record = json.load(f)
         rows.append({**run._asdict(), "label_fraction": run.fraction, "workdir": directory,
-                     "selected_step": record["selected_step"], **record["test"]})
+                     "selected_step": record["selected_step"],
+                     "val_auroc": (record["validation"] or {}).get("auroc"), **record["test"]})
     return {"ran": ran, "skipped": skipped, "rows": rows, "table": write_results(rows, config.grid.seeds, workdir)}
 
 
