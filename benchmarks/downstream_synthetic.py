@@ -10,7 +10,7 @@ degrade gracefully.
    ST-MEM (the tiny preset narrowed to ``--width`` x ``--depth``) on the training split for
    ``--pretrain-steps`` steps with ``stmem_jax.train.pretrain.train`` (labels unused);
 2. generates the downstream dataset, ``--target-records`` ECGs of other patients (another seed),
-   and runs the 12-lead grid with ``stmem_jax.benchmark.run_grid`` on ``--task`` (3 seeds each):
+   and runs the 12-lead grid with ``stmem_jax.grid.run_grid`` on ``--task`` (3 seeds each):
    fine-tune, linear probe and scratch at ``--fractions`` of the labels, once per peak learning
    rate of ``--lr``, in ``downstream_<steps>steps_<data>_lr<lr>``. The rates are set directly:
    the recipe's batch / 256 rule (``--lr 0``: base 1e-3 x batch / 256) leaves 100 epochs on
@@ -60,32 +60,36 @@ def main(argv=None) -> int:
     p.add_argument("--lead-drop", type=float, default=0.15)
     args = p.parse_args(argv)
 
-    from stmem_jax.benchmark import load_config, run_grid, write_results
+    from stmem_jax.cli import synthetic_dataset
+    from stmem_jax.grid import run_grid, write_results
     from stmem_jax.train import pretrain
+    from stmem_jax.train.config import load_config
+    from stmem_jax.train.loop import Interrupted
 
     sizes = dict(width=args.width, depth=args.depth, heads=max(1, args.width // 64), mlp_dim=2 * args.width)
     start = time.time()
     config = load_config(os.path.join(ROOT, "configs", "pretrain", "st_mem.py"), "tiny")
     config.model.update(sizes, decoder_width=64, decoder_depth=1, decoder_heads=1)
-    config.data.synthetic_records = args.records
+    pretrain_dir = os.path.join(args.workdir, "pretrain")
+    config.data.dir = synthetic_dataset(os.path.join(pretrain_dir, "data"), args.records)
     config.train.update(num_steps=args.pretrain_steps, warmup_steps=args.pretrain_steps // 10, lr=args.pretrain_lr)
     config.eval.every_steps = 0
     config.log.update(every_steps=100, figure_every_steps=0)
     config.checkpoint.every_steps = 500
-    pretrain_dir = os.path.join(args.workdir, "pretrain")
-    summary = pretrain.train(config, pretrain_dir)  # resumes; continues a shorter finished run
-    print(f"pre-training: {json.dumps(summary)}", flush=True)
-    if summary["step"] < summary["total_steps"]:  # stopped (Ctrl-C, SIGTERM): the encoder is not the final one
-        print("pre-training stopped before its last step; run the same command again to resume", flush=True)
+    try:
+        summary = pretrain.train(config, pretrain_dir)  # resumes; continues a shorter finished run
+    except Interrupted as error:  # Ctrl-C, SIGTERM: the encoder is not the final one
+        print(error, flush=True)
         return 1
+    print(f"pre-training: {json.dumps(summary)}", flush=True)
     pretrain_s = time.time() - start
 
     fractions = tuple(float(f) for f in args.fractions.split(","))
     smallest = min(fractions)
-    grid = load_config(os.path.join(ROOT, "configs", "downstream", "benchmark.py"), f"ptbxl:{args.task}")
+    grid = load_config(os.path.join(ROOT, "configs", "downstream", "grid.py"), f"ptbxl:{args.task}")
     if args.target_records:  # like PTB-XL after Chapman, Ningbo and CODE-15: other patients, fewer of them
-        grid.run.data.update(synthetic_records=args.target_records, synthetic_seed=1)
-        grid.run.data.dir = pretrain.synthetic_data(grid.run, os.path.join(args.workdir, f"target{args.target_records}"))
+        grid.run.data.dir = synthetic_dataset(os.path.join(args.workdir, f"target{args.target_records}", "data"),
+                                              args.target_records, seed=1)
         data_name = f"target{args.target_records}"
     else:
         grid.run.data.dir, data_name = os.path.join(pretrain_dir, "data", "shards"), "source"

@@ -12,10 +12,10 @@ import os
 import tempfile
 import time
 
-from data_prep.signals import Processing
 from data_prep.sources import PTBXL
 from data_prep.synthetic import write_ptbxl
 from data_prep.writer import prepare
+from stmem_jax.core.recipe import Recipe
 
 
 def main():
@@ -30,7 +30,7 @@ def main():
         for workers in (int(w) for w in args.workers.split(",")):
             out = os.path.join(tmp, f"out{workers}")
             start = time.perf_counter()
-            manifest = prepare(PTBXL(native), out, Processing(), workers=workers, shard_windows=500, progress=False)
+            manifest = prepare(PTBXL(native), out, Recipe(), workers=workers, shard_windows=500, progress=False)
             seconds = time.perf_counter() - start
             used = sum(s["records"] for s in manifest["splits"].values())
             print(f"{workers:>7} {used:>8} {seconds:>8.1f} {used / seconds:>10.1f}", flush=True)

@@ -19,9 +19,10 @@ import optax
 
 from stmem_jax.flops import forward_flops, peak_flops
 from stmem_jax.models import create_model
-from stmem_jax.train import mesh as meshlib
+from stmem_jax import mesh as meshlib
 from stmem_jax.train.optim import adamw
-from stmem_jax.train.pretrain import TrainState, make_train_step
+from stmem_jax.train.loop import TrainState
+from stmem_jax.train.pretrain import make_train_step
 
 
 def matmul_rate(dtype: str, n: int = 4096, repeats: int = 5) -> float:

@@ -10,9 +10,9 @@ import argparse
 import os
 import sys
 
-from data_prep.signals import Processing
 from data_prep.sources import SOURCES
 from data_prep.writer import PrepareError, prepare
+from stmem_jax.core.recipe import Recipe
 
 EXIT_SKIPPED = 3
 
@@ -24,11 +24,11 @@ def parser() -> argparse.ArgumentParser:
                                    "generated PTB-XL layout, default OUTPUT-native)")
     p.add_argument("--output", required=True, help="folder for shards and manifest.json")
     p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="worker processes")
-    p.add_argument("--fs", type=int, default=250, help="target sampling rate (Hz)")
-    p.add_argument("--window-s", type=float, default=10.0, help="window length (s)")
-    p.add_argument("--highpass", type=float, default=0.67, help="high-pass cut-off (Hz)")
-    p.add_argument("--lowpass", type=float, default=40.0, help="low-pass cut-off (Hz)")
-    p.add_argument("--filter-order", type=int, default=5, help="Butterworth order of each side")
+    p.add_argument("--fs", type=int, default=Recipe.fs, help="target sampling rate (Hz)")
+    p.add_argument("--window-s", type=float, default=Recipe.window_s, help="window length (s)")
+    p.add_argument("--highpass", type=float, default=Recipe.highpass_hz, help="high-pass cut-off (Hz)")
+    p.add_argument("--lowpass", type=float, default=Recipe.lowpass_hz, help="low-pass cut-off (Hz)")
+    p.add_argument("--filter-order", type=int, default=Recipe.filter_order, help="Butterworth order of each side")
     p.add_argument("--no-filter", action="store_true", help="store unfiltered signals")
     p.add_argument("--seed", type=int, default=0, help="seed of the 70/10/20 patient split")
     p.add_argument("--shard-windows", type=int, default=2000, help="windows per shard (2000 x 12 leads ~ 120 MB)")
@@ -49,9 +49,13 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    proc = Processing(fs=args.fs, window_s=args.window_s, filter_order=args.filter_order,
-                      highpass_hz=None if args.no_filter else args.highpass,
-                      lowpass_hz=None if args.no_filter else args.lowpass)
+    try:
+        recipe = Recipe(fs=args.fs, window_s=args.window_s, filter_order=args.filter_order,
+                        highpass_hz=None if args.no_filter else args.highpass,
+                        lowpass_hz=None if args.no_filter else args.lowpass)
+    except ValueError as error:
+        print(f"stmem-prepare: error: {error}", file=sys.stderr)
+        return 1
     name = args.source
     input_dir = args.input
     if name == "synthetic":
@@ -68,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         if name == "challenge2021" else {"labels": args.labels} if name == "wfdb" else {}
     source = SOURCES[name](input_dir, options)
     try:
-        manifest = prepare(source, args.output, proc, workers=args.workers, overwrite=args.overwrite,
+        manifest = prepare(source, args.output, recipe, workers=args.workers, overwrite=args.overwrite,
                            strict=args.strict, seed=args.seed, shard_windows=args.shard_windows,
                            progress=not args.quiet, args=vars(args))
     except (PrepareError, FileNotFoundError, FileExistsError, ValueError) as error:

@@ -1,4 +1,5 @@
-"""What a dataset reader hands to the preparation pipeline."""
+"""What a dataset reader hands to the preparation pipeline (the loaded signal and the error of an
+unusable record are the shared core's: ``stmem_jax.core.signal``)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,6 @@ import dataclasses
 import math
 from typing import Any
 
-import numpy as np
 
 
 @dataclasses.dataclass
@@ -29,15 +29,6 @@ class Record:
 
 
 @dataclasses.dataclass
-class Signal:
-    """A loaded record: (leads, samples) in mV, its sampling rate and the file's lead names."""
-
-    data: np.ndarray
-    fs: float
-    lead_names: list[str]
-
-
-@dataclasses.dataclass
 class Skip:
     """A record (or part of one) left out, and why."""
 
@@ -47,10 +38,6 @@ class Skip:
 
     def as_dict(self) -> dict[str, str]:
         return dataclasses.asdict(self)
-
-
-class RecordError(Exception):
-    """A record cannot be used; the message is the reason written to the skip list."""
 
 
 def parse_age(value: Any) -> float:

@@ -42,8 +42,7 @@ import pandas as pd
 from scipy.signal import resample_poly
 from tqdm import tqdm
 
-LEADS = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
-WFDB_LEADS = ("I", "II", "III", "AVR", "AVL", "AVF", "V1", "V2", "V3", "V4", "V5", "V6")
+WFDB_LEADS = ("I", "II", "III", "AVR", "AVL", "AVF", "V1", "V2", "V3", "V4", "V5", "V6")  # PTB-XL's spelling
 CLASSES = ("NORM", "IMI", "ISCAL", "CRBBB", "LVH")
 DEFAULT_CLASS_PROBS = {"NORM": 0.4, "IMI": 0.15, "ISCAL": 0.15, "CRBBB": 0.15, "LVH": 0.15}
 AFIB_PROB = 0.2

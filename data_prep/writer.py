@@ -17,12 +17,13 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from data_prep.records import Record, RecordError, Skip
-from data_prep.signals import Processing, make_windows
+from data_prep.records import Record, Skip
 from data_prep.sources.base import Source
 from data_prep.splits import SPLITS, assign_splits
 from stmem_jax import __version__
-from stmem_jax.data import format as fmt
+from stmem_jax.core import shards as fmt
+from stmem_jax.core.recipe import Recipe, make_windows
+from stmem_jax.core.signal import RecordError
 
 PROGRESS_DIR = ".progress"
 PLAN_FILE = "plan.json"
@@ -46,14 +47,14 @@ class Job:
         return fmt.shard_name(self.split, self.index, self.count)
 
 
-def plan_shards(records: list[Record], proc: Processing, shard_windows: int) -> list[Job]:
+def plan_shards(records: list[Record], recipe: Recipe, shard_windows: int) -> list[Job]:
     """Records grouped by split into shards of about ``shard_windows`` windows each."""
     jobs = []
     for split in SPLITS:
         members = [r for r in records if r.split == split]
         groups, current, size = [], [], 0.0
         for record in members:
-            windows = max(1.0, (record.duration_s or proc.window_s) // proc.window_s)
+            windows = max(1.0, (record.duration_s or recipe.window_s) // recipe.window_s)
             if current and size + windows > shard_windows:
                 groups.append(current)
                 current, size = [], 0.0
@@ -122,7 +123,7 @@ def _write_json(path: str, content: Any) -> None:
     os.replace(tmp, path)
 
 
-def run_job(job: Job, source: Source, proc: Processing, output: str, tasks: list[str], strict: bool) -> dict:
+def run_job(job: Job, source: Source, recipe: Recipe, output: str, tasks: list[str], strict: bool) -> dict:
     """Processes one shard's records and writes the shard. Returns its statistics."""
     classes: dict[str, Counter] = {task: Counter() for task in tasks}
     skipped: list[dict] = []
@@ -132,7 +133,7 @@ def run_job(job: Job, source: Source, proc: Processing, output: str, tasks: list
         nonlocal error_max, error_sq, error_n, used
         for record in job.records:
             try:
-                windows, dropped = make_windows(source.load(record), source.leads, proc)
+                windows, dropped = make_windows(source.load(record), source.leads, recipe)
                 if dropped:
                     skipped.append(Skip(record.record_id, record.path, f"{dropped} window(s) with NaN dropped").as_dict())
                 if not windows:
@@ -176,7 +177,7 @@ def _pool(workers: int):
     return multiprocessing.get_context(method).Pool(workers)
 
 
-def prepare(source: Source, output: str, proc: Processing, *, workers: int = 1, overwrite: bool = False,
+def prepare(source: Source, output: str, recipe: Recipe, *, workers: int = 1, overwrite: bool = False,
             strict: bool = False, seed: int = 0, shard_windows: int = 2000, progress: bool = True,
             args: dict | None = None) -> dict[str, Any]:
     """Prepares ``source`` into ``output``; resumes an unfinished run of the same plan.
@@ -192,10 +193,10 @@ def prepare(source: Source, output: str, proc: Processing, *, workers: int = 1, 
         for record in records:
             record.split = "train"
     assign_splits(records, source.split_task, seed)
-    jobs = plan_shards(records, proc, shard_windows)
+    jobs = plan_shards(records, recipe, shard_windows)
     tasks = sorted(source.tasks)
     inputs = input_digest(source, records)
-    settings = {"source": source.name, "options": source.options, "processing": dataclasses.asdict(proc),
+    settings = {"source": source.name, "options": source.options, "recipe": recipe.to_dict(),
                 "seed": seed, "shard_windows": shard_windows, "tasks": tasks}
     fingerprint = hashlib.sha256(json.dumps(
         [settings, inputs, [(j.name, [r.record_id for r in j.records]) for j in jobs]],
@@ -208,7 +209,7 @@ def prepare(source: Source, output: str, proc: Processing, *, workers: int = 1, 
     pending = [j for j in jobs if j.name not in done]
     bar = tqdm(total=len(records), initial=sum(len(j.records) for j in jobs if j.name in done),
                unit="rec", desc=f"{source.name} -> {len(jobs)} shards", disable=not progress)
-    work = [(job, source, proc, output, tasks, strict) for job in pending]
+    work = [(job, source, recipe, output, tasks, strict) for job in pending]
     if workers > 1 and len(pending) > 1:
         with _pool(min(workers, len(pending))) as pool:
             for result in pool.imap_unordered(_job_worker, work):
@@ -218,10 +219,10 @@ def prepare(source: Source, output: str, proc: Processing, *, workers: int = 1, 
             run_job(*item)
             bar.update(len(item[0].records))
     bar.close()
-    return _finish(output, source, proc, jobs, tasks, listing_skips, inputs, settings, args)
+    return _finish(output, source, recipe, jobs, tasks, listing_skips, inputs, settings, args)
 
 
-def _finish(output, source, proc, jobs, tasks, listing_skips, inputs, settings, args) -> dict[str, Any]:
+def _finish(output, source, recipe, jobs, tasks, listing_skips, inputs, settings, args) -> dict[str, Any]:
     results = []
     for job in jobs:
         with open(os.path.join(output, PROGRESS_DIR, job.name + ".json")) as f:
@@ -242,8 +243,8 @@ def _finish(output, source, proc, jobs, tasks, listing_skips, inputs, settings, 
     error_n = sum(r["error_n"] for r in results)
     manifest = {
         "format_version": 1, "tool": f"stmem-prepare {__version__}", "source": source.name,
-        "leads": list(source.leads), "sampling_rate": proc.fs, "window_samples": proc.window_samples,
-        "window_s": proc.window_s, "filter": proc.filter_settings(),
+        "leads": list(source.leads), "recipe": recipe.to_dict(), "sampling_rate": recipe.fs,
+        "window_samples": recipe.window_samples, "window_s": recipe.window_s, "filter": recipe.filter_settings(),
         "tasks": {t: source.tasks[t] for t in tasks}, "splits": splits,
         "storage": {"dtype": "int16", "scale": "per example: max |x| -> 32767; mV = value * scale",
                     "max_abs_error_uv": 1000 * max((r["error_max_mv"] for r in results), default=0.0),
@@ -254,7 +255,7 @@ def _finish(output, source, proc, jobs, tasks, listing_skips, inputs, settings, 
     }
     written = {s: info["shard_lengths"] for s, info in splits.items() if info["examples"]}
     if written:
-        fmt.write_tfds_metadata(output, fmt.features_dict(len(source.leads), proc.window_samples, tasks), written,
+        fmt.write_tfds_metadata(output, fmt.features_dict(len(source.leads), recipe.window_samples, tasks), written,
                                 description=f"ECG windows prepared by stmem-prepare from {source.name}")
     _write_json(os.path.join(output, fmt.MANIFEST), manifest)
     shutil.rmtree(os.path.join(output, PROGRESS_DIR))

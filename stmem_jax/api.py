@@ -7,88 +7,53 @@ reconstruct a masked ECG.
     model, pre_vars = api.load_pretraining_model("runs/pretrain")
     result = api.reconstruct(model, pre_vars, ecgs[0], fs=500, leads="12")
     api.plot_reconstruction(result, "reconstruction.png")
+
+Recordings go through the ST-MEM recipe (``stmem_jax.core.recipe``, stmem-prepare's defaults unless
+``recipe`` says otherwise): resampled, band-filtered, cropped, z-scored.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from typing import Any
 
 import jax
 import numpy as np
 
-from stmem_jax.checkpoint import MODEL_FILE, load_model
-from stmem_jax.leads import lead_indices
-from stmem_jax.models import PRETRAINING_KINDS, model_config
+from stmem_jax import infer, models
+from stmem_jax.core.leads import lead_indices
+from stmem_jax.core.recipe import Recipe, model_inputs
+from stmem_jax.infer import load_encoder, load_pretraining_model
 from stmem_jax.plots import reconstruction_figure
-from stmem_jax.st_mem import STMEM
-from stmem_jax.train.downstream import crop_outputs, load_encoder
 
 __all__ = ["load_encoder", "load_pretraining_model", "prepare", "embed", "reconstruct", "plot_reconstruction"]
 
-FS = 250
 
-
-def load_pretraining_model(path: str) -> tuple[Any, dict[str, Any]]:
-    """The whole pre-training model (encoder and decoder) from a stmem-pretrain workdir, a saved
-    model directory or a public full-model ``.pth`` file."""
-    if os.path.isfile(path):
-        from stmem_jax.convert import load_torch_checkpoint
-
-        model, variables = load_torch_checkpoint(path)
-    else:
-        directory = os.path.join(path, "model") if os.path.isfile(os.path.join(path, "model", MODEL_FILE)) else path
-        model, variables = load_model(directory)
-    if model_config(model)["kind"] not in PRETRAINING_KINDS:
-        raise ValueError(f"{path} holds a {type(model).__name__}, not a pre-training model (it has no decoder)")
-    return model, variables
-
-
-def prepare(ecgs: np.ndarray, fs: float, *, crop_samples: int = 2250, crops: int = 3, bandpass: bool = True
-            ) -> np.ndarray:
+def prepare(ecgs: np.ndarray, fs: float, *, recipe: Recipe = Recipe(), crop_samples: int | None = None,
+            crops: int | None = None, bandpass: bool = True) -> np.ndarray:
     """ECGs (B, C, T) or (C, T) in mV at ``fs`` Hz -> model inputs (B, crops, C, crop_samples): resampled
-    to 250 Hz, band-filtered (0.67-40 Hz, as stmem-prepare does), cut into ``crops`` equally spaced
-    crops, each z-scored over leads and time."""
-    from data_prep.signals import Processing, band_filter, resample
-
-    ecgs = np.asarray(ecgs, np.float64)
-    if ecgs.ndim == 2:
-        ecgs = ecgs[None]
-    if ecgs.ndim != 3:
-        raise ValueError(f"expected ECGs of shape (batch, leads, samples), got {ecgs.shape}")
-    signal = resample(ecgs, fs, FS)
-    if bandpass:
-        signal = band_filter(signal, FS, Processing())
-    length = signal.shape[-1]
-    if length < crop_samples:
-        raise ValueError(f"ECGs last {length / FS:.2f} s at 250 Hz; the model needs {crop_samples / FS:.2f} s")
-    starts = np.linspace(0, length - crop_samples, crops).round().astype(int) if crops > 1 else [(length - crop_samples) // 2]
-    windows = np.stack([signal[..., s:s + crop_samples] for s in starts], axis=1)
-    mean = windows.mean(axis=(2, 3), keepdims=True)
-    std = windows.std(axis=(2, 3), keepdims=True)
-    return np.where(std > 0, (windows - mean) / np.where(std > 0, std, 1), 0.0).astype(np.float32)
+    to the recipe's rate, band-filtered (as stmem-prepare does), cut into ``crops`` crops (default: the
+    recipe's evaluation crops; one crop is centred), each z-scored over leads and time."""
+    return model_inputs(ecgs, fs, recipe, crop_samples=crop_samples, count=crops, bandpass=bandpass)
 
 
 def embed(encoder, variables: dict[str, Any], ecgs: np.ndarray, fs: float, leads: str | Sequence[str] = "12", *,
-          batch_size: int = 64, crops: int = 3) -> np.ndarray:
+          batch_size: int = 64, crops: int | None = None, recipe: Recipe = Recipe()) -> np.ndarray:
     """Pooled encoder features (B, W) of raw ECGs whose rows are ``leads`` (names, any order), the
-    mean over ``crops`` equally spaced crops."""
-    inputs = prepare(ecgs, fs, crop_samples=encoder.seq_len, crops=crops)
+    mean over the evaluation crops."""
+    inputs = prepare(ecgs, fs, recipe=recipe, crop_samples=encoder.seq_len, crops=crops)
     lead_ids = lead_indices(leads, inputs.shape[2])
-    features_of = jax.jit(lambda p, s: crop_outputs(encoder.clone(num_classes=0), p, s, lead_ids).mean(axis=1))
     params = {"encoder": variables["params"]["encoder"]}
-    return np.concatenate([np.asarray(features_of(params, inputs[i:i + batch_size]))
-                           for i in range(0, len(inputs), batch_size)])
+    return infer.map_batches(infer.features_fn(encoder, lead_ids), params, inputs, batch_size)
 
 
 def reconstruct(model, variables: dict[str, Any], ecg: np.ndarray, fs: float, leads: str | Sequence[str] = "12", *,
-                mask_ratio: float = 0.75, seed: int = 0) -> dict[str, Any]:
-    """Masks one ECG (C, T) at random and reconstructs it: the model input (C, T'), the prediction
-    (C, N, P), the mask (C, N), the loss and the lead indices."""
-    if not isinstance(model, STMEM):
+                mask_ratio: float = 0.75, seed: int = 0, recipe: Recipe = Recipe()) -> dict[str, Any]:
+    """Masks one ECG (C, T) at random and reconstructs its centre crop: the model input (C, T'), the
+    prediction (C, N, P), the mask (C, N), the loss and the lead indices."""
+    if not (models.is_pretraining(model) and models.family(model).lead_figure):
         raise ValueError(f"reconstruct shows ST-MEM's per-lead reconstruction; got {type(model).__name__}")
-    series = prepare(ecg, fs, crop_samples=model.seq_len, crops=1)[:, 0]
+    series = prepare(ecg, fs, recipe=recipe, crop_samples=model.seq_len, crops=1)[:, 0]
     lead_ids = lead_indices(leads, series.shape[1])
     noise = jax.random.uniform(jax.random.key(seed), model.noise_shape(series.shape))
     out = model.apply(variables, series, mask_ratio=mask_ratio, noise=noise, leads=lead_ids)

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from stmem_jax.layers import ENCODER_LN_EPS, PatchEmbedding, Transformer, dense, layer_norm
-from stmem_jax.leads import lead_indices
+from stmem_jax.core.leads import lead_indices
 from stmem_jax.ops import random_masking, reconstruction_loss, sincos_table, unshuffle
 from stmem_jax.st_mem import DECODER_NORM_EPS, ViTSettings
 

@@ -1,14 +1,65 @@
-"""The shared shape of the config-driven commands (stmem-pretrain, stmem-finetune, stmem-benchmark)."""
+"""The command-line layer of the config-driven commands (stmem-pretrain, stmem-finetune,
+stmem-benchmark): config parsing, the built-in synthetic data when ``data.dir`` is empty, and exit
+codes. The trainers under it take a prepared ``data.dir`` and know nothing of data preparation."""
 
 from __future__ import annotations
 
-from typing import Callable
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+
+import jax
+import ml_collections
+from jax.experimental import multihost_utils
+
+from stmem_jax.core.shards import MANIFEST
+from stmem_jax.mesh import initialize_from_config
+from stmem_jax.train.loop import Interrupted
+
+# tasks of the built-in synthetic data (PTB-XL layout)
+SYNTHETIC_TASKS = ("st_mem", "all", "diagnostic", "subdiagnostic", "superdiagnostic", "rhythm")
 
 
-def run_config_command(body: Callable, argv, *, example: str, workdir_help: str) -> None:
+def synthetic_dataset(directory: str, records: int, seed: int = 0, workers: int = 2) -> str:
+    """The built-in synthetic dataset: ``records`` ECGs generated in PTB-XL's layout in
+    ``<directory>/native`` and prepared into ``<directory>/shards`` by the ``stmem-prepare synthetic``
+    command (on process 0; the others wait). Reused when already prepared; returns the shards' path."""
+    target = os.path.join(os.path.abspath(directory), "shards")
+    if jax.process_index() == 0 and not os.path.isfile(os.path.join(target, MANIFEST)):
+        native = os.path.join(os.path.abspath(directory), "native")
+        print(f"generating {records} synthetic ECGs in {native}", flush=True)
+        command = [sys.executable, "-m", "data_prep", "synthetic", "--input", native, "--output", target,
+                   "--records", str(records), "--seed", str(seed), "--workers", str(workers),
+                   "--shard-windows", "500"]
+        code = subprocess.run(command).returncode
+        if code not in (0, 3):  # 3: finished, some records skipped
+            raise RuntimeError(f"preparing the synthetic data failed (exit status {code}): {' '.join(command)}")
+    multihost_utils.sync_global_devices("synthetic data ready")
+    return target
+
+
+def with_synthetic_data(run: ml_collections.ConfigDict, workdir: str) -> None:
+    """Sets ``run.data.dir`` to the built-in synthetic data under ``<workdir>/data`` when it is empty."""
+    data = run.data
+    if data.dir:
+        return
+    if data.get("task") and data.task not in SYNTHETIC_TASKS:
+        raise ValueError(f"task {data.task!r} needs data.dir (a stmem-prepare output); the built-in synthetic data "
+                         f"has the tasks {', '.join(SYNTHETIC_TASKS)}")
+    data.dir = synthetic_dataset(os.path.join(workdir, "data"), data.synthetic_records, data.synthetic_seed,
+                                 data.workers)
+
+
+def run_config_command(body: Callable, argv, *, example: str, workdir_help: str,
+                       run_section: Callable[[ml_collections.ConfigDict], ml_collections.ConfigDict] = lambda c: c
+                       ) -> None:
     """Parse ``--config`` (an ml_collections ``get_config(arg)`` file, every field overridable as
-    ``--config.train.batch_size=512``) and ``--workdir``, then call ``body(config, workdir)``.
-    Library INFO logs (orbax logs every save) are hidden unless ``--verbosity`` is given."""
+    ``--config.train.batch_size=512``) and ``--workdir``, prepare the synthetic data when the run's
+    ``data.dir`` is empty, then call ``body(config, workdir)``. ``run_section`` picks the trainer's
+    config out of the command's (the grid's ``config.run``). Library INFO logs (orbax logs every
+    save) are hidden unless ``--verbosity`` is given. Stopped by a signal (a checkpoint kept), the
+    command exits with 128 + the signal number."""
     from absl import app, flags, logging
     from ml_collections import config_flags
 
@@ -16,9 +67,16 @@ def run_config_command(body: Callable, argv, *, example: str, workdir_help: str)
     flags.DEFINE_string("workdir", None, workdir_help)
     flags.mark_flags_as_required(["config", "workdir"])
 
-    def run(_):
+    def main(_):
         if not flags.FLAGS["verbosity"].present:
             logging.set_verbosity(logging.WARNING)
-        body(flags.FLAGS.config, flags.FLAGS.workdir)
+        config, workdir = flags.FLAGS.config, flags.FLAGS.workdir
+        initialize_from_config(run_section(config))
+        with_synthetic_data(run_section(config), workdir)
+        try:
+            body(config, workdir)
+        except Interrupted as error:
+            print(error, file=sys.stderr, flush=True)
+            sys.exit(128 + error.signum)
 
-    app.run(run, argv=argv)
+    app.run(main, argv=argv)

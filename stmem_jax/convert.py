@@ -20,7 +20,7 @@ import jax
 import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
 
-from stmem_jax.checkpoint import load_model, save_model
+from stmem_jax.model_dir import load_model, save_model
 from stmem_jax.layers import HEAD_DIM
 from stmem_jax.models import PRESETS, count_parameters, create_model, init_variables
 from stmem_jax.st_mem import STMEM, STMEMClassifier

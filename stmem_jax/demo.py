@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 
 
@@ -30,16 +31,20 @@ def run_demo(workdir: str, *, records: int = 2000, pretrain_steps: int = 300, do
     """Runs the whole demo under ``workdir`` (resumable: finished stages are reused). Returns the
     results table and the figure paths."""
     from stmem_jax import plots
-    from stmem_jax.benchmark import load_config, run_grid, table
-    from stmem_jax.checkpoint import load_model
+    from stmem_jax.cli import synthetic_dataset
     from stmem_jax.embed import embed_split
+    from stmem_jax.grid import run_grid, table, write_results
+    from stmem_jax.infer import load_encoder
     from stmem_jax.train import pretrain
+    from stmem_jax.train.config import load_config
 
     workdir = os.path.abspath(workdir)
     start = time.time()
     print(f"== 1/3 data and pre-training ({records} synthetic ECGs, {pretrain_steps} steps) in {workdir}", flush=True)
+    pretrain_dir = os.path.join(workdir, "pretrain")
+    data_dir = synthetic_dataset(os.path.join(pretrain_dir, "data"), records)
     config = load_config(config_file("pretrain", "st_mem.py"), "tiny")
-    config.data.synthetic_records = records
+    config.data.dir = data_dir
     config.train.num_steps = pretrain_steps
     config.train.warmup_steps = max(1, pretrain_steps // 10)
     config.train.lr = 1e-3  # a short run: above the recipe's batch / 256 scaling
@@ -47,13 +52,10 @@ def run_demo(workdir: str, *, records: int = 2000, pretrain_steps: int = 300, do
     config.eval.every_steps = config.log.figure_every_steps = config.checkpoint.every_steps = pretrain_steps
     for field, value in (tiny_model or {}).items():
         config.model[field] = value
-    pretrain_dir = os.path.join(workdir, "pretrain")
-    if pretrain.train(config, pretrain_dir)["step"] < pretrain_steps:  # stopped by Ctrl-C / SIGTERM
-        raise SystemExit(f"pre-training stopped with a checkpoint in {pretrain_dir}; run the demo again to resume")
-    data_dir = os.path.join(pretrain_dir, "data", "shards")
+    pretrain.train(config, pretrain_dir)  # raises loop.Interrupted when stopped by Ctrl-C / SIGTERM
 
     print("== 2/3 downstream, 1% labels: fine-tune (12, 6, 1 leads), linear probe and scratch (12 leads)", flush=True)
-    grid = load_config(config_file("downstream", "benchmark.py"), "ptbxl:st_mem")
+    grid = load_config(config_file("downstream", "grid.py"), "ptbxl:st_mem")
     grid.run.data.dir = data_dir
     grid.run.train.epochs = downstream_epochs
     grid.run.train.lr = 1e-3  # the recipe's batch / 256 scaling gives almost nothing with a 1% split this small
@@ -67,11 +69,12 @@ def run_demo(workdir: str, *, records: int = 2000, pretrain_steps: int = 300, do
     rows = run_grid(grid, downstream_dir)["rows"]
     grid.grid.update(modes=("finetune",), leads=("limb", "1"))
     rows += run_grid(grid, downstream_dir)["rows"]
+    write_results(rows, grid.grid.seeds, downstream_dir)  # both grids' runs in one results.md and runs.csv
 
     print("== 3/3 figures", flush=True)
     figures = os.path.join(workdir, "figures")
     reconstructions = sorted(os.listdir(os.path.join(pretrain_dir, "figures")))
-    encoder, variables = load_model(os.path.join(pretrain_dir, "encoder"))
+    encoder, variables = load_encoder(pretrain_dir)
     test = embed_split(encoder, variables, data_dir, "test", task="st_mem")
     paths = {
         "reconstruction": os.path.join(pretrain_dir, "figures", reconstructions[-1]),
@@ -96,9 +99,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--downstream-epochs", type=int, default=50)
     parser.add_argument("--seeds", default="0", help="comma-separated seeds of the downstream runs")
     args = parser.parse_args(argv)
-    summary = run_demo(args.workdir, records=args.records, pretrain_steps=args.pretrain_steps,
-                       downstream_epochs=args.downstream_epochs,
-                       seeds=tuple(int(s) for s in args.seeds.split(",")))
+    from stmem_jax.train.loop import Interrupted
+
+    try:
+        summary = run_demo(args.workdir, records=args.records, pretrain_steps=args.pretrain_steps,
+                           downstream_epochs=args.downstream_epochs,
+                           seeds=tuple(int(s) for s in args.seeds.split(",")))
+    except Interrupted as error:
+        print(error, file=sys.stderr)
+        return 128 + error.signum
     print()
     print(summary["table"])
     for name, path in summary["figures"].items():

@@ -5,16 +5,17 @@
 
 ``--model`` is anything stmem-finetune accepts as ``init`` (a stmem-pretrain workdir, a saved
 model directory, a downstream workdir's ``model/``, a public ``.pth`` file). Every 10 s window
-gives the mean of the features of its evaluation crops (3 equally spaced crops, each z-scored).
-WFDB records are read, resampled to 250 Hz, band-filtered and cut into 10 s windows as
-stmem-prepare does. The ``.npz`` holds ``features`` (N, W), ``record_id``, ``window`` and, where
-known, labels: ``label`` and ``classes`` with ``--task`` (a prepared split; single-label tasks keep
-only the examples with one class) or ``labels`` (';'-joined, a WFDB folder).
+gives the mean of the features of its evaluation crops (equally spaced, each z-scored). WFDB
+records go through the recipe as stmem-prepare applies it (``stmem_jax.core.recipe``: resampled,
+band-filtered, cut into windows). The ``.npz`` holds ``features`` (N, W), ``record_id``, ``window``
+and, where known, labels: ``label`` and ``classes`` with ``--task`` (a prepared split; single-label
+tasks keep only the examples with one class) or ``labels`` (';'-joined, a WFDB folder).
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import sys
 from collections.abc import Iterator
@@ -22,87 +23,76 @@ from collections.abc import Iterator
 import jax
 import numpy as np
 
-from stmem_jax.data.format import read_manifest
+from stmem_jax import infer
+from stmem_jax import mesh as meshlib
+from stmem_jax.core import recipe as recipe_lib
+from stmem_jax.core.leads import LEAD_NAMES, lead_indices, parse_leads
+from stmem_jax.core.recipe import Recipe
+from stmem_jax.core.shards import read_manifest
+from stmem_jax.core.signal import RecordError
+from stmem_jax.core.wfdb import list_folder, read_signal
 from stmem_jax.data.pipeline import InputConfig
-from stmem_jax.data.transforms import crop_starts
-from stmem_jax.leads import LEAD_NAMES, lead_indices
-from stmem_jax.train import mesh as meshlib
-from stmem_jax.train.downstream import crop_outputs, load_encoder, parse_leads, predict
-
-
-def _features_fn(encoder, lead_ids):
-    """Jitted ``(params, (B, crops, C, T)) -> (B, W)``: features averaged over the crops."""
-    return jax.jit(lambda p, s: crop_outputs(encoder, p, s, lead_ids).mean(axis=1))
 
 
 def embed_split(encoder, variables, data_dir: str, split: str, leads="12", task: str | None = None,
-                batch_size: int = 64, crops: int = 3) -> dict[str, np.ndarray]:
-    """Features of every example of a prepared split, read by the input pipeline."""
-    lead_ids = lead_indices(leads)
+                batch_size: int = 64, crops: int | None = None) -> dict[str, np.ndarray]:
+    """Features of every example of a prepared split, read by the input pipeline (crops: the
+    dataset's recipe unless given)."""
+    manifest = read_manifest(data_dir)
     input_config = InputConfig(data_dir=data_dir, split=split, batch_size=batch_size, training=False, leads=leads,
-                               crop_samples=encoder.seq_len, task=task, eval_crops=crops)
+                               crop_samples=encoder.seq_len, task=task,
+                               eval_crops=crops or Recipe.of_manifest(manifest).eval_crops)
     mesh = meshlib.make_mesh()
     params = jax.device_put(variables["params"], meshlib.replicated(mesh))
-    out = predict(_features_fn(encoder, lead_ids), params, input_config, mesh)
+    out = infer.predict(infer.features_fn(encoder, lead_indices(leads)), params, input_config, mesh)
     out["features"] = out.pop("outputs")
     if task:
-        out["classes"] = np.array(read_manifest(data_dir)["tasks"][task]["classes"])
+        out["classes"] = np.array(manifest["tasks"][task]["classes"])
     return out
 
 
-def wfdb_windows(folder: str, leads="12", labels_csv: str | None = None, crops: int = 3, crop_samples: int = 2250
+def wfdb_windows(folder: str, leads="12", labels_csv: str | None = None, recipe: Recipe = Recipe(),
+                 crop_samples: int | None = None, crops: int | None = None
                  ) -> Iterator[tuple[str, int, np.ndarray, str]]:
     """(record id, window index, z-scored crops (crops, C, crop_samples), ';'-joined labels) of every
     usable window of the WFDB records under ``folder``; unusable records are reported on stderr."""
-    from data_prep.records import RecordError
-    from data_prep.signals import Processing, make_windows
-    from data_prep.sources.wfdb_folder import WFDBFolder
-
     wanted = [LEAD_NAMES[i] for i in lead_indices(leads)]
-    processing = Processing()
-    source = WFDBFolder(folder, {"labels": labels_csv})
-    records, skipped = source.list_records()
-    for skip in skipped:
-        print(f"skipped {skip.record_id}: {skip.reason}", file=sys.stderr)
+    records, skipped = list_folder(folder, labels_csv)
+    for record_id, _, reason in skipped:
+        print(f"skipped {record_id}: {reason}", file=sys.stderr)
     for record in records:
         try:
-            windows, _ = make_windows(source.load(record), wanted, processing)
+            windows, _ = recipe_lib.make_windows(read_signal(record.base), wanted, recipe)
         except RecordError as error:
             print(f"skipped {record.record_id}: {error}", file=sys.stderr)
             continue
         for index, window in windows:
-            x = np.stack([window[:, s:s + crop_samples] for s in crop_starts(window.shape[1], crop_samples, crops)])
-            mean = x.mean(axis=(1, 2), keepdims=True)
-            std = x.std(axis=(1, 2), keepdims=True)
-            x = np.divide(x - mean, std, out=np.zeros_like(x), where=std > 0)
-            yield record.record_id, index, x.astype(np.float32), ";".join(record.labels["label"])
+            x = recipe_lib.zscore(recipe_lib.crops(window, crop_samples or recipe.crop_samples,
+                                                   crops or recipe.eval_crops))
+            yield record.record_id, index, x, ";".join(record.labels)
 
 
 def embed_wfdb(encoder, variables, folder: str, leads="12", labels_csv: str | None = None, batch_size: int = 64,
-               crops: int = 3) -> dict[str, np.ndarray]:
-    """Features of every window of the WFDB records under ``folder`` (one process, fixed-size batches)."""
-    fn = _features_fn(encoder, lead_indices(leads))
-    params = variables["params"]
-    ids, windows, labels, features, pending = [], [], [], [], []
+               crops: int | None = None) -> dict[str, np.ndarray]:
+    """Features of every window of the WFDB records under ``folder`` (one process, fixed-size batches,
+    windows read as they are needed)."""
+    ids, index, labels = [], [], []
 
-    def flush():
-        x = np.stack(pending)
-        padded = np.concatenate([x, np.zeros((batch_size - len(x), *x.shape[1:]), x.dtype)])
-        features.append(np.asarray(fn(params, padded))[:len(x)])
-        pending.clear()
+    def inputs():
+        for record_id, window, x, names in wfdb_windows(folder, leads, labels_csv, crop_samples=encoder.seq_len,
+                                                         crops=crops):
+            ids.append(record_id)
+            index.append(window)
+            labels.append(names)
+            yield x
 
-    for record_id, index, x, names in wfdb_windows(folder, leads, labels_csv, crops, encoder.seq_len):
-        ids.append(record_id)
-        windows.append(index)
-        labels.append(names)
-        pending.append(x)
-        if len(pending) == batch_size:
-            flush()
-    if pending:
-        flush()
-    if not ids:
+    examples = inputs()
+    first = next(examples, None)
+    if first is None:
         raise ValueError(f"no usable WFDB record under {folder}")
-    out = {"features": np.concatenate(features), "record_id": np.array(ids), "window": np.array(windows, np.int32)}
+    features = infer.map_batches(infer.features_fn(encoder, lead_indices(leads)), variables["params"],
+                                 itertools.chain([first], examples), batch_size)
+    out = {"features": features, "record_id": np.array(ids), "window": np.array(index, np.int32)}
     if any(labels):
         out["labels"] = np.array(labels)
     return out
@@ -119,10 +109,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--labels", help="--wfdb: CSV with columns record,label (labels separated by ';')")
     p.add_argument("--leads", default="12", help="12, limb, 1, a lead name or comma-separated names")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--crops", type=int, default=3, help="evaluation crops per window (features averaged)")
+    p.add_argument("--crops", type=int, help="evaluation crops per window (features averaged); default: the recipe's")
     p.add_argument("--output", required=True, help=".npz file to write")
     args = p.parse_args(argv)
-    encoder, variables = load_encoder(args.model)
+    encoder, variables = infer.load_encoder(args.model)
     leads = parse_leads(args.leads)
     if args.data:
         out = embed_split(encoder, variables, args.data, args.split, leads, args.task, args.batch_size, args.crops)

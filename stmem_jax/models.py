@@ -1,7 +1,10 @@
-"""Model presets, construction by name, and the model description stored with checkpoints."""
+"""Model presets, construction by name, the model description stored with checkpoints, and what
+each model family supports (the trainers ask here instead of probing attributes)."""
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -29,7 +32,26 @@ KINDS: dict[str, tuple[type[nn.Module], dict[str, Any]]] = {
     "mlae_classifier": (BaselineClassifier, {"token_axis": "lead"}),
 }
 
-PRETRAINING_KINDS = ("st_mem", "mtae", "mlae")
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+    """A pre-training model and its classification encoder, and what they support."""
+
+    pretraining: str       # kind of the pre-training model
+    classifier: str        # kind of its classification encoder
+    lead_subsets: bool     # lead embeddings chosen by name: any subset of leads, in any order
+    lead_figure: bool      # reconstructs each lead on its own: the per-lead reconstruction figure
+    label: str             # how messages name the family
+
+
+FAMILIES: dict[str, Family] = {
+    "st_mem": Family("st_mem", "st_mem_classifier", lead_subsets=True, lead_figure=True, label="ST-MEM"),
+    # MTAE / MLAE tokens hold every lead: the model's own leads, in the standard order
+    "mtae": Family("mtae", "mtae_classifier", lead_subsets=False, lead_figure=False, label="MTAE/MLAE"),
+    "mlae": Family("mlae", "mlae_classifier", lead_subsets=False, lead_figure=False, label="MTAE/MLAE"),
+}
+PRETRAINING_KINDS = tuple(FAMILIES)
 
 
 def _fields(cls: type[nn.Module]) -> set[str]:
@@ -62,6 +84,33 @@ def model_config(model: nn.Module) -> dict[str, Any]:
     config = {name: getattr(model, name) for name in sorted(_fields(cls))}
     config["dtype"] = jnp.dtype(config["dtype"]).name
     return {"kind": kind, **config}
+
+
+def family(model: nn.Module | str) -> Family:
+    """The family of a model (or of a kind such as ``'mtae'`` or ``'mtae_classifier'``)."""
+    kind = model if isinstance(model, str) else model_config(model)["kind"]
+    name = kind.removesuffix("_classifier")
+    if name not in FAMILIES:
+        raise ValueError(f"unknown model kind {kind!r}; choose from {sorted(KINDS)}")
+    return FAMILIES[name]
+
+
+def is_pretraining(model: nn.Module) -> bool:
+    return model_config(model)["kind"] in FAMILIES
+
+
+def pretraining_model(kind: str, preset: str, lead_ids: Sequence[int], **overrides: Any) -> nn.Module:
+    """The pre-training model of ``kind`` for inputs holding the leads ``lead_ids`` (standard indices)."""
+    if not family(kind).lead_subsets:
+        overrides["num_leads"] = len(lead_ids)
+    return create_model(kind, preset, **overrides)
+
+
+def check_leads(model: nn.Module, lead_ids: Sequence[int], setting: Any) -> None:
+    """Raises ValueError when ``model`` cannot take inputs holding the leads ``lead_ids``."""
+    if not family(model).lead_subsets and tuple(lead_ids) != tuple(range(model.num_leads)):
+        raise ValueError(f"{family(model).label} encoders need all {model.num_leads} leads in the standard order; "
+                         f"lead setting {setting!r} is not possible with them")
 
 
 def model_from_config(config: dict[str, Any]) -> nn.Module:
@@ -105,7 +154,7 @@ def pretrained_encoder(model: nn.Module, variables: dict[str, Any], num_classes:
     kind = config.pop("kind")
     if kind not in PRETRAINING_KINDS:
         raise ValueError(f"{kind} is not a pre-training model")
-    cls, _ = KINDS[kind + "_classifier"]
+    cls, _ = KINDS[FAMILIES[kind].classifier]
     fields = {k: v for k, v in config.items() if k in _fields(cls)}
     fields["dtype"] = jnp.dtype(fields["dtype"])
     classifier = cls(**(fields | {"num_classes": num_classes} | overrides))
@@ -115,3 +164,11 @@ def pretrained_encoder(model: nn.Module, variables: dict[str, Any], num_classes:
     if num_classes:
         params["head"] = init_variables(classifier, jax.random.key(0))["params"]["head"]
     return classifier, {"params": params}
+
+
+def classification_encoder(model: nn.Module, variables: dict[str, Any]) -> tuple[nn.Module, dict[str, Any]]:
+    """The classification encoder (no head) of any model: a pre-training model's encoder (see
+    :func:`pretrained_encoder`), or a classifier without its head."""
+    if is_pretraining(model):
+        return pretrained_encoder(model, variables)
+    return model.clone(num_classes=0), {"params": {"encoder": variables["params"]["encoder"]}}

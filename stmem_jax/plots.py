@@ -12,7 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from stmem_jax.leads import LEAD_NAMES  # noqa: E402
+from stmem_jax.core.leads import LEAD_NAMES  # noqa: E402
 
 
 def denormalize(pred: np.ndarray, target: np.ndarray) -> np.ndarray:

@@ -13,8 +13,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from stmem_jax.data import format as fmt
-from stmem_jax.leads import LEAD_NAMES
+from stmem_jax.core import shards as fmt
+from stmem_jax.core.leads import LEAD_NAMES
 
 DEFAULT_TASKS = {
     "superdiagnostic": {"classes": ["CD", "HYP", "MI", "NORM", "STTC"], "multilabel": True},

@@ -8,12 +8,14 @@ import jax
 import numpy as np
 import pytest
 
-from stmem_jax import benchmark, embed
-from stmem_jax.checkpoint import load_model, save_model
+from stmem_jax import embed, grid, infer
+from stmem_jax.model_dir import load_model, save_model
 from stmem_jax.data.pipeline import InputConfig, make_dataset
 from stmem_jax.models import create_model, init_variables, pretrained_encoder
-from stmem_jax.train import downstream
-from stmem_jax.train.mesh import make_mesh
+from stmem_jax.core.leads import parse_leads
+from stmem_jax.train import checkpoints, downstream
+from stmem_jax.train.config import downstream as downstream_config, load_config
+from stmem_jax.mesh import make_mesh
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(ROOT, "configs", "downstream")
@@ -25,7 +27,7 @@ SMALL = {"model.preset": "tiny", **{f"model.{k}": v for k, v in SIZES.items()}, 
 
 
 def run_config(data_dir, task="rhythm", **overrides):
-    config = downstream.base_config()
+    config = downstream_config()
     for key, value in {**SMALL, "data.dir": data_dir, "data.task": task, **overrides}.items():
         *path, field = key.split(".")
         section = config
@@ -88,7 +90,7 @@ def test_run_killed_after_an_evaluation_resumes_to_the_same_result(finetuned, pr
     def killed(self, step, state):
         raise KeyboardInterrupt
     with monkeypatch.context() as patch:
-        patch.setattr(downstream.Checkpoints, "save", killed)
+        patch.setattr(checkpoints.Checkpoints, "save", killed)
         with pytest.raises(KeyboardInterrupt):
             downstream.train(config, workdir)
     assert os.listdir(os.path.join(workdir, "best")) == ["30"]
@@ -114,7 +116,7 @@ def test_linear_probe_keeps_the_encoder_and_caches_features(finetuned, synthetic
     config = run_config(synthetic_shards, mode="linprobe", init=init, **{"train.num_steps": 100, "train.lr": 0.02})
     record = downstream.train(config, str(tmp_path / "first"))
     assert record["test"]["auroc"] > 0.75, record["test"]
-    _, before = downstream.load_encoder(init)
+    _, before = infer.load_encoder(init)
     _, after = load_model(str(tmp_path / "first" / "model"))
     leaves = jax.tree.leaves(before["params"]["encoder"])
     assert len(leaves) == len(jax.tree.leaves(after["params"]["encoder"]))
@@ -123,13 +125,13 @@ def test_linear_probe_keeps_the_encoder_and_caches_features(finetuned, synthetic
     cache = sorted(os.listdir(tmp_path / "first" / "features"))
     assert [name.split("-")[0] for name in cache] == ["train", "validation"]
 
-    original, calls = downstream.predict, []
+    original, calls = infer.predict, []
 
     def counting(fn, params, input_config, mesh):
         calls.append(input_config.split)
         return original(fn, params, input_config, mesh)
 
-    monkeypatch.setattr(downstream, "predict", counting)
+    monkeypatch.setattr(infer, "predict", counting)
     config.data.feature_cache = str(tmp_path / "first" / "features")
     again = downstream.train(config, str(tmp_path / "second"))
     assert calls == ["test"]  # train and validation features came from the cache
@@ -142,7 +144,7 @@ def test_three_crop_evaluation_is_the_mean_of_single_crop_passes():
     series = jax.random.normal(jax.random.key(1), (2, 3, 12, 2250))
     leads = tuple(range(12))
     for multilabel, act in ((False, jax.nn.softmax), (True, jax.nn.sigmoid)):
-        averaged = downstream.crop_probabilities(downstream.crop_outputs(model, params, series, leads), multilabel)
+        averaged = infer.crop_probabilities(infer.crop_outputs(model, params, series, leads), multilabel)
         single = [act(model.apply({"params": params}, series[:, i], leads=leads)) for i in range(3)]
         np.testing.assert_allclose(averaged, np.mean(single, axis=0), rtol=1e-5, atol=1e-6)
 
@@ -154,7 +156,7 @@ def test_encoders_from_every_source(pretrained, tmp_path):
     expected = jax.tree.leaves(pretrained_encoder(model, variables)[1])
     save_torch_checkpoint(str(tmp_path / "st_mem.pth"), model, variables)
     for path in (pretrained, os.path.join(pretrained, "model"), str(tmp_path / "st_mem.pth")):
-        encoder, loaded = downstream.load_encoder(path)
+        encoder, loaded = infer.load_encoder(path)
         assert encoder.num_classes == 0 and encoder.width == 64
         for a, b in zip(expected, jax.tree.leaves(loaded)):
             np.testing.assert_allclose(a, b, atol=1e-6)
@@ -175,16 +177,16 @@ def test_baseline_encoders_need_all_twelve_leads(synthetic_shards, tmp_path):
 
 
 def test_config_files_set_their_tasks():
-    assert benchmark.load_config(os.path.join(CONFIGS, "ptbxl.py"), "").data.task == "st_mem"
-    assert benchmark.load_config(os.path.join(CONFIGS, "ptbxl.py"), "form").data.task == "form"
-    assert benchmark.load_config(os.path.join(CONFIGS, "cpsc2018.py"), "multi").data.task == "cpsc2018"
-    assert benchmark.load_config(os.path.join(CONFIGS, "cpsc2018.py"), "single").data.task == "cpsc2018_single"
-    af = benchmark.load_config(os.path.join(CONFIGS, "physionet2017.py"))
+    assert load_config(os.path.join(CONFIGS, "ptbxl.py"), "").data.task == "st_mem"
+    assert load_config(os.path.join(CONFIGS, "ptbxl.py"), "form").data.task == "form"
+    assert load_config(os.path.join(CONFIGS, "cpsc2018.py"), "multi").data.task == "cpsc2018"
+    assert load_config(os.path.join(CONFIGS, "cpsc2018.py"), "single").data.task == "cpsc2018_single"
+    af = load_config(os.path.join(CONFIGS, "physionet2017.py"))
     assert (af.data.task, af.data.leads) == ("af2017", "1")
-    assert benchmark.load_config(os.path.join(CONFIGS, "generic.py"), "label").data.task == "label"
-    grid = benchmark.load_config(os.path.join(CONFIGS, "benchmark.py"), "cpsc2018:multi")
+    assert load_config(os.path.join(CONFIGS, "generic.py"), "label").data.task == "label"
+    grid = load_config(os.path.join(CONFIGS, "grid.py"), "cpsc2018:multi")
     assert grid.run.data.task == "cpsc2018" and len(grid.grid.seeds) >= 3
-    assert downstream.parse_leads("I, II,V1") == ("I", "II", "V1") and downstream.parse_leads("limb") == "limb"
+    assert parse_leads("I, II,V1") == ("I", "II", "V1") and parse_leads("limb") == "limb"
     with pytest.raises(ValueError, match="needs data.dir"):
         downstream.train(af, "/nonexistent/never/created")
 
@@ -208,25 +210,25 @@ def test_eight_devices_score_every_test_example_once(synthetic_shards, tmp_path)
 
     model, variables = load_model(os.path.join(workdir, "model"))
     leads = tuple(range(12))
-    fn = jax.jit(lambda p, s: downstream.crop_probabilities(downstream.crop_outputs(model, p, s, leads), False))
+    fn = jax.jit(lambda p, s: infer.crop_probabilities(infer.crop_outputs(model, p, s, leads), False))
     config = InputConfig(synthetic_shards, split="test", batch_size=16, training=False, task="st_mem")
-    single = downstream.predict(fn, variables["params"], config, make_mesh())
+    single = infer.predict(fn, variables["params"], config, make_mesh())
     assert list(single["record_id"]) == ids
     np.testing.assert_allclose(single["outputs"], predictions["probs"], atol=1e-5)
 
 
 def test_benchmark_runs_a_grid_and_resumes(pretrained, synthetic_shards, tmp_path):
-    config = benchmark.load_config(os.path.join(CONFIGS, "benchmark.py"), "ptbxl:rhythm")
+    config = load_config(os.path.join(CONFIGS, "grid.py"), "ptbxl:rhythm")
     for key, value in {**SMALL, "data.dir": synthetic_shards, "train.num_steps": 20, "train.lr": 0.02}.items():
         section, field = key.split(".")
         config.run[section][field] = value
     config.grid.update(methods=(f"Random={pretrained}",), modes=("linprobe",), fractions=(0.5, 1.0), leads=("12",))
-    first = benchmark.run_grid(config, str(tmp_path))
+    first = grid.run_grid(config, str(tmp_path))
     assert len(first["ran"]) == 6 and not first["skipped"]
     # the same grid through the command: everything is done, so it only rewrites the table
     overrides = {**SMALL, "data.dir": synthetic_shards, "train.num_steps": 20, "train.lr": 0.02}
     result = subprocess.run(
-        [sys.executable, "-m", "stmem_jax.benchmark", f"--config={CONFIGS}/benchmark.py:ptbxl:rhythm",
+        [sys.executable, "-m", "stmem_jax.grid", f"--config={CONFIGS}/grid.py:ptbxl:rhythm",
          f"--workdir={tmp_path}", *(f"--config.run.{k}={v}" for k, v in overrides.items()),
          f"--config.grid.methods=('Random={pretrained}',)", "--config.grid.modes=('linprobe',)",
          "--config.grid.fractions=(0.5,1.0)", "--config.grid.leads=('12',)"],
@@ -254,7 +256,7 @@ def test_embed_a_prepared_split_and_the_same_records_as_wfdb_files(pretrained, s
         for ext in ("hea", "dat"):
             name = f"{int(rid):05d}_hr.{ext}"
             shutil.copy(os.path.join(native, "records500", f"{int(rid) // 1000 * 1000:05d}", name), tmp_path / name)
-    encoder, variables = downstream.load_encoder(pretrained)
+    encoder, variables = infer.load_encoder(pretrained)
     folder = embed.embed_wfdb(encoder, variables, str(tmp_path), batch_size=2)
     assert list(folder["record_id"]) == [f"{int(r):05d}_hr" for r in chosen]
     expected = [split["features"][list(split["record_id"]).index(rid)] for rid in chosen]

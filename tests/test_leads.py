@@ -1,6 +1,6 @@
 import pytest
 
-from stmem_jax.leads import LEAD_NAMES, canonical_lead_name, lead_indices
+from stmem_jax.core.leads import LEAD_NAMES, canonical_lead_name, lead_indices
 
 
 def test_aliases_map_to_standard_names():

@@ -18,7 +18,8 @@ from scipy import signal as sps  # noqa: E402
 from stmem_jax.data import labels as labels_lib  # noqa: E402
 from stmem_jax.data.pipeline import (InputConfig, global_batches, lead_indices_for, make_dataset,  # noqa: E402
                                      steps_per_epoch)
-from stmem_jax.data.transforms import band_filter, crop_starts  # noqa: E402
+from stmem_jax.core.recipe import Recipe, crop_starts  # noqa: E402
+from stmem_jax.data.transforms import band_filter  # noqa: E402
 from tests.data_fixtures import write_dataset  # noqa: E402
 
 T = 2250
@@ -225,7 +226,7 @@ def test_band_filter_matches_scipy(tmp_path):
     high = sps.butter(5, 0.67, "highpass", fs=250, output="sos")
     low = sps.butter(5, 40.0, "lowpass", fs=250, output="sos")
     expected = sps.sosfiltfilt(low, sps.sosfiltfilt(high, x))
-    got = band_filter(tf.constant(x, tf.float32), 250).numpy()
+    got = band_filter(tf.constant(x, tf.float32), Recipe()).numpy()
     # the filter is exact up to float32 rounding of a length-5000 FFT and the rank-32 edge part
     np.testing.assert_allclose(got, expected, atol=1e-4 * np.abs(expected).max())
 

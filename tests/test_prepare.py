@@ -8,7 +8,7 @@ from scipy import signal as sps
 import native_fixtures as nf
 from data_prep import writer
 from data_prep.cli import main
-from data_prep.signals import Processing, band_filter, resample
+from stmem_jax.core.recipe import Recipe, band_filter, resample
 from data_prep.sources import SOURCES
 from data_prep.writer import prepare
 
@@ -26,8 +26,8 @@ def read_split(directory, split):
     return out
 
 
-def expected_windows(stored, fs, proc=Processing()):
-    processed = band_filter(resample(stored, fs, 250), 250, proc)
+def expected_windows(stored, fs, recipe=Recipe()):
+    processed = band_filter(resample(stored, fs, 250), recipe)
     return [processed[:, i * 2500:(i + 1) * 2500] for i in range(processed.shape[1] // 2500)]
 
 
@@ -58,7 +58,7 @@ def ptbxl(tmp_path_factory):
     with open(root / "records500/00000/00006_hr.dat", "r+b") as f:  # truncate record 6
         f.truncate(1000)
     out = root / "shards"
-    manifest = prepare(SOURCES["ptbxl"](str(root)), str(out), Processing(), progress=False)
+    manifest = prepare(SOURCES["ptbxl"](str(root)), str(out), Recipe(), progress=False)
     return root, out, manifest, stored
 
 
@@ -144,7 +144,7 @@ def test_resume_after_kill_redoes_nothing_and_matches_a_full_run(tmp_path, monke
     root = tmp_path / "native"
     rows = [{"ecg_id": i, "patient_id": i, "scp_codes": {"NORM": 100.0}, "strat_fold": 1 + i % 7} for i in range(1, 9)]
     nf.write_ptbxl(root, rows)
-    reference = prepare(SOURCES["ptbxl"](str(root)), str(tmp_path / "full"), Processing(), shard_windows=2,
+    reference = prepare(SOURCES["ptbxl"](str(root)), str(tmp_path / "full"), Recipe(), shard_windows=2,
                         progress=False)
     real_run_job, calls = writer.run_job, []
 
@@ -157,12 +157,12 @@ def test_resume_after_kill_redoes_nothing_and_matches_a_full_run(tmp_path, monke
     monkeypatch.setattr(writer, "run_job", dying)
     out = tmp_path / "resumed"
     with pytest.raises(KeyboardInterrupt):
-        prepare(SOURCES["ptbxl"](str(root)), str(out), Processing(), shard_windows=2, progress=False)
+        prepare(SOURCES["ptbxl"](str(root)), str(out), Recipe(), shard_windows=2, progress=False)
     first = {name: os.path.getmtime(out / name) for name in calls}
     assert not (out / "manifest.json").exists()
     redone = []
     monkeypatch.setattr(writer, "run_job", lambda job, *a: (redone.append(job.name), real_run_job(job, *a))[1])
-    manifest = prepare(SOURCES["ptbxl"](str(root)), str(out), Processing(), shard_windows=2, progress=False)
+    manifest = prepare(SOURCES["ptbxl"](str(root)), str(out), Recipe(), shard_windows=2, progress=False)
     assert not set(redone) & set(calls) and len(redone) == 2
     assert first == {name: os.path.getmtime(out / name) for name in calls}
     assert manifest["splits"] == reference["splits"]
@@ -233,7 +233,7 @@ def test_challenge2021_subsets_labels_and_patient_disjoint_stratified_split(tmp_
 
 def test_cpsc2018_original_release(tmp_path):
     signals = nf.write_cpsc_original(tmp_path, [("A0001", [1], 12), ("A0002", [5, 7], 21), ("A0003", [12], 10)])
-    manifest = prepare(SOURCES["cpsc2018"](str(tmp_path)), str(tmp_path / "out"), Processing(), progress=False)
+    manifest = prepare(SOURCES["cpsc2018"](str(tmp_path)), str(tmp_path / "out"), Recipe(), progress=False)
     reasons = {s["record_id"]: s["reason"] for s in manifest["skipped"]}
     assert "unknown label code" in reasons["A0003"]
     found = {(ex["record_id"].decode(), int(ex["window"])): ex for split in manifest["splits"]
@@ -254,7 +254,7 @@ def test_code15_strips_padding_and_resamples_from_400_hz(tmp_path):
     tracings[1, 648:3448] = seven.T
     tracings[2, 48:4048] = ten.T
     nf.write_code15(tmp_path, tracings, [11, 12, 0, 14], [1, 2, 0, 4])
-    manifest = prepare(SOURCES["code15"](str(tmp_path)), str(tmp_path / "out"), Processing(), progress=False)
+    manifest = prepare(SOURCES["code15"](str(tmp_path)), str(tmp_path / "out"), Recipe(), progress=False)
     reasons = {s["record_id"]: s["reason"] for s in manifest["skipped"]}
     assert reasons["12"].startswith("shorter than the window (7.00 s")
     assert reasons["exams_part0.hdf5[2]"] == "padding row (exam_id 0)"
@@ -273,7 +273,7 @@ def test_physionet2017_single_lead_and_wfdb_folder_with_labels(tmp_path):
     nf.write_wfdb(folder, "A00002", nf.ecg_like(rng, 1, 2700, 300), 300, ["ECG"], mat=True)
     nf.write_wfdb(folder, "A00003", nf.ecg_like(rng, 1, 9000, 300), 300, ["ECG"], mat=True)
     (folder / "REFERENCE.csv").write_text("A00001,A\nA00002,N\nA00003,X\n")
-    manifest = prepare(SOURCES["physionet2017"](str(folder)), str(tmp_path / "out"), Processing(), progress=False)
+    manifest = prepare(SOURCES["physionet2017"](str(folder)), str(tmp_path / "out"), Recipe(), progress=False)
     assert manifest["leads"] == ["I"]
     reasons = {s["record_id"]: s["reason"] for s in manifest["skipped"]}
     assert reasons["A00002"].startswith("shorter") and "unknown label code 'X'" in reasons["A00003"]
@@ -300,7 +300,7 @@ def test_physionet2017_single_lead_and_wfdb_folder_with_labels(tmp_path):
 
 def test_parallel_workers_write_the_same_shards(ptbxl, tmp_path):
     root, out, manifest, _ = ptbxl
-    parallel = prepare(SOURCES["ptbxl"](str(root)), str(tmp_path / "par"), Processing(), workers=2,
+    parallel = prepare(SOURCES["ptbxl"](str(root)), str(tmp_path / "par"), Recipe(), workers=2,
                        shard_windows=1, progress=False)
     assert {s: v["examples"] for s, v in parallel["splits"].items()} == \
         {s: v["examples"] for s, v in manifest["splits"].items()}
@@ -315,8 +315,8 @@ def test_resampling_and_filter_are_the_documented_ones():
     np.testing.assert_allclose(resample(x, 500, 250), sps.resample_poly(x, 1, 2, axis=-1))
     hp = sps.butter(5, 0.67, "highpass", fs=250, output="sos")
     lp = sps.butter(5, 40.0, "lowpass", fs=250, output="sos")
-    np.testing.assert_allclose(band_filter(x, 250, Processing()), sps.sosfiltfilt(lp, sps.sosfiltfilt(hp, x)))
-    np.testing.assert_array_equal(band_filter(x, 250, Processing(highpass_hz=None, lowpass_hz=None)), x)
+    np.testing.assert_allclose(band_filter(x, Recipe()), sps.sosfiltfilt(lp, sps.sosfiltfilt(hp, x)))
+    np.testing.assert_array_equal(band_filter(x, Recipe(highpass_hz=None, lowpass_hz=None)), x)
 
 
 def test_synthetic_source_command_writes_ptbxl_layout_and_shards(tmp_path):
@@ -332,7 +332,7 @@ def test_synthetic_source_command_writes_ptbxl_layout_and_shards(tmp_path):
 def test_examples_are_encoded_as_tfds_encodes_them_without_tensorflow(tmp_path):
     import tensorflow as tf
 
-    from stmem_jax.data import format as fmt
+    from stmem_jax.core import shards as fmt
 
     rng = np.random.default_rng(0)
     features = fmt.features_dict(12, 2500, ["diag", "rhythm"])

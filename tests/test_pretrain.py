@@ -9,8 +9,9 @@ import numpy as np
 import optax
 import pytest
 
-from stmem_jax.checkpoint import load_model
-from stmem_jax.train import pretrain
+from stmem_jax.model_dir import load_model
+from stmem_jax.models import create_model
+from stmem_jax.train import loop, pretrain
 from stmem_jax.train.optim import adamw
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -82,10 +83,10 @@ def test_tiny_run_lowers_the_loss_and_writes_everything(synthetic_shards, tmp_pa
 
 
 def test_accumulated_micro_batches_equal_one_big_batch():
-    model = pretrain.create_model("st_mem", "tiny", depth=1, decoder_depth=1)
+    model = create_model("st_mem", "tiny", depth=1, decoder_depth=1)
     params = model.init({"params": jax.random.key(0), "masking": jax.random.key(0)}, jnp.zeros((1, 12, 2250)))["params"]
     tx = optax.sgd(1.0)  # parameter change = gradient, compared directly
-    state = pretrain.TrainState(jnp.zeros((), jnp.int32), params, tx.init(params), jnp.full((), -1, jnp.int32))
+    state = loop.TrainState(jnp.zeros((), jnp.int32), params, tx.init(params), jnp.full((), -1, jnp.int32))
     series = jax.random.normal(jax.random.key(1), (8, 12, 2250))
     key = jax.random.key(2)
     leads = tuple(range(12))
@@ -99,10 +100,10 @@ def test_accumulated_micro_batches_equal_one_big_batch():
 
 
 def test_non_finite_guard_keeps_parameters_and_names_the_step(synthetic_shards, tmp_path, monkeypatch):
-    model = pretrain.create_model("st_mem", "tiny", depth=1, decoder_depth=1)
+    model = create_model("st_mem", "tiny", depth=1, decoder_depth=1)
     params = model.init({"params": jax.random.key(0), "masking": jax.random.key(0)}, jnp.zeros((1, 12, 2250)))["params"]
     tx = adamw(optax.constant_schedule(1e-3), params)
-    state = pretrain.TrainState(jnp.full((), 4, jnp.int32), params, tx.init(params), jnp.full((), -1, jnp.int32))
+    state = loop.TrainState(jnp.full((), 4, jnp.int32), params, tx.init(params), jnp.full((), -1, jnp.int32))
     poisoned = jnp.ones((2, 12, 2250)).at[0, 3, 100].set(jnp.nan)
     new, _ = jax.jit(pretrain.make_train_step(model, tx, 0.75, 1, tuple(range(12))))(state, poisoned, jax.random.key(0))
     assert int(new.bad_step) == 4 and int(new.step) == 5
@@ -119,7 +120,7 @@ def test_non_finite_guard_keeps_parameters_and_names_the_step(synthetic_shards, 
 
     monkeypatch.setattr(pretrain, "global_batches", poisoning)
     workdir = str(tmp_path / "run")
-    with pytest.raises(pretrain.NonFiniteLoss, match="at step 6"):
+    with pytest.raises(loop.NonFiniteLoss, match="at step 6"):
         pretrain.train(small_config(synthetic_shards, **{"train.num_steps": 12, "checkpoint.every_steps": 4}), workdir)
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["4"]
 

@@ -9,9 +9,10 @@ import pytest
 import wfdb
 
 from data_prep import synthetic as S
+from stmem_jax.core.leads import LEAD_NAMES
 
 FS = 500
-L = {name: k for k, name in enumerate(S.LEADS)}
+L = {name: k for k, name in enumerate(LEAD_NAMES)}
 
 
 def median_beat(signal, r_peaks, lo_ms=-300, hi_ms=500):

@@ -6,7 +6,7 @@ Challenge 2021 release (``stmem-prepare challenge2021 --subsets cpsc_2018``) or 
 release (``stmem-prepare cpsc2018``).
 """
 
-from stmem_jax.train.downstream import base_config
+from stmem_jax.train.config import downstream
 
 TASKS = {"single": "cpsc2018_single", "multi": "cpsc2018"}
 
@@ -15,6 +15,6 @@ def get_config(arg: str = "single"):
     variant = arg or "single"
     if variant not in TASKS:
         raise ValueError(f"unknown CPSC2018 variant {variant!r}: use single or multi")
-    config = base_config()
+    config = downstream()
     config.data.task = TASKS[variant]
     return config

@@ -4,10 +4,10 @@ its manifest.json (e.g. ``label`` for ``stmem-prepare wfdb``); empty: the datase
     stmem-finetune --config configs/downstream/generic.py:label --config.data.dir=<dir> ...
 """
 
-from stmem_jax.train.downstream import base_config
+from stmem_jax.train.config import downstream
 
 
 def get_config(arg: str = ""):
-    config = base_config()
+    config = downstream()
     config.data.task = arg
     return config

@@ -4,12 +4,12 @@
     stmem-finetune --config configs/downstream/physionet2017.py --config.data.dir=<dir> ...
 """
 
-from stmem_jax.train.downstream import base_config
+from stmem_jax.train.config import downstream
 
 
 def get_config(arg: str = ""):
     del arg
-    config = base_config()
+    config = downstream()
     config.data.task = "af2017"
     config.data.leads = "1"
     return config

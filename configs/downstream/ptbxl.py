@@ -10,7 +10,7 @@ With ``data.dir`` empty the run uses the built-in synthetic data (PTB-XL layout)
 overridden: ``--config.mode=linprobe --config.init=runs/pretrain --config.data.leads=limb``.
 """
 
-from stmem_jax.train.downstream import base_config
+from stmem_jax.train.config import downstream
 
 TASKS = ("st_mem", "all", "diagnostic", "subdiagnostic", "superdiagnostic", "form", "rhythm")
 
@@ -19,6 +19,6 @@ def get_config(arg: str = "st_mem"):
     task = arg or "st_mem"
     if task not in TASKS:
         raise ValueError(f"unknown PTB-XL task {task!r}: use one of {', '.join(TASKS)}")
-    config = base_config()
+    config = downstream()
     config.data.task = task
     return config

@@ -6,8 +6,9 @@ import abc
 import os
 from typing import Any
 
-from data_prep.records import Record, Signal, Skip
-from stmem_jax.leads import LEAD_NAMES
+from data_prep.records import Record, Skip
+from stmem_jax.core.leads import LEAD_NAMES
+from stmem_jax.core.signal import Signal
 
 
 class Source(abc.ABC):

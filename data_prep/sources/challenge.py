@@ -6,10 +6,11 @@ from __future__ import annotations
 import glob
 import os
 
-from data_prep.records import Record, RecordError, Skip, parse_age, parse_sex
+from data_prep.records import Record, Skip, parse_age, parse_sex
 from data_prep.sources.base import Source, vocabulary
 from data_prep.sources.cpsc2018 import CPSC_TASKS, cpsc_labels
-from data_prep.sources.wfdb_io import read_header, read_signal
+from stmem_jax.core.signal import RecordError
+from stmem_jax.core.wfdb import read_header, read_signal
 
 SUBSETS = ("chapman_shaoxing", "ningbo", "cpsc_2018", "cpsc_2018_extra", "georgia", "ptb-xl", "ptb",
            "st_petersburg_incart")

@@ -10,8 +10,9 @@ import h5py
 import numpy as np
 import pandas as pd
 
-from data_prep.records import Record, RecordError, Signal, Skip, parse_age
+from data_prep.records import Record, Skip, parse_age
 from data_prep.sources.base import Source
+from stmem_jax.core.signal import RecordError, Signal
 
 FLAGS = ("1dAVb", "RBBB", "LBBB", "SB", "ST", "AF")
 LEADS_IN_FILE = ("DI", "DII", "DIII", "AVR", "AVL", "AVF", "V1", "V2", "V3", "V4", "V5", "V6")

@@ -10,9 +10,10 @@ import numpy as np
 import pandas as pd
 from scipy import io as sio
 
-from data_prep.records import Record, RecordError, Signal, Skip, parse_age, parse_sex
+from data_prep.records import Record, Skip, parse_age, parse_sex
 from data_prep.sources.base import Source
-from stmem_jax.leads import LEAD_NAMES
+from stmem_jax.core.leads import LEAD_NAMES
+from stmem_jax.core.signal import RecordError, Signal
 
 # Classes 1..9 of the original release, in its order.
 CPSC_CLASSES = ("Normal", "AF", "I-AVB", "LBBB", "RBBB", "PAC", "PVC", "STD", "STE")

@@ -8,9 +8,10 @@ import os
 
 import pandas as pd
 
-from data_prep.records import Record, Signal, Skip
+from data_prep.records import Record, Skip
 from data_prep.sources.base import Source
-from data_prep.sources.wfdb_io import read_signal
+from stmem_jax.core.signal import Signal
+from stmem_jax.core.wfdb import read_signal
 
 CLASSES = ("N", "A", "O", "~")
 

@@ -10,7 +10,7 @@ import pandas as pd
 
 from data_prep.records import Record, Skip, parse_age
 from data_prep.sources.base import Source, vocabulary
-from data_prep.sources.wfdb_io import read_signal
+from stmem_jax.core.wfdb import read_signal
 
 # strat_fold -> split: the ST-MEM protocol (70/10/20) and the Strodthoff et al. benchmark.
 SPLIT_SCHEMES = {

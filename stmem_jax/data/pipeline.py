@@ -9,7 +9,9 @@ Batches (per host, B = global batch / process count; C leads, T = crop_samples):
   record_id   bytes (B,) and window int32 (B,): host-side only (b"" and -1 on padding)
 
 Per example: int16 * scale -> lead selection -> optional band filter (full window) -> crop(s) ->
-z-score -> RandAugment (training with ``augment``). Single-label tasks use only examples with
+z-score -> RandAugment (training with ``augment``): the dataset's recipe (``manifest.json``,
+``stmem_jax.core.recipe``) as TensorFlow ops; the band filter on the fly is the default recipe's
+band at the stored rate. Single-label tasks use only examples with
 exactly one class (others are dropped, training and evaluation alike).
 
 Order and randomness. Every example has a global index (its position in the split's shards, in
@@ -43,11 +45,12 @@ import numpy as np
 import tensorflow as tf
 from jax.sharding import NamedSharding, PartitionSpec
 
-from stmem_jax.data import format as fmt
+from stmem_jax.core import shards as fmt
 from stmem_jax.data import labels as labels_lib
 from stmem_jax.data.augment import rand_augment
+from stmem_jax.core.recipe import Recipe
 from stmem_jax.data.transforms import band_filter, fixed_crops, random_crop, zscore
-from stmem_jax.leads import LEAD_NAMES, lead_indices
+from stmem_jax.core.leads import LEAD_NAMES, lead_indices
 
 try:  # the pipeline runs on the CPU; leave accelerators to JAX
     tf.config.set_visible_devices([], "GPU")
@@ -70,7 +73,7 @@ class InputConfig:
     batch_size: int = 256
     training: bool = True
     leads: str | tuple = "12"
-    crop_samples: int = 2250
+    crop_samples: int = Recipe.crop_samples
     task: str | None = None
     label_fraction: float = 1.0
     augment: bool = False
@@ -80,7 +83,7 @@ class InputConfig:
     bandpass: bool = False
     seed: int = 0
     shuffle_buffer: int = 10_000
-    eval_crops: int = 3
+    eval_crops: int = Recipe.eval_crops
 
 
 @dataclasses.dataclass(frozen=True)
@@ -256,7 +259,9 @@ def _read(split: _Split, files: tf.Tensor, mask: np.ndarray | None) -> tf.data.D
 
 def _transform(config: InputConfig, manifest: dict, split: _Split):
     """The per-example map ``(seed or None, global index, serialised) -> dict``."""
-    num_leads, samples, fs = len(manifest["leads"]), manifest["window_samples"], manifest["sampling_rate"]
+    recipe = Recipe.of_manifest(manifest)
+    num_leads, samples, fs = len(manifest["leads"]), recipe.window_samples, recipe.fs
+    band = recipe.with_band_of(Recipe())
     rows = _lead_rows(config, manifest)
     spec = _spec(manifest, ("signal", "scale", "record_id", "window"))
     labels = None if split.labels is None else tf.constant(split.labels)
@@ -269,7 +274,7 @@ def _transform(config: InputConfig, manifest: dict, split: _Split):
             x = tf.gather(x, rows)
         x = tf.cast(x, tf.float32) * example["scale"]
         if config.bandpass:
-            x = band_filter(x, fs)
+            x = band_filter(x, band)
         if config.training:
             crop_seed, augment_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
             x = zscore(random_crop(x, config.crop_samples, crop_seed))

@@ -1,4 +1,5 @@
-"""Per-example signal transforms as TensorFlow ops: crops, z-score and the band filter.
+"""Per-example signal transforms as TensorFlow ops: crops, z-score and the band filter, the
+recipe's steps (``stmem_jax.core.recipe`` holds their NumPy reference and the crop placement).
 
 A signal is a float32 tensor (leads, samples); seeds are int shape-[2] tensors for
 ``tf.random.stateless_*``.
@@ -11,14 +12,8 @@ import functools
 import numpy as np
 import tensorflow as tf
 
-HIGHPASS_HZ, LOWPASS_HZ, FILTER_ORDER = 0.67, 40.0, 5
-
-
-def crop_starts(total: int, length: int, count: int) -> tuple[int, ...]:
-    """``count`` equally spaced crop starts, ``linspace(0, total - length, count)`` rounded."""
-    if length > total:
-        raise ValueError(f"crop of {length} samples is longer than the {total}-sample window")
-    return tuple(int(round(s)) for s in np.linspace(0, total - length, count))
+from stmem_jax.core import recipe as recipe_lib
+from stmem_jax.core.recipe import Recipe, crop_starts
 
 
 def random_crop(x: tf.Tensor, length: int, seed: tf.Tensor) -> tf.Tensor:
@@ -39,34 +34,36 @@ def zscore(x: tf.Tensor) -> tf.Tensor:
     return tf.math.divide_no_nan(x - mean, std)
 
 
-def band_filter(x: tf.Tensor, sampling_rate: int) -> tf.Tensor:
-    """The 0.67 Hz high-pass then 40 Hz low-pass, each a 5th-order zero-phase Butterworth, exactly as
-    ``scipy.signal.sosfiltfilt`` computes them (default odd padding and steady-state initial state).
+def band_filter(x: tf.Tensor, recipe: Recipe) -> tf.Tensor:
+    """The recipe's high-pass then low-pass (each a zero-phase Butterworth, at ``recipe.fs``), exactly
+    as ``recipe.band_filter`` (``scipy.signal.sosfiltfilt``: odd padding, steady-state initial state)
+    computes them.
 
     ``sosfiltfilt`` is a linear map of a fixed-length window, ``y = x @ M``. ``M`` is a symmetric
     Toeplitz part (the ideal zero-phase filter, kernel = inverse FFT of |H|^2) plus the edge
     handling, which has rank about 20; the first is applied as an FFT convolution, the second as
     two thin matmuls (``band_filter_operator``). Agrees with scipy to float32 rounding.
     """
-    spectrum, left, right = band_filter_operator(sampling_rate, x.shape[-1])
+    spectrum, left, right = band_filter_operator(recipe, x.shape[-1])
     n = x.shape[-1]
     conv = tf.signal.irfft(tf.signal.rfft(x, [2 * n]) * spectrum, [2 * n])[..., :n]
     return conv + tf.matmul(tf.matmul(x, left), right)
 
 
 @functools.lru_cache(maxsize=8)
-def band_filter_operator(sampling_rate: int, samples: int, rank: int = 32):
+def band_filter_operator(recipe: Recipe, samples: int, rank: int = 32):
     """(rfft of the circular Toeplitz kernel, edge part as ``left @ right``) as float32 constants."""
     from scipy import signal as sps
 
-    high = sps.butter(FILTER_ORDER, HIGHPASS_HZ, "highpass", fs=sampling_rate, output="sos")
-    low = sps.butter(FILTER_ORDER, LOWPASS_HZ, "lowpass", fs=sampling_rate, output="sos")
-    n = samples
-    operator = sps.sosfiltfilt(low, sps.sosfiltfilt(high, np.eye(n)))  # row i: response to e_i
+    n, fs = samples, recipe.fs
+    operator = recipe_lib.band_filter(np.eye(n), recipe)  # row i: response to e_i
     grid = 1 << 16
-    freqs = np.fft.rfftfreq(grid, 1 / sampling_rate)
-    response = np.abs(sps.sosfreqz(high, worN=freqs, fs=sampling_rate)[1]
-                      * sps.sosfreqz(low, worN=freqs, fs=sampling_rate)[1]) ** 2
+    freqs = np.fft.rfftfreq(grid, 1 / fs)
+    response = np.ones(len(freqs))
+    for cutoff, kind in ((recipe.highpass_hz, "highpass"), (recipe.lowpass_hz, "lowpass")):
+        if cutoff is not None:
+            response = response * np.abs(sps.sosfreqz(recipe_lib.butter(recipe.filter_order, cutoff, kind, fs), worN=freqs,
+                                                      fs=fs)[1]) ** 2
     kernel = np.fft.irfft(response, grid)  # symmetric: kernel[-k] = kernel[k]
     lags = np.arange(n)
     toeplitz = kernel[np.abs(lags[:, None] - lags[None, :])]

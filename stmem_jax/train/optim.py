@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import jax
+import ml_collections
 import optax
 from flax.traverse_util import path_aware_map
 
@@ -47,3 +48,10 @@ def adamw(learning_rate: optax.Schedule, params: Any, *, b1: float = 0.9, b2: fl
         parts.append(optax.transforms.partition(
             {s: optax.scale(s) for s in set(jax.tree.leaves(scales))}, scales))
     return optax.chain(*parts)
+
+
+def from_config(train: ml_collections.ConfigDict, learning_rate: optax.Schedule, params: Any, *,
+                layer_decay: float = 1.0, depth: int = 0) -> optax.GradientTransformation:
+    """:func:`adamw` with the ``train`` config section's betas, weight decay and clipping."""
+    return adamw(learning_rate, params, b1=train.b1, b2=train.b2, weight_decay=train.weight_decay,
+                 clip_norm=train.clip_norm, layer_decay=layer_decay, depth=depth)

@@ -69,6 +69,12 @@ class Reporter:
             self._jsonl.close()
             self._writer.close()
 
+    def __enter__(self) -> Reporter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
 
 def scalars(tree: Any) -> dict[str, float]:
     return {k: float(v) for k, v in jax.device_get(tree).items()}

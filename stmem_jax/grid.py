@@ -1,6 +1,7 @@
-"""``stmem-benchmark``: the paper's downstream protocol as a grid of runs, and its table.
+"""The paper's evaluation grid (command ``stmem-benchmark``): the downstream protocol as a grid of
+runs, and its table. (The speed scripts are in ``benchmarks/``.)
 
-    stmem-benchmark --config configs/downstream/benchmark.py:ptbxl:st_mem --workdir runs/bench \\
+    stmem-benchmark --config configs/downstream/grid.py:ptbxl:st_mem --workdir runs/bench \\
         --config.grid.methods='("ST-MEM=runs/pretrain",)' --config.run.data.dir=/data/ptbxl
 
 The grid is tasks x methods x modes x label fractions x lead settings x seeds: ``finetune`` and
@@ -16,7 +17,6 @@ from __future__ import annotations
 
 import copy
 import csv
-import importlib.util
 import json
 import os
 import re
@@ -30,7 +30,7 @@ import numpy as np
 from stmem_jax.cli import run_config_command
 
 MODE_NAMES = {"finetune": "fine-tune", "linprobe": "linear probe", "scratch": "scratch"}
-LEAD_NAMES = {"12": "12-lead", "limb": "6-lead (limb)", "1": "1-lead (I)"}
+LEAD_SETTING_NAMES = {"12": "12-lead", "limb": "6-lead (limb)", "1": "1-lead (I)"}
 SUPERVISED = "Supervised"
 CSV_FIELDS = ("task", "method", "mode", "leads", "label_fraction", "seed", "auroc", "f1", "accuracy", "fmax",
               "loss", "num_examples", "selected_step", "workdir")
@@ -50,14 +50,6 @@ class Run(NamedTuple):
         slug = re.sub(r"[^A-Za-z0-9_.+-]", "_", f"{self.method}-{self.mode}")
         leads = re.sub(r"[^A-Za-z0-9]", "+", self.leads)
         return os.path.join(self.task, slug, f"leads-{leads}", f"fraction-{self.fraction:g}", f"seed-{self.seed}")
-
-
-def load_config(path: str, arg: str = "") -> ml_collections.ConfigDict:
-    """``get_config(arg)`` of a config file, as ``config_flags`` would load it."""
-    spec = importlib.util.spec_from_file_location(os.path.splitext(os.path.basename(path))[0], path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg)
 
 
 def grid_runs(config: ml_collections.ConfigDict) -> list[Run]:
@@ -95,16 +87,17 @@ def run_config(config: ml_collections.ConfigDict, run: Run) -> ml_collections.Co
 
 
 def run_grid(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-    """Runs the missing runs of the grid, then writes ``results.md`` and ``runs.csv``. Returns
-    ``{"ran": [names], "skipped": [names], "rows": [one dict per run], "table": markdown}``."""
+    """Runs the missing runs of the grid on ``config.run.data.dir``, then writes ``results.md`` and
+    ``runs.csv``. Returns ``{"ran": [names], "skipped": [names], "rows": [one dict per run], "table":
+    markdown}``."""
     from stmem_jax.train import downstream
-    from stmem_jax.train.pretrain import synthetic_data
 
     workdir = os.path.abspath(workdir)
     os.makedirs(workdir, exist_ok=True)
     config = copy.deepcopy(config)
     if not config.run.data.dir:
-        config.run.data.dir = synthetic_data(config.run, workdir)
+        raise ValueError("the grid needs run.data.dir (a stmem-prepare output); the stmem-benchmark command "
+                         "prepares the built-in synthetic data when it is empty")
     config.run.data.feature_cache = config.run.data.feature_cache or os.path.join(workdir, "features")
     ran, skipped, rows = [], [], []
     runs = grid_runs(config)
@@ -158,7 +151,7 @@ def table(rows: list[dict], seeds) -> str:
         header = ["Method", "Leads"] + [f"{f:.0%} {m}" for f in fractions for m in ("AUROC", "F1")]
         lines = [f"### {task}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for method, mode, leads in dict.fromkeys(k[:3] for k in cells):
-            line = [f"{method} ({MODE_NAMES[mode]})", LEAD_NAMES.get(leads, leads)]
+            line = [f"{method} ({MODE_NAMES[mode]})", LEAD_SETTING_NAMES.get(leads, leads)]
             for f in fractions:
                 runs = cells.get((method, mode, leads, f), [])
                 line += [_cell([r[m] for r in runs], len(seeds)) for m in ("auroc", "f1")]
@@ -173,8 +166,9 @@ def main(argv=None) -> None:
         print(result["table"])
         print(f"ran {len(result['ran'])} run(s), {len(result['skipped'])} already done", flush=True)
 
-    run_config_command(run, argv, example="configs/downstream/benchmark.py:ptbxl:st_mem",
-                       workdir_help="benchmark directory (one sub-directory per run); a rerun resumes it")
+    run_config_command(run, argv, example="configs/downstream/grid.py:ptbxl:st_mem",
+                       workdir_help="grid directory (one sub-directory per run); a rerun resumes it",
+                       run_section=lambda config: config.run)
 
 
 if __name__ == "__main__":

@@ -66,3 +66,8 @@ def _one_index(lead: str | int, num_leads: int) -> int:
     if not 0 <= index < num_leads:
         raise ValueError(f"lead index {index} is outside 0..{num_leads - 1}")
     return index
+
+
+def parse_leads(text: str) -> str | tuple[str, ...]:
+    """``"I,II,V1"`` -> ``("I", "II", "V1")``; set names and single lead names stay as they are."""
+    return tuple(x.strip() for x in text.split(",")) if "," in text else text.strip()

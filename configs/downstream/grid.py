@@ -1,4 +1,4 @@
-"""The downstream protocol grid for stmem-benchmark: ``configs/downstream/benchmark.py:<dataset>:<task>``,
+"""The downstream protocol grid for stmem-benchmark: ``configs/downstream/grid.py:<dataset>:<task>``,
 ``<dataset>:<task>`` naming a run config of this folder and its argument (default ``ptbxl:st_mem``).
 
 ``config.run`` is that run config (override any field: ``--config.run.data.dir=/data/ptbxl
@@ -11,7 +11,7 @@ import os
 
 import ml_collections
 
-from stmem_jax.benchmark import load_config
+from stmem_jax.train.config import load_config
 
 
 def get_config(arg: str = "ptbxl:st_mem"):

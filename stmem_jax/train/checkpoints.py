@@ -14,7 +14,7 @@ class Checkpoints:
     ``<workdir>/best`` keeps the one with the lowest ``best_metric`` when one is given."""
 
     def __init__(self, workdir: str, keep: int = 3, *, asynchronous: bool = True, best_metric: str | None = None):
-        workdir = os.path.abspath(workdir)
+        self.workdir = workdir = os.path.abspath(workdir)
         self.manager = ocp.CheckpointManager(
             os.path.join(workdir, "checkpoints"),
             options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
@@ -57,6 +57,12 @@ class Checkpoints:
         self.manager.close()
         if self.best is not None:
             self.best.close()
+
+    def __enter__(self) -> Checkpoints:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def abstract_with_shardings(tree: Any, shardings: Any) -> Any:

@@ -1,4 +1,5 @@
-"""WFDB reading (``.hea`` with ``.dat`` or MATLAB v4 ``.mat`` signal files).
+"""WFDB reading (``.hea`` with ``.dat`` or MATLAB v4 ``.mat`` signal files), and folders of WFDB
+records with optional labels.
 
 Headers are parsed here (the WFDB header format is line-based and simple); signals in format 16
 (with an optional byte offset, as the Challenge's ``.mat`` files use) are read straight with NumPy.
@@ -7,14 +8,16 @@ Other formats fall back to the ``wfdb`` package.
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import glob
 import os
 import re
 
 import numpy as np
 import wfdb
 
-from data_prep.records import RecordError, Signal
+from stmem_jax.core.signal import RecordError, Signal
 
 _UNIT_TO_MV = {"mv": 1.0, "uv": 1e-3, "µv": 1e-3, "v": 1e3}
 _FORMAT = re.compile(r"^(\d+)(?:x\d+)?(?::\d+)?(?:\+(\d+))?$")
@@ -112,3 +115,53 @@ def _read_format16(path: str, header: Header) -> np.ndarray:
     digital = raw[:expected].reshape(-1, nsig).T.astype(np.float64)
     digital[digital == -32768] = np.nan  # WFDB's invalid-sample value in format 16
     return digital
+
+
+@dataclasses.dataclass
+class FolderRecord:
+    """A WFDB record found under a folder; ``record_id`` is its path relative to the folder, without
+    extension; ``labels`` come from the labels CSV, else from the header's ``#Dx:`` comment."""
+
+    record_id: str
+    base: str
+    header: Header
+    labels: list[str]
+
+
+def read_label_table(path: str) -> dict[str, list[str]]:
+    """A labels CSV with columns ``record`` and ``label`` (several labels separated by ``;``)."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            rows = list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        raise ValueError(f"{path}: cannot read the labels CSV ({error})") from error
+    if not rows or not {"record", "label"} <= set(rows[0]):
+        raise ValueError(f"{path}: a labels CSV needs the columns 'record' and 'label'")
+    return {(row["record"] or "").strip(): [x.strip() for x in (row["label"] or "").split(";") if x.strip()]
+            for row in rows}
+
+
+def list_folder(folder: str, labels_csv: str | None = None
+                ) -> tuple[list[FolderRecord], list[tuple[str, str, str]]]:
+    """Every WFDB record under ``folder`` (recursively, sorted), and ``(record_id, path, reason)`` of
+    those left out (unreadable header, no row in the labels CSV). A CSV row matches a record by its
+    relative path or its file name."""
+    table = read_label_table(labels_csv) if labels_csv else None
+    records, skipped = [], []
+    for header_path in sorted(glob.glob(os.path.join(folder, "**", "*.hea"), recursive=True)):
+        base = header_path[:-4]
+        record_id = os.path.relpath(base, folder)
+        try:
+            header = read_header(base)
+        except RecordError as error:
+            skipped.append((record_id, header_path, str(error)))
+            continue
+        if table is None:
+            labels = [c.strip() for c in header.comments.get("dx", "").split(",") if c.strip()]
+        else:
+            labels = table.get(record_id, table.get(os.path.basename(base)))
+            if labels is None:
+                skipped.append((record_id, header_path, "no row in the labels CSV"))
+                continue
+        records.append(FolderRecord(record_id, base, header, labels))
+    return records, skipped

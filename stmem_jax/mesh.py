@@ -19,7 +19,9 @@ BATCH_AXES = ("data", "fsdp")
 def initialize_distributed(coordinator_address: str = "", num_processes: int = 1, process_id: int = 0,
                            auto: bool = False) -> None:
     """Starts ``jax.distributed`` for multi-host runs: explicitly, or auto-detected (TPU pods,
-    SLURM) with ``auto``. A single-process run needs nothing."""
+    SLURM) with ``auto``. A single-process run needs nothing; a second call does nothing."""
+    if jax.distributed.is_initialized():
+        return
     if num_processes > 1:
         # CPU devices of several processes talk through gloo; GPUs and TPUs ignore this setting
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
@@ -61,3 +63,9 @@ def state_shardings(mesh: Mesh, abstract_tree: Any) -> Any:
         return NamedSharding(mesh, P(*spec))
 
     return jax.tree.map(one, abstract_tree)
+
+
+def initialize_from_config(config) -> None:
+    """:func:`initialize_distributed` with a config's ``distributed`` section."""
+    d = config.distributed
+    initialize_distributed(d.coordinator_address, d.num_processes, d.process_id, d.auto)

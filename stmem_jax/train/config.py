@@ -1,0 +1,124 @@
+"""The config schemas of the trainers (ml_collections), with the public recipes as defaults.
+
+``pretraining()`` is what ``configs/pretrain/*.py`` start from, ``downstream()`` what
+``configs/downstream/*.py`` start from; both share the sections built here once. Every field can be
+overridden on the command line (``--config.train.batch_size=512``). ``load_config`` reads a config
+file as ``--config`` does.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import ml_collections
+from ml_collections.config_dict import placeholder
+
+from stmem_jax.core.recipe import Recipe
+
+ENCODER_SIZES = ("width", "depth", "heads", "mlp_dim")
+DECODER_SIZES = ("decoder_width", "decoder_depth", "decoder_heads")
+
+
+def load_config(path: str, arg: str = "") -> ml_collections.ConfigDict:
+    """``get_config(arg)`` of a config file, as ``config_flags`` would load it."""
+    spec = importlib.util.spec_from_file_location(os.path.splitext(os.path.basename(path))[0], path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg)
+
+
+def _common(preset: str, sizes: tuple[str, ...]) -> ml_collections.ConfigDict:
+    """The sections and fields every trainer has."""
+    config = ml_collections.ConfigDict()
+    config.model = ml_collections.ConfigDict(dict(
+        kind="st_mem",                 # st_mem | mtae | mlae
+        preset=preset,                 # tiny | vit_small | vit_base
+        dtype="float32",               # compute dtype (float32 | bfloat16); parameters stay float32
+        remat=False,                   # recompute activations in the backward pass: less memory, ~1/3 more compute
+    ))
+    for field in sizes:
+        config.model[field] = placeholder(int)  # set to override the preset
+    config.data = ml_collections.ConfigDict(dict(
+        dir="",                        # a stmem-prepare output; empty: the commands prepare built-in synthetic data
+        leads="12",                    # 12 | limb | 1 (lead I) | a lead name | comma-separated names (I,II,V1)
+        crop_samples=Recipe.crop_samples,
+        bandpass=False,                # filter on the fly (for shards prepared with --no-filter)
+        shuffle_buffer=10_000,
+        synthetic_records=2_000,       # the built-in synthetic data (data.dir empty)
+        synthetic_seed=0,
+        workers=2,
+    ))
+    config.train = ml_collections.ConfigDict(dict(
+        seed=0,
+        batch_size=64,                 # global, per optimizer step
+        epochs=100,
+        num_steps=0,                   # > 0 overrides epochs
+        warmup_epochs=5,
+        warmup_steps=-1,               # >= 0 overrides warmup_epochs
+        base_lr=1e-3,                  # x global batch / 256
+        lr=0.0,                        # > 0 sets the peak learning rate directly
+        min_lr=0.0,
+        weight_decay=0.05,             # Dense kernels only
+        b1=0.9,
+        b2=0.999,
+        clip_norm=0.0,
+    ))
+    config.mesh = ml_collections.ConfigDict(dict(fsdp=1))  # > 1 shards parameters over that many devices
+    config.checkpoint = ml_collections.ConfigDict(dict(every_steps=1000, keep=1, asynchronous=True))
+    config.eval = ml_collections.ConfigDict(dict(every_steps=0, batch_size=64))
+    config.log = ml_collections.ConfigDict(dict(every_steps=50))
+    config.distributed = ml_collections.ConfigDict(dict(
+        coordinator_address="", num_processes=1, process_id=0,
+        auto=False,                    # jax.distributed.initialize() auto-detection (TPU pods, SLURM)
+    ))
+    return config
+
+
+def pretraining(preset: str = "vit_base") -> ml_collections.ConfigDict:
+    """Masked-autoencoder pre-training (stmem-pretrain), the paper's recipe."""
+    config = _common(preset, ENCODER_SIZES + DECODER_SIZES)
+    config.model.update(dtype="bfloat16", mask_ratio=0.75, norm_pix_loss=True)
+    config.data.update(split="train", val_split="validation")
+    config.train.update(
+        batch_size=512,
+        grad_accum_steps=1,            # micro-batches per step (memory), same result as one big batch
+        epochs=800,
+        max_steps_per_run=0,           # > 0: stop (with a checkpoint) after this many steps; rerun to go on
+        warmup_epochs=40,
+        base_lr=1.5e-4,
+        b2=0.95,
+    )
+    config.checkpoint.keep = 3
+    config.eval.update(every_steps=5000, batch_size=256)
+    config.log.figure_every_steps = 5000
+    return config
+
+
+def downstream() -> ml_collections.ConfigDict:
+    """Fine-tuning, linear probing and training from scratch (stmem-finetune), the public recipe;
+    the files in ``configs/downstream`` set the task and dataset."""
+    config = _common("vit_base", ENCODER_SIZES)
+    config.mode = "finetune"           # finetune | linprobe | scratch
+    config.init = ""                   # pre-trained weights (finetune, linprobe): a workdir, model directory or .pth
+    config.model.update(
+        drop_path=0.1,
+        dropout=0.0,
+        first_k_leads=False,           # the public code's rule: a k-lead input uses lead embeddings 0..k-1
+    )
+    config.data.update(
+        task="",                       # a task of the manifest; empty: its only task
+        label_fraction=1.0,            # stratified by record, seeded by train.seed
+        train_split="train",
+        val_split="validation",        # model selection; a dataset without it uses the last state
+        test_split="test",
+        augment=True,                  # RandAugment (finetune, scratch)
+        feature_cache="",              # linprobe feature cache; empty: <workdir>/features
+    )
+    config.train.layer_decay = 0.75    # finetune only
+    config.eval.update(
+        crops=Recipe.eval_crops,
+        max_evals=50,                  # with every_steps 0: every epoch, at most this many times
+        select="loss",                 # loss | auroc: the validation metric that picks the test checkpoint
+    )
+    return config

@@ -1,0 +1,133 @@
+"""Linear probing (``stmem-finetune --config.mode=linprobe``): the head alone trains on a frozen encoder.
+
+The pooled features of the evaluation crops of every example are computed once and cached as
+``.npz`` (``<workdir>/features`` unless ``data.feature_cache`` is set); the head trains on every
+crop of the training examples, with the downstream optimizer settings (no augmentation), in the
+same loop as the other trainers: checkpoints, resume, the non-finite guard and model selection on
+the validation split.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import multihost_utils
+
+from stmem_jax import infer
+from stmem_jax import mesh as meshlib
+from stmem_jax.data.tasks import Task
+from stmem_jax.models import model_config
+from stmem_jax.train import loop
+from stmem_jax.train.classification import (checkpoints_for, classification_loss, eval_interval, scalars_of,
+                                            score, validation)
+from stmem_jax.train.optim import from_config as optimizer
+from stmem_jax.train.reporting import Reporter
+
+
+def _encoder_checksum(params: Any) -> str:
+    values = [np.asarray(x, np.float64) for x in jax.tree.leaves(jax.device_get(params))]
+    return repr([float(np.abs(v).sum()) for v in values])
+
+
+def cached_features(config, workdir: str, task: Task, encoder: nn.Module, encoder_params: Any, mesh,
+                    split: str, label_fraction: float = 1.0) -> dict[str, np.ndarray]:
+    """Pooled features (N, crops, W) of every evaluation crop of ``split``, with labels and ids; read from
+    the cache when an earlier run computed them with the same encoder weights and data settings."""
+    input_config = task.input(config, split, False, config.eval.batch_size, label_fraction)
+    key = json.dumps({"input": dataclasses.asdict(input_config), "encoder": model_config(encoder),
+                      "weights": _encoder_checksum(encoder_params)}, sort_keys=True, default=str)
+    directory = config.data.feature_cache or os.path.join(workdir, "features")
+    path = os.path.join(directory, f"{split}-{hashlib.sha1(key.encode()).hexdigest()[:16]}.npz")
+    found = np.asarray(os.path.isfile(path))
+    if jax.process_count() > 1:
+        found = multihost_utils.process_allgather(found)
+    if np.all(found):
+        with np.load(path) as data:
+            return dict(data)
+    fn = jax.jit(lambda p, s: infer.crop_outputs(encoder, p, s, task.lead_ids))
+    params = jax.device_put({"encoder": jax.device_get(encoder_params)}, meshlib.replicated(mesh))
+    features = infer.predict(fn, params, input_config, mesh)
+    if jax.process_index() == 0:
+        os.makedirs(directory, exist_ok=True)
+        tmp = f"{path}.tmp-{os.getpid()}.npz"
+        np.savez(tmp, **features)
+        os.replace(tmp, path)
+    return features
+
+
+def _feature_batches(x: np.ndarray, y: np.ndarray, batch: int, per_epoch: int, seed: int, start: int, mesh
+                     ) -> Iterator[dict]:
+    """Batches of (features, labels) from ``start`` on, as arrays replicated over the mesh (every process
+    holds the same features); epoch e visits the examples in an order drawn from ``(seed, e)``."""
+    sharding = meshlib.replicated(mesh)
+    step = start
+    while True:
+        epoch, position = divmod(step, per_epoch)
+        index = np.random.default_rng([seed, epoch]).permutation(len(x))[position * batch:][:batch]
+        yield {k: jax.make_array_from_callback(v.shape, sharding, lambda i, v=v: v[i])
+               for k, v in (("features", x[index]), ("label", y[index]))}
+        step += 1
+
+
+def train_head(config, workdir, task, model, encoder_params, mesh, has_val):
+    """The head trained on cached features of the frozen encoder (every process the same)."""
+    encoder = model.clone(num_classes=0)
+    features = {split: cached_features(config, workdir, task, encoder, encoder_params, mesh, split, fraction)
+                for split, fraction in [(config.data.train_split, config.data.label_fraction)]
+                + ([(config.data.val_split, 1.0)] if has_val else [])}
+    train_set = features[config.data.train_split]
+    n, crops, width = train_set["outputs"].shape
+    x = train_set["outputs"].reshape(n * crops, width)
+    y = np.repeat(train_set["label"], crops, axis=0)
+    batch = min(config.train.batch_size, len(x))
+    schedule = loop.Schedule.of(config.train, batch, len(x) // batch)
+
+    def head_logits(head, feats):
+        return model.apply({"params": {"head": head}}, feats, method=lambda m, f: m.head(f))
+
+    head = model.init(jax.random.key(config.train.seed), jnp.zeros((1, width)),
+                      method=lambda m, f: m.head(f))["params"]["head"]
+    tx = optimizer(config.train, schedule.learning_rate, {"head": head}, depth=model.depth)
+
+    def step(state, xb, yb, key):
+        del key
+        loss, grads = jax.value_and_grad(
+            lambda p: classification_loss(head_logits(p["head"], xb), yb, task.multilabel))(state.params)
+        return loop.guarded_update(state, tx, loss, grads)
+
+    probs_fn = jax.jit(lambda head, feats: infer.crop_probabilities(head_logits(head, feats), task.multilabel))
+
+    def validate_head(state):
+        val_set = features[config.data.val_split]
+        probs = np.asarray(probs_fn(jax.device_get(state.params)["head"], val_set["outputs"]))
+        return validation(task, {**val_set, "outputs": probs})
+
+    with checkpoints_for(config, workdir, has_val) as checkpoints, \
+            Reporter(workdir, schedule.total_steps, schedule.steps_per_epoch, batch) as reporter:
+        state, start, target = loop.init_or_restore(lambda: loop.TrainState.create({"head": head}, tx), mesh,
+                                                    checkpoints)
+        step_fn = loop.jit_step(step, target, [meshlib.replicated(mesh)] * 2, mesh)
+
+        def validate(state, step):
+            val = validate_head(state)
+            reporter.write(step, scalars_of(val), prefix="validation")
+            checkpoints.save_best(step, state, {"val_score": score(config, val)})
+
+        state, step, _ = loop.run(
+            state, step_fn, _feature_batches(x, y, batch, schedule.steps_per_epoch, config.train.seed, start, mesh),
+            jax.random.key(0), keys=("features", "label"), start=start, schedule=schedule, reporter=reporter,
+            checkpoints=checkpoints, log_every=config.log.every_steps, checkpoint_every=config.checkpoint.every_steps,
+            hooks=[loop.Hook(eval_interval(config, schedule), validate)] if has_val else [])
+        state, selected = loop.restore_best(checkpoints, state, target, step)
+    val = validate_head(state) if has_val else None
+    params = {"encoder": jax.device_get(encoder_params), "head": jax.device_get(state.params)["head"]}
+    return jax.device_put(params, meshlib.replicated(mesh)), selected, val

@@ -1,0 +1,222 @@
+"""The training loop every trainer runs on.
+
+A trainer brings a loss (in its step function), an evaluator (a :class:`Hook`) and its config
+fields; this module gives it the rest: the train state and its guarded update, the schedule,
+init-or-restore over a mesh with orbax checkpoints, and :func:`run`, which logs each interval,
+calls the hooks at theirs, saves checkpoints, and on SIGTERM or Ctrl-C saves one and raises
+:class:`Interrupted`. A rerun in the same workdir resumes from the latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import signal
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from jax.experimental import multihost_utils
+
+from stmem_jax import mesh as meshlib
+from stmem_jax.train.checkpoints import Checkpoints, abstract_with_shardings
+from stmem_jax.train.optim import peak_learning_rate, schedule as lr_schedule
+from stmem_jax.train.reporting import Reporter, scalars
+
+
+class NonFiniteLoss(RuntimeError):
+    """A step produced a non-finite loss or gradient; the message names the step."""
+
+
+class Interrupted(RuntimeError):
+    """The run stopped on a signal after saving a checkpoint; a rerun resumes from it."""
+
+    def __init__(self, signum: int, step: int, workdir: str):
+        super().__init__(f"stopped by signal {signum} at step {step}; a checkpoint is in {workdir}: "
+                         f"run the same command again to resume")
+        self.signum = signum
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array
+    params: Any
+    opt_state: Any
+    bad_step: jax.Array  # first step whose loss or gradient was not finite, -1 if none
+
+    @classmethod
+    def create(cls, params: Any, tx: optax.GradientTransformation) -> TrainState:
+        return cls(jnp.zeros((), jnp.int32), params, tx.init(params), jnp.full((), -1, jnp.int32))
+
+
+def guarded_update(state: TrainState, tx: optax.GradientTransformation, loss: jax.Array, grads: Any
+                   ) -> tuple[TrainState, dict[str, jax.Array]]:
+    """The optimizer step. A non-finite loss or gradient leaves parameters and optimizer state
+    unchanged and is recorded in ``bad_step`` (checked on the host by :func:`raise_if_bad`)."""
+    grad_norm = optax.tree.norm(grads)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    keep = functools.partial(jax.tree.map, lambda new, old: jnp.where(finite, new, old))
+    bad_step = jnp.where((state.bad_step < 0) & ~finite, state.step, state.bad_step)
+    return (TrainState(state.step + 1, keep(params, state.params), keep(opt_state, state.opt_state), bad_step),
+            {"loss": loss, "grad_norm": grad_norm})
+
+
+def raise_if_bad(state: TrainState) -> None:
+    """Raises NonFiniteLoss naming the first step whose loss or gradient was not finite."""
+    bad = int(jax.device_get(state.bad_step))
+    if bad >= 0:
+        raise NonFiniteLoss(f"non-finite loss or gradient at step {bad + 1}; the run stops and keeps the last "
+                            f"checkpoint written before it")
+
+
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+    """Steps and learning rate of a run, from the ``train`` config section."""
+
+    total_steps: int
+    steps_per_epoch: int
+    global_batch: int
+    learning_rate: optax.Schedule
+
+    @classmethod
+    def of(cls, train: ml_collections.ConfigDict, global_batch: int, steps_per_epoch: int) -> Schedule:
+        """``num_steps`` or ``epochs``; warm-up in steps or epochs; peak ``lr`` or ``base_lr`` x batch / 256,
+        then half-cycle cosine to ``min_lr``."""
+        total = train.num_steps or train.epochs * steps_per_epoch
+        warmup = train.warmup_steps if train.warmup_steps >= 0 else train.warmup_epochs * steps_per_epoch
+        peak = peak_learning_rate(train.lr, train.base_lr, global_batch)
+        return cls(total, steps_per_epoch, global_batch, lr_schedule(peak, total, warmup, train.min_lr))
+
+
+def init_or_restore(init_state: Callable[..., TrainState], mesh, checkpoints: Checkpoints, *args
+                    ) -> tuple[TrainState, int, Any]:
+    """The state of ``init_state(*args)`` on ``mesh`` (parameters and optimizer state replicated or
+    FSDP-split), or the latest checkpoint restored onto the same shardings. ``args`` (e.g.
+    pre-trained weights) may sit on any device. Returns (state, its step, the restore target)."""
+    args = jax.device_get(args)  # weights restored on one device would not match the mesh
+    abstract = jax.eval_shape(init_state, *args)
+    shardings = TrainState(meshlib.replicated(mesh), meshlib.state_shardings(mesh, abstract.params),
+                           meshlib.state_shardings(mesh, abstract.opt_state), meshlib.replicated(mesh))
+    target = abstract_with_shardings(abstract, shardings)
+    start = checkpoints.latest_step()
+    if start is None:
+        return jax.jit(init_state, out_shardings=shardings)(*args), 0, target
+    print(f"resumed from step {start} in {checkpoints.workdir}", flush=True)
+    return checkpoints.restore(start, target), start, target
+
+
+def jit_step(step: Callable, target: Any, batch_shardings: Sequence[Any], mesh) -> Callable:
+    """``step(state, *batch, key) -> (state, metrics)`` jitted over the mesh, the state donated."""
+    shardings = jax.tree.map(lambda x: x.sharding, target)
+    return jax.jit(step, in_shardings=(shardings, *batch_shardings, meshlib.replicated(mesh)),
+                   out_shardings=(shardings, meshlib.replicated(mesh)), donate_argnums=0)
+
+
+@dataclasses.dataclass(frozen=True)
+class Hook:
+    """``fn(state, step)`` every ``every`` steps and at the last one (0: never)."""
+
+    every: int
+    fn: Callable[[TrainState, int], Any]
+
+    def due(self, step: int, total: int) -> bool:
+        return self.every > 0 and (step % self.every == 0 or step == total)
+
+
+class _StopRequest:
+    """SIGTERM (preemption) and Ctrl-C set a flag; the loop saves a checkpoint and stops."""
+
+    def __init__(self):
+        self.signum = 0
+        self._previous = {}
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: leave signals alone
+                pass
+
+    def _handle(self, signum, frame):
+        self.signum = signum
+        print(f"received signal {signum}: saving a checkpoint and stopping", flush=True)
+
+    def agreed(self, step: int, every: int) -> bool:
+        """Whether to stop now: this process's flag, agreed over all processes at log intervals."""
+        if jax.process_count() > 1:
+            if step % every:
+                return False
+            flags = multihost_utils.process_allgather(np.asarray(self.signum))
+            self.signum = int(np.max(flags))
+        return bool(self.signum)
+
+    def restore(self):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def run(state: TrainState, step_fn: Callable, batches: Iterator[dict], key: jax.Array, *, keys: Sequence[str],
+        start: int, schedule: Schedule, reporter: Reporter, checkpoints: Checkpoints, log_every: int,
+        checkpoint_every: int, stop_at: int | None = None, hooks: Sequence[Hook] = ()
+        ) -> tuple[TrainState, int, dict[str, float]]:
+    """Steps from ``start`` to ``stop_at`` (default: the last step), ``step_fn(state, *batch[keys], key)``.
+
+    Every ``log_every`` steps (and at the last) it checks for a non-finite step and logs the
+    interval's mean loss, the learning rate and the last gradient norm; hooks run when due; a
+    checkpoint is saved every ``checkpoint_every`` steps, at ``stop_at`` and on a stop signal (then
+    :class:`Interrupted`). Closes ``batches``. Returns (state, step reached, last logged metrics).
+    """
+    total = schedule.total_steps
+    stop_at = total if stop_at is None else stop_at
+    stop = _StopRequest()
+    pending, last, step = [], {}, start
+    try:
+        reporter.reset_clock(step)
+        while step < stop_at:
+            item = next(batches)
+            state, metrics = step_fn(state, *(item[k] for k in keys), key)
+            step += 1
+            pending.append(metrics)
+            interval = step % log_every == 0 or step == total
+            if interval or step == start + 1:  # after the first step: compiled, so the rate starts here
+                raise_if_bad(state)
+                if interval:
+                    values = [scalars(m) for m in pending]
+                    pending = []
+                    last = {"loss": float(np.mean([v["loss"] for v in values])),
+                            "lr": float(schedule.learning_rate(step - 1)), "grad_norm": values[-1]["grad_norm"]}
+                    reporter.log(step, last)
+                else:
+                    reporter.reset_clock(step)
+            due = [hook for hook in hooks if hook.due(step, total)]
+            for hook in due:
+                hook.fn(state, step)
+            if due:  # evaluation time is not training time
+                reporter.reset_clock(step)
+            if step % checkpoint_every == 0 or step == stop_at or stop.agreed(step, log_every):
+                raise_if_bad(state)
+                checkpoints.save(step, state)
+                if stop.signum:
+                    break
+        checkpoints.wait()
+    finally:
+        batches.close()
+        stop.restore()
+    if stop.signum:
+        raise Interrupted(stop.signum, step, checkpoints.workdir)
+    return state, step, last
+
+
+def restore_best(checkpoints: Checkpoints, state: TrainState, target: Any, step: int) -> tuple[TrainState, int]:
+    """The kept best state (by the validation metric) and its step; the final state without one."""
+    selected = checkpoints.best_step()
+    if selected is None:
+        return state, step
+    if selected != step:
+        state = checkpoints.restore(selected, target, best=True)
+    return state, selected
