@@ -4,9 +4,11 @@ codes. The trainers under it take a prepared ``data.dir`` and know nothing of da
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 
 import jax
@@ -56,7 +58,8 @@ def run_config_command(body: Callable, argv, *, example: str, workdir_help: str,
                        ) -> None:
     """Parse ``--config`` (an ml_collections ``get_config(arg)`` file, every field overridable as
     ``--config.train.batch_size=512``) and ``--workdir``, prepare the synthetic data when the run's
-    ``data.dir`` is empty, then call ``body(config, workdir)``. ``run_section`` picks the trainer's
+    ``data.dir`` is empty, then call ``body(config, workdir)``; a dict it returns is printed as the
+    ``summary:`` line (JSON, with the wall time). ``run_section`` picks the trainer's
     config out of the command's (the grid's ``config.run``). Library INFO logs (orbax logs every
     save) are hidden unless ``--verbosity`` is given. Stopped by a signal (a checkpoint kept), the
     command exits with 128 + the signal number."""
@@ -73,10 +76,13 @@ def run_config_command(body: Callable, argv, *, example: str, workdir_help: str,
         config, workdir = flags.FLAGS.config, flags.FLAGS.workdir
         initialize_from_config(run_section(config))
         with_synthetic_data(run_section(config), workdir)
+        start = time.time()
         try:
-            body(config, workdir)
+            summary = body(config, workdir)
         except Interrupted as error:
             print(error, file=sys.stderr, flush=True)
             sys.exit(128 + error.signum)
+        if summary is not None:
+            print("summary: " + json.dumps({**summary, "wall_s": round(time.time() - start, 1)}), flush=True)
 
     app.run(main, argv=argv)

@@ -1,4 +1,5 @@
-"""Float64 NumPy reference of ST-MEM, written from the spec independently of the package.
+"""Float64 NumPy reference of ST-MEM and of the MTAE / MLAE baselines, written from the spec
+independently of the package.
 
 Parameters are read from the Flax variable tree by name; everything else (patching, tables,
 masking, attention, decoding, loss) is computed here with explicit loops where that is clearer.
@@ -141,3 +142,52 @@ def classifier_forward(params, series, cfg, lead_ids=None):
         outputs.append(layer_norm(out, enc["norm"], 1e-5))
     features = np.stack(outputs)
     return dense(features, params["head"]) if "head" in params else features
+
+
+def tokenize(series, token_axis, patch_size=75):
+    """(B, C, T) -> (B, L, F): MTAE token n holds samples n*P .. n*P+P-1 of every lead, feature
+    p * C + c; MLAE token c is lead c."""
+    if token_axis == "lead":
+        return series.copy()
+    b, c, t = series.shape
+    n = t // patch_size
+    tokens = np.zeros((b, n, patch_size * c))
+    for j in range(n):
+        for p in range(patch_size):
+            for ci in range(c):
+                tokens[:, j, p * c + ci] = series[:, ci, j * patch_size + p]
+    return tokens
+
+
+def baseline_pretrain_forward(params, series, noise, cfg, token_axis, mask_ratio=0.75):
+    """Returns (loss, pred (B, L, F), mask (B, L)) of the MTAE (``token_axis='time'``) or MLAE
+    (``'lead'``) pre-training model: one sequence of L tokens with a CLS token, one decoder."""
+    params, series, noise = f64(params), np.asarray(series, np.float64), np.asarray(noise)
+    enc = params["encoder"]
+    tokens = tokenize(series, token_axis, cfg["patch_size"])
+    batch, length, _ = tokens.shape
+    pe = enc["patch_embed"]
+    x = layer_norm(dense(layer_norm(tokens, pe["norm_in"], 1e-5), pe["proj"]), pe["norm_out"], 1e-5)
+    pos = table(length, cfg["width"])[:length + 1]  # row 0 (CLS) zero, then positions 0..L-1
+    dpos = table(length, cfg["decoder_width"])[:length + 1]
+    x = x + pos[1:]
+    keep = int(length * (1 - mask_ratio))
+    mask = np.ones((batch, length))
+    pred = np.zeros(tokens.shape)
+    for bi in range(batch):
+        order = sorted(range(length), key=lambda j: noise[bi, j])[:keep]
+        mask[bi, order] = 0
+        sequence = np.stack([enc["cls_token"] + pos[0]] + [x[bi, j] for j in order])
+        latent = layer_norm(blocks(sequence, enc["blocks"], cfg["depth"], cfg["heads"]), enc["norm"], 1e-5)
+        projected = dense(latent, params["decoder_embed"])
+        full = np.tile(params["mask_token"], (length, 1))
+        for slot, j in enumerate(order):
+            full[j] = projected[1 + slot]
+        seq = np.concatenate([projected[:1] + dpos[0], full + dpos[1:]])
+        out = blocks(seq, params["decoder"], cfg["decoder_depth"], cfg["decoder_heads"])
+        pred[bi] = dense(layer_norm(out, params["decoder_norm"], 1e-6), params["decoder_head"])[1:]
+    mean = tokens.mean(-1, keepdims=True)
+    var = tokens.var(-1, ddof=1, keepdims=True)
+    target = (tokens - mean) / np.sqrt(var + 1e-6)
+    per_token = ((pred - target) ** 2).mean(-1)
+    return (per_token * mask).sum() / mask.sum(), pred, mask

@@ -1,11 +1,15 @@
+import functools
+import re
+
 import jax
 import numpy as np
 import pytest
 import torch
 
 import reference
-from stmem_jax.checkpoint import load_model, save_model
-from stmem_jax.convert import (layout, load_torch_checkpoint, main, state_dict_from_variables,
+from stmem_jax.model_dir import load_model, save_model
+from conftest import perturbed
+from stmem_jax.convert import (layout, load_torch_checkpoint, main, save_torch_checkpoint, state_dict_from_variables,
                                variables_from_state_dict)
 from stmem_jax.models import create_model, init_variables
 from test_models import TINY, noise_for
@@ -161,3 +165,178 @@ def test_convert_command_imports_and_exports(tmp_path, tiny_stmem, capsys):
         main(["export", str(tmp_path / "imported"), str(tmp_path / "out.pth")])
     with pytest.raises(FileExistsError):
         main(["import", str(source), str(tmp_path / "imported")])
+
+
+# MTAE / MLAE: same functions, the baseline family's entries of the layout
+
+
+@functools.cache
+def tiny_baseline(kind, seed=2, **overrides):
+    """A tiny MTAE / MLAE model (or classifier) and perturbed variables, built once per arguments."""
+    model = create_model(kind, "tiny", **overrides)
+    return model, perturbed(init_variables(model, jax.random.key(seed)), seed=seed)
+
+
+def zero_variables(model):
+    return jax.tree.map(lambda s: np.zeros(s.shape, np.float32),
+                        jax.eval_shape(lambda: init_variables(model, jax.random.key(0))))
+
+
+@pytest.mark.parametrize("kind", ["mtae", "mlae"])
+def test_baseline_pretraining_file_round_trip_is_lossless_and_matches_reference(kind, tmp_path, series):
+    model, variables = tiny_baseline(kind)
+    state_dict = state_dict_from_variables(model, variables)
+    tokens, features = (30, 900) if kind == "mtae" else (12, 2250)
+    assert state_dict["encoder.to_patch_embedding.2.weight"].shape == (128, features)
+    assert state_dict["encoder.pos_embedding"].shape == (1, tokens + 1, 128)
+    assert state_dict["decoder_pos_embed"].shape == (1, tokens + 1, 64)
+    assert state_dict["encoder.cls_embedding"].shape == (128,)
+    assert state_dict["decoder_head.weight"].shape == (features, 64)
+    assert not any("lead_embeddings" in k or "sep_embedding" in k for k in state_dict)
+    save_pth(tmp_path / f"{kind}.pth", state_dict)
+    imported_model, imported = load_torch_checkpoint(tmp_path / f"{kind}.pth")
+    assert imported_model == model
+    assert_same_tree(imported, variables)
+    exported = state_dict_from_variables(imported_model, imported)
+    assert exported.keys() == state_dict.keys()
+    assert all(np.array_equal(exported[k], state_dict[k]) for k in state_dict)
+
+    noise = np.random.default_rng(4).random(model.noise_shape(series.shape)).astype(np.float32)
+    loss, pred, mask = reference.baseline_pretrain_forward(variables["params"], series, noise, TINY, model.token_axis)
+    out = imported_model.apply(imported, series, noise=noise)
+    np.testing.assert_array_equal(out["mask"], mask)
+    np.testing.assert_allclose(out["loss"], loss, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(out["pred"], pred, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["mtae", "mlae"])
+def test_baseline_encoder_file_imports_as_classification_encoder(kind, tmp_path, series):
+    model, variables = tiny_baseline(kind)
+    state_dict = state_dict_from_variables(model, variables, encoder_only=True)
+    assert "cls_embedding" in state_dict and not any(k.startswith(("encoder.", "decoder", "head")) for k in state_dict)
+    save_pth(tmp_path / "encoder.pth", state_dict, wrap=False)
+    encoder, encoder_vars = load_torch_checkpoint(tmp_path / "encoder.pth")
+    assert encoder == create_model(f"{kind}_classifier", "tiny")
+    assert type(encoder).__name__ == "BaselineClassifier" and encoder.num_classes == 0
+    np.testing.assert_array_equal(encoder_vars["params"]["encoder"]["pos_embedding"],
+                                  model.fixed_tables()["pos_embedding"])
+    pretrained = {k: v for k, v in encoder_vars["params"]["encoder"].items() if k != "pos_embedding"}
+    assert_same_tree(pretrained, variables["params"]["encoder"])
+    back = state_dict_from_variables(encoder, encoder_vars)
+    assert back.keys() == state_dict.keys() and all(np.array_equal(back[k], state_dict[k]) for k in state_dict)
+    assert encoder.apply(encoder_vars, series).shape == (2, 128)
+
+    clf_model, clf_vars = tiny_baseline(f"{kind}_classifier", seed=3, num_classes=4)  # a fine-tuned classifier
+    clf_state = state_dict_from_variables(clf_model, clf_vars)
+    assert clf_state["head.weight"].shape == (4, 128)
+    assert clf_state["pos_embedding"].shape == (1, clf_model.num_tokens + 1, 128)
+    back_model, back_vars = variables_from_state_dict(clf_state)
+    assert back_model == clf_model
+    assert_same_tree(back_vars, clf_vars)
+
+
+def test_kind_hint_model_name_and_config_sizes_pick_the_baseline(tmp_path):
+    # an MLAE of 750 samples has F = 750 = 10 x 75: by shapes alone it reads as an MTAE of 10 leads
+    model, variables = tiny_baseline("mlae", seq_len=750)
+    state_dict = state_dict_from_variables(model, variables)
+    guessed, _ = variables_from_state_dict(state_dict)
+    assert (guessed.token_axis, guessed.num_leads, guessed.patch_size, guessed.seq_len) == ("time", 10, 75, 900)
+    assert variables_from_state_dict(state_dict, kind="mlae")[0] == model
+    assert variables_from_state_dict(state_dict, config={"model_name": "mlae_vit_base_dec256d4b"})[0] == model
+    save_pth(tmp_path / "named.pth", state_dict)
+    named = torch.load(tmp_path / "named.pth", weights_only=True)
+    named["config"] = {"model_name": "mlae_vit_base_dec256d4b", "model": {"seq_len": 750, "num_leads": 12}}
+    torch.save(named, tmp_path / "named.pth")
+    assert load_torch_checkpoint(tmp_path / "named.pth")[0] == model
+    hinted, _ = variables_from_state_dict(state_dict, kind="mtae", config={"model_name": "mlae_vit_base_dec256d4b"})
+    assert hinted == guessed  # the hint wins over the model name
+    save_torch_checkpoint(tmp_path / "exported.pth", model, variables)  # exported files say what they hold
+    restored_model, restored = load_torch_checkpoint(tmp_path / "exported.pth")
+    assert restored_model == model
+    assert_same_tree(restored, variables)
+
+    # an MTAE with 50-sample patches: the file's config['model'] gives the sizes
+    mtae, mtae_vars = tiny_baseline("mtae", patch_size=50, seq_len=1000)
+    mtae_state = state_dict_from_variables(mtae, mtae_vars)
+    guessed, _ = variables_from_state_dict(mtae_state)  # by shapes: F = 600 is 75-sample patches of 8 leads
+    assert (guessed.patch_size, guessed.num_leads, guessed.seq_len) == (75, 8, 1500)
+    config = {"model_name": "mtae_vit_tiny", "model": {"seq_len": 1000, "patch_size": 50, "num_leads": 12}}
+    assert variables_from_state_dict(mtae_state, config=config)[0] == mtae
+
+    with pytest.raises(ValueError, match="cls_embedding"):
+        variables_from_state_dict(state_dict, kind="st_mem")
+    stmem = create_model("st_mem", "tiny")
+    with pytest.raises(ValueError, match="sep_embedding"):
+        variables_from_state_dict(state_dict_from_variables(stmem, zero_variables(stmem)), kind="mtae")
+    with pytest.raises(ValueError, match="unknown model kind 'mae'"):
+        variables_from_state_dict(state_dict, kind="mae")
+
+
+@pytest.mark.parametrize("kind", ["mtae", "mlae", "mtae_classifier", "mlae_classifier"])
+def test_baseline_preset_inferred_from_shapes(kind):
+    for preset in ("vit_small", "vit_base"):
+        model = create_model(kind, preset)
+        state_dict = state_dict_from_variables(model, zero_variables(model))
+        assert len(state_dict) == len(layout(model))
+        inferred, _ = variables_from_state_dict(state_dict)
+        assert inferred == model
+
+
+def test_baseline_import_errors_name_the_key():
+    model, variables = tiny_baseline("mtae")
+    state_dict = state_dict_from_variables(model, variables)
+
+    for key in ("decoder_blocks.1.ff.fn.net.3.bias", "encoder.to_patch_embedding.1.weight", "mask_embedding"):
+        missing = {k: v for k, v in state_dict.items() if k != key}
+        with pytest.raises(KeyError, match=re.escape(key)):
+            variables_from_state_dict(missing)
+    with pytest.raises(KeyError, match=r"encoder\.cls_embedding"):
+        variables_from_state_dict({k: v for k, v in state_dict.items() if k != "encoder.cls_embedding"})
+
+    wrong = dict(state_dict, **{"encoder.block2.attn.fn.to_out.0.weight": np.zeros((128, 64), np.float32)})
+    with pytest.raises(ValueError, match=r"encoder\.block2\.attn\.fn\.to_out\.0\.weight: shape \(128, 64\)"):
+        variables_from_state_dict(wrong)
+    wrong = dict(state_dict, **{"encoder.cls_embedding": np.zeros((1, 1, 128), np.float32)})
+    with pytest.raises(ValueError, match=r"encoder\.cls_embedding: shape \(1, 1, 128\)"):
+        variables_from_state_dict(wrong)
+
+    extra = dict(state_dict, **{"encoder.lead_embeddings.0": np.zeros(128, np.float32)})
+    with pytest.raises(ValueError, match=r"not part of the MTAE/MLAE layout: encoder\.lead_embeddings\.0"):
+        variables_from_state_dict(extra)
+    _, loose = variables_from_state_dict(extra, strict=False)
+    assert_same_tree(loose, variables)
+
+    table = dict(state_dict, **{"decoder_pos_embed": state_dict["decoder_pos_embed"] + 0.5})
+    with pytest.raises(ValueError, match="decoder_pos_embed .* not the fixed sine-cosine table"):
+        variables_from_state_dict(table)
+    shared = dict(state_dict, **{"to_patch_embedding.1.weight": state_dict["to_patch_embedding.1.weight"] + 1})
+    with pytest.raises(ValueError, match="to_patch_embedding.1.weight differs"):
+        variables_from_state_dict(shared)
+
+
+def test_convert_command_imports_and_exports_an_mtae_file(tmp_path, capsys):
+    model, variables = tiny_baseline("mtae")
+    source = tmp_path / "mtae.pth"
+    save_pth(source, state_dict_from_variables(model, variables))
+    assert main(["import", str(source), str(tmp_path / "imported")]) == 0
+    assert "BaselineMAE (preset tiny, kind mtae" in capsys.readouterr().out
+    restored_model, restored = load_model(tmp_path / "imported")
+    assert restored_model == model
+    assert_same_tree(restored, variables)
+
+    assert main(["export", str(tmp_path / "imported"), str(tmp_path / "out.pth")]) == 0
+    exported = torch.load(tmp_path / "out.pth", weights_only=True)
+    original = torch.load(source, weights_only=True)["model"]
+    assert exported["model"].keys() == original.keys()
+    assert all(torch.equal(exported["model"][k], original[k]) for k in original)
+    assert exported["config"]["model_name"] == "mtae"
+
+    assert main(["export", str(tmp_path / "imported"), str(tmp_path / "enc.pth"), "--encoder-only"]) == 0
+    assert main(["import", str(tmp_path / "enc.pth"), str(tmp_path / "enc")]) == 0
+    assert "BaselineClassifier (preset tiny, kind mtae_classifier" in capsys.readouterr().out
+    assert load_model(tmp_path / "enc")[0] == create_model("mtae_classifier", "tiny")
+
+    # --kind forces the reading: the same tensors as an MLAE of 30 leads of 900 samples
+    assert main(["import", str(source), str(tmp_path / "forced"), "--kind", "mlae"]) == 0
+    forced = load_model(tmp_path / "forced")[0]
+    assert (forced.token_axis, forced.num_leads, forced.seq_len) == ("lead", 30, 900)

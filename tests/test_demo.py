@@ -13,6 +13,9 @@ def test_demo_runs_end_to_end_and_resumes(tmp_path, capsys):
                 "ST-MEM (linear probe) | 12-lead", "Supervised (scratch) | 12-lead"):
         assert row in table
     assert "5% AUROC" in table
+    on_disk = open(os.path.join(tmp_path, "downstream", "results.md")).read()  # both grids, not the last only
+    assert on_disk == table
+    assert len(open(os.path.join(tmp_path, "downstream", "runs.csv")).read().splitlines()) == 1 + 5
     for path in summary["figures"].values():
         assert os.path.getsize(path) > 10_000  # a real PNG
     out = capsys.readouterr().out

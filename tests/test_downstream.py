@@ -1,6 +1,7 @@
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -13,7 +14,7 @@ from stmem_jax.model_dir import load_model, save_model
 from stmem_jax.data.pipeline import InputConfig, make_dataset
 from stmem_jax.models import create_model, init_variables, pretrained_encoder
 from stmem_jax.core.leads import parse_leads
-from stmem_jax.train import checkpoints, downstream
+from stmem_jax.train import checkpoints, downstream, linprobe, loop
 from stmem_jax.train.config import downstream as downstream_config, load_config
 from stmem_jax.mesh import make_mesh
 
@@ -138,6 +139,35 @@ def test_linear_probe_keeps_the_encoder_and_caches_features(finetuned, synthetic
     assert again["test"] == record["test"]
 
 
+def test_linear_probe_stopped_by_a_signal_resumes_to_the_same_result(finetuned, synthetic_shards, tmp_path,
+                                                                     monkeypatch):
+    """SIGTERM at step 46: the probe saves a checkpoint and stops; the rerun resumes there and ends as
+    an uninterrupted run does."""
+    config = run_config(synthetic_shards, mode="linprobe", init=finetuned[0],
+                        **{"train.num_steps": 100, "train.lr": 0.02, "checkpoint.every_steps": 30,
+                           "data.feature_cache": str(tmp_path / "features")})
+    full = downstream.train(config, str(tmp_path / "full"))
+    real = linprobe._feature_batches
+
+    def signalled(*args):
+        for step, batch in enumerate(real(*args), start=args[5]):
+            if step == 45:
+                os.kill(os.getpid(), signal.SIGTERM)
+            yield batch
+
+    parts = str(tmp_path / "parts")
+    with monkeypatch.context() as patch:
+        patch.setattr(linprobe, "_feature_batches", signalled)
+        with pytest.raises(loop.Interrupted, match="signal 15 at step 46"):
+            downstream.train(config, parts)
+    assert "46" in os.listdir(os.path.join(parts, "checkpoints"))
+    assert not os.path.exists(os.path.join(parts, downstream.METRICS_FILE))
+    resumed = downstream.train(config, parts)
+    assert resumed["selected_step"] == full["selected_step"]
+    np.testing.assert_allclose(resumed["test"]["auroc"], full["test"]["auroc"], atol=1e-6)
+    np.testing.assert_allclose(resumed["validation"]["loss"], full["validation"]["loss"], rtol=1e-5)
+
+
 def test_three_crop_evaluation_is_the_mean_of_single_crop_passes():
     model = create_model("st_mem_classifier", "tiny", **SIZES, num_classes=3)
     params = init_variables(model, jax.random.key(0))["params"]
@@ -215,6 +245,20 @@ def test_eight_devices_score_every_test_example_once(synthetic_shards, tmp_path)
     single = infer.predict(fn, variables["params"], config, make_mesh())
     assert list(single["record_id"]) == ids
     np.testing.assert_allclose(single["outputs"], predictions["probs"], atol=1e-5)
+
+
+def test_finetune_from_a_pretraining_workdir_on_eight_devices(pretrained, synthetic_shards, tmp_path):
+    """The restored encoder (on one device) is placed onto the 8-device mesh."""
+    overrides = {**SMALL, "data.dir": synthetic_shards, "mode": "finetune", "init": pretrained,
+                 "train.num_steps": 2, "eval.every_steps": 2}
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    result = subprocess.run([sys.executable, "-m", "stmem_jax.train.downstream",
+                             f"--config={CONFIGS}/ptbxl.py:rhythm", f"--workdir={tmp_path / 'run'}",
+                             *[f"--config.{k}={v}" for k, v in overrides.items()]],
+                            env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = json.load(open(tmp_path / "run" / downstream.METRICS_FILE))
+    assert record["selected_step"] == 2 and record["test"]["num_examples"] == 49
 
 
 def test_benchmark_runs_a_grid_and_resumes(pretrained, synthetic_shards, tmp_path):

@@ -304,3 +304,29 @@ def test_global_batches_on_8_devices(data):
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120,
                             cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     assert result.stdout.strip().endswith("OK"), result.stderr[-3000:]
+
+
+def test_numpy_recipe_and_tensorflow_ops_agree():
+    from stmem_jax.core import recipe
+    from stmem_jax.data.transforms import fixed_crops, zscore
+
+    rng = np.random.default_rng(3)
+    window = (0.3 * rng.standard_normal((12, 2500)) + 0.1).astype(np.float32)
+    for count in (1, 2, 3):
+        got = zscore(fixed_crops(tf.constant(window), T, count)).numpy()
+        np.testing.assert_allclose(got, recipe.zscore(recipe.crops(window, T, count)), atol=2e-5)
+    flat = np.ones((12, 2500), np.float32)
+    assert not zscore(fixed_crops(tf.constant(flat), T, 3)).numpy().any()
+    assert not recipe.zscore(recipe.crops(flat, T, 3)).any()
+
+
+def test_one_evaluation_crop_is_centred_in_the_pipeline_and_the_api(data):
+    from stmem_jax import api
+
+    assert crop_starts(2500, 2250, 1) == (125,)
+    ref = reference(data, "test")
+    batch = batches(InputConfig(data, split="test", batch_size=4, training=False, eval_crops=1))[0]
+    for key, series in zip(keys(batch), batch["series"]):
+        window = ref[key][0]
+        np.testing.assert_allclose(series[0], z(window[:, 125:125 + T]), atol=2e-5)
+        np.testing.assert_allclose(series[0], api.prepare(window, fs=250, crops=1, bandpass=False)[0, 0], atol=2e-5)

@@ -8,9 +8,9 @@ from scipy import signal as sps
 import native_fixtures as nf
 from data_prep import writer
 from data_prep.cli import main
-from stmem_jax.core.recipe import Recipe, band_filter, resample
 from data_prep.sources import SOURCES
 from data_prep.writer import prepare
+from stmem_jax.core.recipe import Recipe, band_filter, resample
 
 
 def read_split(directory, split):
@@ -308,6 +308,24 @@ def test_parallel_workers_write_the_same_shards(ptbxl, tmp_path):
     serial = {ex["record_id"]: ex["mv"] for ex in read_split(out, "train")}
     for ex in read_split(tmp_path / "par", "train"):
         np.testing.assert_array_equal(ex["mv"], serial[ex["record_id"]])
+
+
+def test_manifest_records_the_recipe_that_the_pipeline_reads(ptbxl, tmp_path, capsys):
+    _, out, manifest, _ = ptbxl
+    assert manifest["recipe"] == Recipe().to_dict()
+    assert Recipe.of_manifest(manifest) == Recipe()
+    older = {k: v for k, v in manifest.items() if k != "recipe"}  # written before the recipe was recorded
+    assert Recipe.of_manifest(older) == Recipe()
+    unfiltered = Recipe.of_manifest({**older, "filter": None})
+    assert not unfiltered.filtered and unfiltered.fs == 250
+    with pytest.raises(ValueError, match="window must last more than 0 s"):
+        Recipe(window_s=0)
+    with pytest.raises(ValueError, match="lowpass_hz must lie between 0 and half"):
+        Recipe(fs=50)
+    root = ptbxl[0]
+    assert main(["ptbxl", "--input", str(root), "--output", str(tmp_path / "x"), "--window-s", "0", "--quiet"]) == 1
+    assert "window must last more than 0 s" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
 
 
 def test_resampling_and_filter_are_the_documented_ones():

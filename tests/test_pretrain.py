@@ -170,3 +170,27 @@ def test_two_processes_train_together(synthetic_shards, tmp_path):
     single = str(tmp_path / "single")
     out = run_cli(single, synthetic_shards, devices=2, **{"train.num_steps": 3}).stdout
     assert summary_of(out)["local_params_checksum"] == pytest.approx(checksums[0], rel=1e-5)
+
+
+def test_command_prepares_synthetic_data_and_a_signal_stops_it_with_a_checkpoint(tmp_path):
+    """``stmem-pretrain`` with ``data.dir`` empty prepares the built-in data through ``stmem-prepare
+    synthetic``; SIGTERM saves a checkpoint and the command exits with 128 + 15."""
+    import signal
+
+    workdir = tmp_path / "run"
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu")
+    flags = [f"--config.{k}={v}" for k, v in {**SMALL, "data.synthetic_records": 120, "data.workers": 1,
+                                              "train.num_steps": 100000}.items()]
+    proc = subprocess.Popen([sys.executable, "-m", "stmem_jax.train.pretrain", f"--config={CONFIG}:tiny",
+                             f"--workdir={workdir}", *flags], env=env, cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:
+        if line.startswith("step 3/"):
+            proc.send_signal(signal.SIGTERM)
+            break
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
+    assert "stopped by signal 15" in err and "summary:" not in out
+    assert os.path.isfile(workdir / "data" / "shards" / "manifest.json")
+    saved = [int(s) for s in os.listdir(workdir / "checkpoints")]
+    assert len(saved) == 1 and saved[0] >= 3 and not os.path.exists(workdir / "model")

@@ -1,1 +1,1 @@
-"""ECG data: the shard format shared by data_prep and the input pipeline, and the pipeline."""
+"""ECG data on the host: the tf.data input pipeline, its TensorFlow transforms and augmentation, label passes and tasks."""

@@ -23,7 +23,6 @@ import csv
 import dataclasses
 import json
 import os
-import time
 from typing import Any
 
 import flax.linen as nn
@@ -219,12 +218,9 @@ def _finish(config, workdir, task, model, params, selected, val, mesh) -> dict[s
 
 def main(argv=None) -> None:
     def run(config, workdir):
-        start = time.time()
         record = train(config, workdir)
-        summary = {"workdir": os.path.abspath(workdir), "selected_step": record["selected_step"],
-                   **{f"test_{k}": v for k, v in scalars_of(record["test"]).items()},
-                   "wall_s": round(time.time() - start, 1)}
-        print("summary: " + json.dumps(summary), flush=True)
+        return {"workdir": os.path.abspath(workdir), "selected_step": record["selected_step"],
+                **{f"test_{k}": v for k, v in scalars_of(record["test"]).items()}}
 
     run_config_command(run, argv, example="configs/downstream/ptbxl.py:st_mem",
                        workdir_help="run directory (checkpoints, logs, metrics); a run resumes from it")

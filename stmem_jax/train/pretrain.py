@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from typing import Any
 
 import jax
@@ -221,12 +220,7 @@ class _Evaluator:
 
 
 def main(argv=None) -> None:
-    def run(config, workdir):
-        start = time.time()
-        summary = train(config, workdir)
-        print("summary: " + json.dumps({**summary, "wall_s": round(time.time() - start, 1)}), flush=True)
-
-    run_config_command(run, argv, example="configs/pretrain/st_mem.py:vit_base",
+    run_config_command(train, argv, example="configs/pretrain/st_mem.py:vit_base",
                        workdir_help="run directory (checkpoints, logs, figures); a run resumes from it")
 
 
