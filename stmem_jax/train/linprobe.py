@@ -69,10 +69,12 @@ def _feature_batches(x: np.ndarray, y: np.ndarray, batch: int, per_epoch: int, s
     """Batches of (features, labels) from ``start`` on, as arrays replicated over the mesh (every process
     holds the same features); epoch e visits the examples in an order drawn from ``(seed, e)``."""
     sharding = meshlib.replicated(mesh)
-    step = start
+    step, order_epoch, order = start, None, None
     while True:
         epoch, position = divmod(step, per_epoch)
-        index = np.random.default_rng([seed, epoch]).permutation(len(x))[position * batch:][:batch]
+        if epoch != order_epoch:  # one permutation per epoch
+            order_epoch, order = epoch, np.random.default_rng([seed, epoch]).permutation(len(x))
+        index = order[position * batch:][:batch]
         yield {k: jax.make_array_from_callback(v.shape, sharding, lambda i, v=v: v[i])
                for k, v in (("features", x[index]), ("label", y[index]))}
         step += 1
