@@ -1,6 +1,6 @@
-"""stmem-prepare throughput on synthetic PTB-XL-layout input (500 Hz, 10 s, 12 leads).
+"""stmem-prepare throughput on synthetic native input (PTB-XL or MIMIC-IV-ECG layout; 500 Hz, 10 s, 12 leads).
 
-    python benchmarks/prepare.py [--records 2000] [--workers 1,2]
+    python benchmarks/prepare.py [--source ptbxl|mimic_iv_ecg] [--records 2000] [--workers 1,2]
 
 Generates the native files once (not timed), then times the whole preparation (listing, reading,
 resampling to 250 Hz, band filter, windowing, serialising, writing shards and metadata) per
@@ -12,25 +12,30 @@ import os
 import tempfile
 import time
 
-from data_prep.sources import PTBXL
-from data_prep.synthetic import write_ptbxl
+from data_prep.sources import SOURCES
+from data_prep.synthetic import write_mimic_iv_ecg, write_ptbxl
 from data_prep.writer import prepare
 from stmem_jax.core.recipe import Recipe
+
+WRITERS = {"ptbxl": lambda out, n: write_ptbxl(out, n, seed=0, workers=2, progress=False),
+           "mimic_iv_ecg": lambda out, n: write_mimic_iv_ecg(out, n, seed=0, progress=False)}
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--source", choices=sorted(WRITERS), default="ptbxl")
     parser.add_argument("--records", type=int, default=2000)
     parser.add_argument("--workers", default="1,2")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         native = os.path.join(tmp, "native")
-        write_ptbxl(native, args.records, seed=0, workers=2, progress=False)
+        WRITERS[args.source](native, args.records)
         print(f"{'workers':>7} {'records':>8} {'seconds':>8} {'records/s':>10}")
         for workers in (int(w) for w in args.workers.split(",")):
             out = os.path.join(tmp, f"out{workers}")
             start = time.perf_counter()
-            manifest = prepare(PTBXL(native), out, Recipe(), workers=workers, shard_windows=500, progress=False)
+            manifest = prepare(SOURCES[args.source](native), out, Recipe(), workers=workers, shard_windows=500,
+                               progress=False)
             seconds = time.perf_counter() - start
             used = sum(s["records"] for s in manifest["splits"].values())
             print(f"{workers:>7} {used:>8} {seconds:>8.1f} {used / seconds:>10.1f}", flush=True)

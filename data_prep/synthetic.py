@@ -1,4 +1,4 @@
-"""Synthetic 12-lead ECGs from a moving heart dipole, written in PTB-XL's native layout.
+"""Synthetic 12-lead ECGs from a moving heart dipole, written in PTB-XL's (or MIMIC-IV-ECG's) layout.
 
 Model. The heart is one current dipole d(t) at the origin of a torso frame (x: the patient's left,
 y: towards the feet, z: anterior). Every beat adds lobes v * g((t - mu) / s) to d, g a Gaussian
@@ -21,8 +21,9 @@ Diagnostic classes (PTB-XL SCP codes):
 Rhythms, drawn independently of the class: SR (sinus, with respiratory arrhythmia) and AFIB (no
 P waves, irregularly irregular RR, 4-9 Hz fibrillatory waves mostly seen in V1).
 
-Files: ``write_ptbxl`` writes PTB-XL's layout; its WFDB files come from ``write_wfdb``, which
-writes what ``wfdb.wrsamp`` would, byte for byte, but about 50 times faster.
+Files: ``write_ptbxl`` writes PTB-XL's layout, ``write_mimic_iv_ecg`` MIMIC-IV-ECG's; their WFDB
+files come from ``write_wfdb``, which writes what ``wfdb.wrsamp`` would, byte for byte, but about
+50 times faster.
 
 Randomness: patient p's parameters come from ``default_rng([seed, p, tag])`` and record i's from
 ``default_rng([seed, i])``, so record i never depends on how many records are generated.
@@ -327,19 +328,19 @@ def _record_path(ecg_id: int, resolution: str) -> str:
     return f"{folder}/{ecg_id // 1000 * 1000:05d}/{ecg_id:05d}_{resolution}"
 
 
-def write_wfdb(path, signal: np.ndarray, fs: int) -> None:
-    """Writes a (12, samples) signal in mV as WFDB record `path` (``.hea`` + ``.dat``) the way
-    PTB-XL stores it: format 16, 1000 steps per mV, leads I..V6. The files are byte for byte those
-    of ``wfdb.wrsamp(..., fmt=["16"] * 12, adc_gain=[1000.0] * 12, baseline=[0] * 12)`` (a test
-    checks), about 50 times faster."""
+def write_wfdb(path, signal: np.ndarray, fs: int, gain: float = 1000.0, leads=WFDB_LEADS) -> None:
+    """Writes a (12, samples) signal in mV, rows in the order ``leads``, as WFDB record `path`
+    (``.hea`` + ``.dat``) in format 16 at ``gain`` steps per mV (by default as PTB-XL stores it: 1000,
+    leads I..V6). The files are byte for byte those of ``wfdb.wrsamp(..., fmt=["16"] * 12,
+    adc_gain=[gain] * 12, baseline=[0] * 12)`` (a test checks), about 50 times faster."""
     path = Path(path)
-    digital = np.round(np.asarray(signal, np.float64) * 1000.0).astype(np.int64)
+    digital = np.round(np.asarray(signal, np.float64) * gain).astype(np.int64)
     if np.abs(digital).max(initial=0) > 32767:
-        raise ValueError(f"{path.name}: signal exceeds the format-16 range of +-32.767 mV")
+        raise ValueError(f"{path.name}: signal exceeds the format-16 range of +-{32767 / gain:g} mV")
     digital.T.astype("<i2").tofile(path.with_name(path.name + ".dat"))
     header = [f"{path.name} {len(digital)} {fs} {digital.shape[1]}"] + [
-        f"{path.name}.dat 16 1000.0(0)/mV 16 0 {d[0]} {d.sum() % 65536} 0 {lead}"
-        for d, lead in zip(digital, WFDB_LEADS)]
+        f"{path.name}.dat 16 {float(gain)}(0)/mV 16 0 {d[0]} {d.sum() % 65536} 0 {lead}"
+        for d, lead in zip(digital, leads)]
     path.with_name(path.name + ".hea").write_text("\n".join(header) + "\n")
 
 
@@ -406,6 +407,47 @@ def write_ptbxl(output_dir, num_records: int, seed: int = 0, workers: int = 1, p
     statements[["diagnostic", "form", "rhythm"]] = statements[["diagnostic", "form", "rhythm"]].astype(float)
     statements.to_csv(out / "scp_statements.csv")
     (out / MARKER).write_text(json.dumps(marker, indent=1) + "\n")
+    return str(out)
+
+
+MIMIC_LEADS = ("I", "II", "III", "aVR", "aVF", "aVL", "V1", "V2", "V3", "V4", "V5", "V6")  # MIMIC-IV-ECG's order
+_MIMIC_ORDER = [WFDB_LEADS.index(name.upper()) for name in MIMIC_LEADS]
+_MIMIC_REPORTS = {"SR": "Sinus rhythm", "AFIB": "Atrial fibrillation", "IMI": "Inferior infarct - age undetermined",
+                  "ISCAL": "Lateral ST-T changes may be due to myocardial ischemia",
+                  "CRBBB": "Right bundle branch block", "LVH": "Left ventricular hypertrophy"}
+
+
+def write_mimic_iv_ecg(directory, records: int, seed: int = 0, progress: bool = False) -> str:
+    """Writes ``records`` synthetic records in MIMIC-IV-ECG's layout (PhysioNet v1.0):
+    ``record_list.csv``, ``machine_measurements.csv`` (the machine's statements as report_0..) and
+    ``files/pNNNN/pN../sN../N..{.hea,.dat}`` (format 16, 200 steps per mV, aVF before aVL).
+    subject_id = 10000000 + patient_id, study_id = 40000000 + ecg_id. Returns the directory."""
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    classes = _class_table(None)
+    listing, measurements = [], []
+    for i, (p, visit) in enumerate(tqdm(_patient_table(seed, records), unit="rec", disable=not progress,
+                                        desc="synthetic MIMIC-IV-ECG")):
+        signal, meta = _record(seed, i, p, visit, classes, FS_HR, DURATION_S, AFIB_PROB)
+        subject, study = 10000000 + meta["patient_id"], 40000000 + meta["ecg_id"]
+        rel = f"files/p{str(subject)[:4]}/p{subject}/s{study}/{study}"
+        (out / rel).parent.mkdir(parents=True, exist_ok=True)
+        write_wfdb(out / rel, signal[_MIMIC_ORDER], FS_HR, gain=200.0, leads=MIMIC_LEADS)
+        date = meta["recording_date"]
+        ecg_time = f"{int(date[:4]) + 200}{date[4:]}"  # MIMIC's dates are shifted into the future
+        listing.append({"subject_id": subject, "study_id": study, "file_name": study, "ecg_time": ecg_time,
+                        "path": rel})
+        normal = meta["diagnostic"] == "NORM"
+        reports = [_MIMIC_REPORTS[meta["rhythm"]]] + ([] if normal else [_MIMIC_REPORTS[meta["diagnostic"]]])
+        reports.append("Normal ECG" if normal else "Abnormal ECG")
+        measurements.append({"subject_id": subject, "study_id": study, "cart_id": 6848 + p % 7, "ecg_time": ecg_time,
+                             **{f"report_{k}": reports[k] if k < len(reports) else math.nan for k in range(18)},
+                             "bandwidth": "0.005-150 Hz", "filtering": "60 Hz notch Baseline filter",
+                             "rr_interval": round(60000 / meta["heart_rate"]),
+                             **dict.fromkeys(("p_onset", "p_end", "qrs_onset", "qrs_end", "t_end", "p_axis",
+                                              "qrs_axis", "t_axis"), math.nan)})
+    pd.DataFrame(listing).to_csv(out / "record_list.csv", index=False)
+    pd.DataFrame(measurements).to_csv(out / "machine_measurements.csv", index=False)
     return str(out)
 
 

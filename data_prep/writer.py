@@ -21,6 +21,7 @@ from data_prep.records import Record, Skip
 from data_prep.sources.base import Source
 from data_prep.splits import SPLITS, assign_splits
 from stmem_jax import __version__
+from stmem_jax.core import fingerprint
 from stmem_jax.core import shards as fmt
 from stmem_jax.core.recipe import Recipe, make_windows
 from stmem_jax.core.signal import RecordError
@@ -28,7 +29,7 @@ from stmem_jax.core.signal import RecordError
 PROGRESS_DIR = ".progress"
 PLAN_FILE = "plan.json"
 _OWN_FILE = re.compile(r"^((train|validation|test)-\d{5}-of-\d{5}(\.tmp-\d+)?|manifest\.json|dataset_info\.json|"
-                       r"features\.json|\.progress)$")
+                       r"features\.json|fingerprints\.npz(\.tmp-\d+\.npz)?|\.progress)$")
 
 
 class PrepareError(Exception):
@@ -128,6 +129,7 @@ def run_job(job: Job, source: Source, recipe: Recipe, output: str, tasks: list[s
     classes: dict[str, Counter] = {task: Counter() for task in tasks}
     skipped: list[dict] = []
     error_max, error_sq, error_n, used = 0.0, 0.0, 0, 0
+    prints: dict[str, list] = {"record_id": [], "patient_id": [], "window": [], "profile": []}
 
     def examples():
         nonlocal error_max, error_sq, error_n, used
@@ -150,7 +152,11 @@ def run_job(job: Job, source: Source, recipe: Recipe, output: str, tasks: list[s
                     split=job.split, window=window, age=record.age, sex=record.sex, fold=record.fold,
                     codes=record.codes, code_weights=record.code_weights,
                     labels={task: record.labels.get(task, []) for task in tasks})
-                error = np.abs(fmt.dequantize(example["signal"], example["scale"]) - data)
+                stored = fmt.dequantize(example["signal"], example["scale"])
+                for key, value in (("record_id", record.record_id), ("patient_id", record.patient_id),
+                                   ("window", window), ("profile", fingerprint.profile(stored, source.leads))):
+                    prints[key].append(value)
+                error = np.abs(stored - data)
                 error_max = max(error_max, float(error.max()))
                 error_sq += float(np.square(error, dtype=np.float64).sum())
                 error_n += error.size
@@ -159,11 +165,19 @@ def run_job(job: Job, source: Source, recipe: Recipe, output: str, tasks: list[s
                 yield fmt.serialize_example(example)
 
     count, size = fmt.write_shard(os.path.join(output, job.name), examples())
+    fingerprint.save(_fingerprint_file(output, job), {
+        "split": np.full(count, job.split), "record_id": np.array(prints["record_id"], str),
+        "patient_id": np.array(prints["patient_id"], str), "window": np.array(prints["window"], np.int32),
+        "profile": np.array(prints["profile"], np.uint16).reshape(count, *fingerprint.SHAPE)})
     result = {"shard": job.name, "split": job.split, "examples": count, "bytes": size, "records": used,
               "skipped": skipped, "classes": {t: dict(c) for t, c in classes.items()},
               "error_max_mv": error_max, "error_sq_sum": error_sq, "error_n": error_n}
     _write_json(os.path.join(output, PROGRESS_DIR, job.name + ".json"), result)
     return result
+
+
+def _fingerprint_file(output: str, job: Job) -> str:
+    return os.path.join(output, PROGRESS_DIR, job.name + ".fingerprints.npz")
 
 
 def _job_worker(args):
@@ -240,6 +254,8 @@ def _finish(output, source, recipe, jobs, tasks, listing_skips, inputs, settings
                          "bytes": sum(r["bytes"] for r in own), "shard_lengths": [r["examples"] for r in own],
                          "classes": {t: dict(sorted(c.items())) for t, c in sorted(classes.items())}}
     skipped = [s.as_dict() for s in listing_skips] + [s for r in results for s in r["skipped"]]
+    prints = fingerprint.concatenate([fingerprint.load(_fingerprint_file(output, job)) for job in jobs])
+    fingerprint.save(os.path.join(output, fingerprint.FILE), prints)
     error_n = sum(r["error_n"] for r in results)
     manifest = {
         "format_version": 1, "tool": f"stmem-prepare {__version__}", "source": source.name,
@@ -249,7 +265,7 @@ def _finish(output, source, recipe, jobs, tasks, listing_skips, inputs, settings
         "storage": {"dtype": "int16", "scale": "per example: max |x| -> 32767; mV = value * scale",
                     "max_abs_error_uv": 1000 * max((r["error_max_mv"] for r in results), default=0.0),
                     "rms_error_uv": 1000 * float(np.sqrt(sum(r["error_sq_sum"] for r in results) / max(error_n, 1)))},
-        "inputs": inputs, "settings": settings, "args": args or {},
+        "fingerprints": fingerprint.summary(prints), "inputs": inputs, "settings": settings, "args": args or {},
         "skipped_count": len({s["record_id"] for s in skipped if "window(s)" not in s["reason"]}),
         "skipped": skipped,
     }

@@ -28,17 +28,17 @@ from stmem_jax import mesh as meshlib
 from stmem_jax.core import recipe as recipe_lib
 from stmem_jax.core.leads import LEAD_NAMES, lead_indices, parse_leads
 from stmem_jax.core.recipe import Recipe
-from stmem_jax.core.shards import read_manifest
+from stmem_jax.core.shards import read_manifests
 from stmem_jax.core.signal import RecordError
 from stmem_jax.core.wfdb import list_folder, read_signal
-from stmem_jax.data.pipeline import InputConfig
+from stmem_jax.data.pipeline import InputConfig, folders, task_classes
 
 
 def embed_split(encoder, variables, data_dir: str, split: str, leads="12", task: str | None = None,
                 batch_size: int = 64, crops: int | None = None) -> dict[str, np.ndarray]:
-    """Features of every example of a prepared split, read by the input pipeline (crops: the
-    dataset's recipe unless given)."""
-    manifest = read_manifest(data_dir)
+    """Features of every example of a prepared split (of one folder, or of several one after the
+    other), read by the input pipeline (crops: the dataset's recipe unless given)."""
+    manifest = next(iter(read_manifests(data_dir).values()))
     input_config = InputConfig(data_dir=data_dir, split=split, batch_size=batch_size, training=False, leads=leads,
                                crop_samples=encoder.seq_len, task=task,
                                eval_crops=crops or Recipe.of_manifest(manifest).eval_crops)
@@ -46,8 +46,9 @@ def embed_split(encoder, variables, data_dir: str, split: str, leads="12", task:
     params = jax.device_put(variables["params"], meshlib.replicated(mesh))
     out = infer.predict(infer.features_fn(encoder, lead_indices(leads)), params, input_config, mesh)
     out["features"] = out.pop("outputs")
+    out["source"] = np.array(folders(input_config))[out["source"]]  # the folder of each row
     if task:
-        out["classes"] = np.array(manifest["tasks"][task]["classes"])
+        out["classes"] = np.array(task_classes(read_manifests(data_dir), task)[0])
     return out
 
 
@@ -102,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="stmem-embed", description=__doc__.splitlines()[0])
     p.add_argument("--model", required=True, help="pre-trained or fine-tuned weights (workdir, model directory, .pth)")
     source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--data", help="a stmem-prepare output")
+    source.add_argument("--data", help="a stmem-prepare output, or several (comma-separated)")
     source.add_argument("--wfdb", help="a folder of WFDB records (searched recursively)")
     p.add_argument("--split", default="test", help="--data: the split to embed")
     p.add_argument("--task", help="--data: add this task's labels")

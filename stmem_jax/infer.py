@@ -108,11 +108,13 @@ def _gather_strings(values: np.ndarray) -> np.ndarray:
 
 def predict(fn: Callable, params: Any, input_config: InputConfig, mesh) -> dict[str, np.ndarray]:
     """``fn(params, series)`` over an evaluation split, gathered from every device and process:
-    ``outputs``, ``record_id`` (str), ``window`` and (with a task) ``label``, each valid example
+    ``outputs``, ``record_id`` (str), ``window``, ``source`` (index into the folders read) and (with a
+    task) ``label``, each valid example
     exactly once (in shard order per process, processes in turn)."""
     parts: dict[str, list] = {}
     for batch in global_batches(input_config, mesh, data_axis=meshlib.BATCH_AXES):
-        device = {"outputs": fn(params, batch["series"]), "valid": batch["valid"], "window": batch["window"]}
+        device = {"outputs": fn(params, batch["series"]), "valid": batch["valid"], "window": batch["window"],
+                  "source": batch["source"]}
         if "label" in batch:
             device["label"] = batch["label"]
         for k, v in multihost_utils.process_allgather(device, tiled=True).items():

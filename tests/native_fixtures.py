@@ -21,14 +21,14 @@ def ecg_like(rng, leads, samples, fs):
     return out + 0.01 * rng.standard_normal(out.shape)
 
 
-def write_wfdb(directory, name, signal, fs, lead_names, comments=(), mat=False):
+def write_wfdb(directory, name, signal, fs, lead_names, comments=(), mat=False, gain=1000.0):
     """Writes (leads, samples) mV ``signal`` as WFDB (``.dat``, or Challenge-style MATLAB v4 ``.mat``)
-    with 1 uV resolution; returns the values as stored (NaN kept)."""
+    at ``gain`` steps per mV (1 uV resolution by default); returns the values as stored (NaN kept)."""
     os.makedirs(directory, exist_ok=True)
-    digital = np.where(np.isnan(signal), -32768, np.round(np.nan_to_num(signal) * 1000)).astype(np.int16)
+    digital = np.where(np.isnan(signal), -32768, np.round(np.nan_to_num(signal) * gain)).astype(np.int16)
     n = len(lead_names)
     common = dict(record_name=name, n_sig=n, fs=fs, sig_len=signal.shape[1], fmt=["16"] * n,
-                  adc_gain=[1000.0] * n, baseline=[0] * n, units=["mV"] * n, sig_name=list(lead_names),
+                  adc_gain=[float(gain)] * n, baseline=[0] * n, units=["mV"] * n, sig_name=list(lead_names),
                   adc_res=[16] * n, adc_zero=[0] * n, init_value=[int(v) for v in digital[:, 0]],
                   checksum=[0] * n, block_size=[0] * n, comments=list(comments))
     if mat:
@@ -38,7 +38,7 @@ def write_wfdb(directory, name, signal, fs, lead_names, comments=(), mat=False):
         record = wfdb.Record(file_name=[name + ".dat"] * n, d_signal=digital.T, **common)
         record.wr_dats(expanded=False, write_dir=directory)
     record.wrheader(write_dir=directory)
-    return np.where(digital == -32768, np.nan, digital / 1000.0)
+    return np.where(digital == -32768, np.nan, digital / gain)
 
 
 SCP_STATEMENTS = pd.DataFrame(
@@ -99,3 +99,46 @@ def write_code15(root, tracings, exam_ids, patient_ids):
              "death": False, "timey": 1.0, "normal_ecg": i > 1, "trace_file": "exams_part0.hdf5"}
             for i, (e, p) in enumerate(zip(exam_ids, patient_ids)) if e != 0]
     pd.DataFrame(rows).to_csv(os.path.join(root, "exams.csv"), index=False)
+
+
+MIMIC_LEADS = ["I", "II", "III", "aVR", "aVF", "aVL", "V1", "V2", "V3", "V4", "V5", "V6"]  # header order
+
+
+def write_mimic_iv_ecg(root, rows, seed=0, measurements=True):
+    """MIMIC-IV-ECG layout, WFDB files written by the wfdb package at 200 adu/mV. ``rows``: dicts with
+    subject_id, study_id (anything for a malformed row) and optionally reports (statements), signal
+    ((12, 5000) mV in MIMIC_LEADS order), truncate (bytes of the .dat kept) and missing ("hea",
+    "dat" or "both": not written). Returns {study_id: stored signal in MIMIC_LEADS order}."""
+    rng = np.random.default_rng(seed)
+    os.makedirs(root, exist_ok=True)
+    stored, listing, machine = {}, [], []
+    for row in rows:
+        subject, study = row["subject_id"], row["study_id"]
+        rel = f"files/p{str(subject)[:4]}/p{subject}/s{study}/{study}"
+        listing.append({"subject_id": subject, "study_id": study, "file_name": study,
+                        "ecg_time": "2180-07-23 08:44:00", "path": rel})
+        reports = list(row.get("reports", []))
+        machine.append({"subject_id": subject, "study_id": study, "cart_id": 6848, "ecg_time": "2180-07-23 08:44:00",
+                        **{f"report_{k}": reports[k] if k < len(reports) else "" for k in range(18)},
+                        "bandwidth": "0.005-150 Hz", "filtering": "60 Hz notch Baseline filter", "rr_interval": 857,
+                        "p_onset": 40, "p_end": 128, "qrs_onset": 170, "qrs_end": 258, "t_end": 518,
+                        "p_axis": 81, "qrs_axis": 77, "t_axis": 79})
+        missing = row.get("missing", "")
+        if missing == "both":
+            continue
+        signal = row.get("signal")
+        digital = np.round((ecg_like(rng, 12, 5000, 500) if signal is None else signal) * 200).astype(np.int16)
+        folder = os.path.join(root, os.path.dirname(rel))
+        os.makedirs(folder, exist_ok=True)
+        wfdb.wrsamp(str(study), fs=500, units=["mV"] * 12, sig_name=MIMIC_LEADS, d_signal=digital.T, fmt=["16"] * 12,
+                    adc_gain=[200.0] * 12, baseline=[0] * 12, write_dir=folder)
+        stored[study] = digital / 200.0
+        if "truncate" in row:
+            with open(os.path.join(root, rel + ".dat"), "r+b") as f:
+                f.truncate(row["truncate"])
+        if missing:
+            os.remove(os.path.join(root, f"{rel}.{missing}"))
+    pd.DataFrame(listing).to_csv(os.path.join(root, "record_list.csv"), index=False)
+    if measurements:
+        pd.DataFrame(machine).to_csv(os.path.join(root, "machine_measurements.csv"), index=False)
+    return stored

@@ -30,7 +30,7 @@ def test_train_throughput_benchmark_prints_mfu():
 
 def test_input_pipeline_benchmark_prints_rates():
     out = run("input_pipeline.py", "--windows", "64", "--batch-size", "16", "--batches", "2")
-    assert "examples/s" in out and "pre-training" in out
+    assert "examples/s" in out and "pre-training" in out and "3 folders mixed" in out
 
 
 def test_torch_reference_benchmark_prints_the_same_columns():

@@ -106,19 +106,18 @@ def test_lead_selection_rows_and_order(tmp_path):
     stored = ["V6", "V5", "aVF", "II", "I", "V1"]
     data = write_dataset(tmp_path / "odd", num_records=4, leads=stored, tasks={}, splits={"test": 1.0},
                          shards_per_split=1)
-    manifest = json.load(open(os.path.join(data, "manifest.json")))
     ref = reference(data, "test")
     for leads, rows, indices in [(("I", "V1"), [4, 5], (0, 6)), ("1", [4], (0,)), (("II",), [3], (1,)),
                                  (("V6", "II", "aVF"), [0, 3, 2], (11, 1, 5))]:
         config = InputConfig(data, split="test", batch_size=4, training=False, leads=leads)
-        assert lead_indices_for(config, manifest) == indices
+        assert lead_indices_for(config) == indices
         batch = batches(config)[0]
         for key, series in zip(keys(batch), batch["series"]):
             np.testing.assert_allclose(series[0], z(ref[key][0][rows, :T]), atol=2e-5)
     with pytest.raises(ValueError, match=r"lead\(s\) aVR, V2 not in .*it has V6, V5"):
         make_dataset(InputConfig(data, split="test", leads=("aVR", "I", "V2")))
     with pytest.raises(ValueError, match="aVL not in"):
-        lead_indices_for(InputConfig(data, leads="limb"), manifest)
+        lead_indices_for(InputConfig(data, leads="limb"))
 
 
 def test_evaluation_sees_every_example_once_across_processes(data):

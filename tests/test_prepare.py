@@ -105,8 +105,11 @@ def test_ptbxl_labels_splits_and_manifest(ptbxl):
     assert manifest["inputs"]["signal_files"] == 2 * 7 and "ptbxl_database.csv" in manifest["inputs"]["index_files"]
     assert manifest["tool"].startswith("stmem-prepare ")
     assert sorted(os.listdir(out)) == sorted(["dataset_info.json", "features.json", "manifest.json",
-                                              "train-00000-of-00001", "validation-00000-of-00001",
-                                              "test-00000-of-00001"])
+                                              "fingerprints.npz", "train-00000-of-00001",
+                                              "validation-00000-of-00001", "test-00000-of-00001"])
+    prints = np.load(os.path.join(out, "fingerprints.npz"))
+    shards = [ex["record_id"].decode() for split in ("train", "validation", "test") for ex in read_split(out, split)]
+    assert list(prints["record_id"]) == shards and manifest["fingerprints"]["windows"] == len(shards)
 
 
 def test_existing_output_is_never_overwritten_without_flag(ptbxl, tmp_path, capsys):

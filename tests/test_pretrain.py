@@ -13,6 +13,7 @@ from stmem_jax.model_dir import load_model
 from stmem_jax.models import create_model
 from stmem_jax.train import loop, pretrain
 from stmem_jax.train.optim import adamw
+from tests.data_fixtures import write_dataset
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "configs", "pretrain", "st_mem.py")
@@ -99,6 +100,30 @@ def test_accumulated_micro_batches_equal_one_big_batch():
         np.testing.assert_allclose(grad_four, grad_one, rtol=1e-4, atol=1e-5 * np.abs(grad_one).max() + 1e-9)
 
 
+@pytest.mark.parametrize("on", ["kernels", "all"])
+def test_weight_decay_applies_to_kernels_or_to_every_parameter(on):
+    from stmem_jax.train.config import pretraining
+    from stmem_jax.train.optim import from_config
+
+    model = create_model("st_mem", "tiny", depth=1, decoder_depth=1)
+    params = model.init({"params": jax.random.key(0), "masking": jax.random.key(0)}, jnp.zeros((1, 12, 2250)))["params"]
+    params = jax.tree.map(lambda p: p + 1.0, params)  # no zero parameter: decay shows everywhere
+    train = pretraining("tiny").train
+    train.update(weight_decay=0.01, weight_decay_on=on)
+    tx = from_config(train, optax.constant_schedule(0.1), params)
+    zero = jax.tree.map(jnp.zeros_like, params)  # no gradient: the update is the decay alone
+    updates, _ = tx.update(zero, tx.init(params), params)
+    flat = {"/".join(k.key for k in path): (np.asarray(u), np.asarray(p)) for (path, u), p in
+            zip(jax.tree_util.tree_leaves_with_path(updates), jax.tree.leaves(params))}
+    for name, (update, param) in flat.items():
+        decayed = on == "all" or name.endswith("kernel")
+        np.testing.assert_allclose(update, -0.1 * 0.01 * param if decayed else 0.0, rtol=1e-6, err_msg=name)
+    assert any(n.endswith("scale") for n in flat) and any("lead_embedding" in n or "sep" in n for n in flat)
+    with pytest.raises(ValueError, match="weight_decay_on must be one of"):
+        train.weight_decay_on = "biases"
+        from_config(train, optax.constant_schedule(0.1), params)
+
+
 def test_non_finite_guard_keeps_parameters_and_names_the_step(synthetic_shards, tmp_path, monkeypatch):
     model = create_model("st_mem", "tiny", depth=1, decoder_depth=1)
     params = model.init({"params": jax.random.key(0), "masking": jax.random.key(0)}, jnp.zeros((1, 12, 2250)))["params"]
@@ -125,17 +150,22 @@ def test_non_finite_guard_keeps_parameters_and_names_the_step(synthetic_shards, 
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["4"]
 
 
-def test_killed_run_resumed_equals_uninterrupted_run(synthetic_shards, tmp_path):
+def test_killed_run_over_a_mixture_resumed_equals_uninterrupted_run(synthetic_shards, tmp_path):
+    other = write_dataset(tmp_path / "other", num_records=40, tasks={}, splits={"train": 1.0}, seed=3)
+    mixture = {"data.dir": f"{synthetic_shards},{other}", "data.weights": "3,1", "train.num_steps": 8}
     full = str(tmp_path / "full")
-    pretrain.train(small_config(synthetic_shards, **{"train.num_steps": 8}), full)
+    pretrain.train(small_config(synthetic_shards, **mixture), full)
     parts = str(tmp_path / "parts")
-    first = pretrain.train(small_config(synthetic_shards, **{"train.num_steps": 8, "train.max_steps_per_run": 4}), parts)
+    first = pretrain.train(small_config(synthetic_shards, **mixture, **{"train.max_steps_per_run": 4}), parts)
     assert first["step"] == 4 and not os.path.exists(os.path.join(parts, "model"))
-    second = pretrain.train(small_config(synthetic_shards, **{"train.num_steps": 8}), parts)
+    second = pretrain.train(small_config(synthetic_shards, **mixture), parts)
     assert second["step"] == 8
     np.testing.assert_allclose(losses(parts), losses(full), rtol=1e-6)
     for a, b in zip(final_params(parts), final_params(full)):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    rows = [json.loads(line) for line in open(os.path.join(full, "metrics.jsonl")) if '"train"' in line]
+    drawn = [sum(r[f"drawn/{name}"] for r in rows) for name in ("shards", "other")]
+    assert sum(drawn) == 8 * 16 and 0.6 < drawn[0] / sum(drawn) < 0.9  # 3:1 of the 128 examples
 
 
 def test_eight_devices_match_one_and_their_checkpoint_restores_on_one(synthetic_shards, tmp_path):

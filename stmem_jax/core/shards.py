@@ -159,6 +159,39 @@ def write_tfds_metadata(directory: str | os.PathLike, features, shard_lengths: M
                                        check_data=False)
 
 
+def data_dirs(value: str | os.PathLike | Sequence[str]) -> tuple[str, ...]:
+    """Prepared folders from a config value: one path, a comma-separated list or a sequence."""
+    items = value.split(",") if isinstance(value, str) else [os.fspath(value)] if isinstance(value, os.PathLike) \
+        else list(value)
+    dirs = tuple(os.fspath(d).strip() for d in items)
+    if not dirs or not all(dirs):
+        raise ValueError(f"data.dir {value!r} names no folder (or an empty one in its list)")
+    if len(set(dirs)) != len(dirs):
+        raise ValueError(f"data.dir {value!r} names a folder twice")
+    return dirs
+
+
+# manifest fields that folders read together must share: (label, how to get it)
+_SHARED = (("sampling rate (Hz)", lambda m: m["sampling_rate"]),
+           ("window (samples)", lambda m: m["window_samples"]),
+           ("filter", lambda m: None if not m.get("filter") else
+            {k: m["filter"].get(k) for k in ("highpass_hz", "lowpass_hz", "order")}),
+           ("storage dtype", lambda m: (m.get("storage") or {}).get("dtype", "int16")))
+
+
+def read_manifests(value: str | os.PathLike | Sequence[str]) -> dict[str, dict[str, Any]]:
+    """The manifests of the folders :func:`data_dirs` names, in order; the folders must agree on
+    sampling rate, window, filter and storage (the error names both folders and the field)."""
+    manifests = {d: read_manifest(d) for d in data_dirs(value)}
+    (first, reference), *others = manifests.items()
+    for directory, manifest in others:
+        for label, get in _SHARED:
+            if get(manifest) != get(reference):
+                raise ValueError(f"prepared folders {first} and {directory} disagree on the {label}: "
+                                 f"{get(reference)} vs {get(manifest)}; prepare them with the same recipe")
+    return manifests
+
+
 def read_manifest(directory: str | os.PathLike) -> dict[str, Any]:
     """The manifest of a prepared dataset, with a clear error when there is none."""
     path = os.path.join(os.fspath(directory), MANIFEST)

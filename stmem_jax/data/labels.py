@@ -10,25 +10,26 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import tensorflow as tf
 
-_CACHE: dict[tuple, tuple[np.ndarray, list[tuple[str, ...]]]] = {}
+_CACHE: dict[tuple, tuple[np.ndarray, np.ndarray, list[tuple[str, ...]]]] = {}
 
 
 def read_labels(path: str, task: str, spec: Mapping[str, tf.io.FixedLenSequenceFeature]
-                ) -> tuple[np.ndarray, list[tuple[str, ...]]]:
-    """(record ids, class names of ``task`` per example) of one shard, in file order; cached per
-    file version. Errors name the file."""
+                ) -> tuple[np.ndarray, np.ndarray, list[tuple[str, ...]]]:
+    """(record ids, window indices, class names of ``task`` per example) of one shard, in file
+    order; cached per file version. Errors name the file."""
     stat = os.stat(path)
     key = (path, task, stat.st_mtime_ns, stat.st_size)
     if key not in _CACHE:
-        record_ids, names = [], []
+        record_ids, windows, names = [], [], []
         try:
             for batch in (tf.data.TFRecordDataset(path).batch(1024)
                           .map(lambda s: tf.io.parse_example(s, spec)).as_numpy_iterator()):
                 record_ids.extend(r.decode() for r in batch["record_id"])
+                windows.extend(batch["window"].tolist())
                 names.extend(tuple(n.decode() for n in row if n) for row in batch[f"labels/{task}"])
         except tf.errors.OpError as e:
             raise ValueError(f"cannot read shard {path}: {e.message}") from None
-        _CACHE[key] = (np.array(record_ids, dtype=object), names)
+        _CACHE[key] = (np.array(record_ids, dtype=object), np.array(windows, np.int32), names)
     return _CACHE[key]
 
 

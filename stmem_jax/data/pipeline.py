@@ -7,6 +7,7 @@ Batches (per host, B = global batch / process count; C leads, T = crop_samples):
   label       with a task: int32 (B,) class index (single-label) or float32 (B, K) multi-hot
   valid       evaluation only: bool (B,), False on padding
   record_id   bytes (B,) and window int32 (B,): host-side only (b"" and -1 on padding)
+  source      int32 (B,), host-side: which of the folders read (``folders``) the example is from (-1: padding)
 
 Per example: int16 * scale -> lead selection -> optional band filter (full window) -> crop(s) ->
 z-score -> RandAugment (training with ``augment``): the dataset's recipe (``manifest.json``,
@@ -14,8 +15,17 @@ z-score -> RandAugment (training with ``augment``): the dataset's recipe (``mani
 band at the stored rate. Single-label tasks use only examples with
 exactly one class (others are dropped, training and evaluation alike).
 
-Order and randomness. Every example has a global index (its position in the split's shards, in
-shard order). A process reads every ``process_count``-th shard, or, when there are fewer shards
+Several folders. ``data_dir`` may name several prepared folders (comma-separated or a tuple);
+their manifests must agree on rate, window, filter and storage (``core.shards.read_manifests``).
+Training reads the split from every folder; evaluation from the folders that have it, one after
+the other. A training epoch is one pass over the union: ``steps_per_epoch`` counts the examples of
+all folders, and each epoch draws from folder ``i`` exactly its share of the epoch's examples, by
+``weights`` (default: proportional to the folders' example counts, i.e. each folder once), in an
+order shuffled from ``(seed, epoch)``; a folder drawn more than once per epoch starts another
+pass. A task's classes are the union of the folders' classes.
+
+Order and randomness. Every example has a global index (its position in the folders' shards, in
+folder and shard order). A process reads every ``process_count``-th shard, or, when there are fewer shards
 than processes, every ``process_count``-th example. Training epoch ``e`` shuffles the shard order
 and the examples with seeds derived from ``(seed, e)``; the example at position ``p`` of the epoch
 gets its crop/augmentation seed from ``(seed, e, p)``. Every epoch has exactly
@@ -34,11 +44,12 @@ leads x 2500 samples). The band filter acts on the stored window (data_prep filt
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import jax
 import numpy as np
@@ -68,7 +79,7 @@ class InputConfig:
     of the split's records (needs a task); ``augment`` applies to training only; ``bandpass``
     filters on the fly (for data stored unfiltered)."""
 
-    data_dir: str
+    data_dir: str | tuple[str, ...]
     split: str = "train"
     batch_size: int = 256
     training: bool = True
@@ -84,16 +95,21 @@ class InputConfig:
     seed: int = 0
     shuffle_buffer: int = 10_000
     eval_crops: int = Recipe.eval_crops
+    weights: tuple[float, ...] | None = None
+    exclude: frozenset[tuple[str, str, int]] = frozenset()  # (folder, record id, window) to leave out (needs a task)
 
 
 @dataclasses.dataclass(frozen=True)
 class _Split:
-    """A split's shards (in shard order) and, with a task, each example's label and whether it is used."""
+    """One folder's shards of a split (in shard order) and, with a task, each example's label and
+    whether it is used; ``offset`` is the global index of its first example."""
 
+    directory: str
     files: tuple[str, ...]
     lengths: tuple[int, ...]
     labels: np.ndarray | None
     usable: np.ndarray | None
+    offset: int = 0
 
     def share(self, index: int, count: int) -> tuple[list[int], np.ndarray | None]:
         """(shards process ``index`` reads, mask over all examples of those it uses, or None for all)."""
@@ -110,17 +126,55 @@ class _Split:
         return int(sum(mask[starts[f]:starts[f + 1]].sum() for f in files))
 
 
-def lead_indices_for(config: InputConfig, manifest: dict) -> tuple[int, ...]:
+def lead_indices_for(config: InputConfig) -> tuple[int, ...]:
     """The lead-embedding indices (standard lead order) of the selected leads, for the model; errors
-    when the dataset lacks one of them."""
-    _lead_rows(config, manifest)
+    when a folder lacks one of them."""
+    for directory, manifest in fmt.read_manifests(config.data_dir).items():
+        _lead_rows(config, manifest, directory)
     return lead_indices(config.leads)
+
+
+def parse_weights(value: str | Sequence[float] | None) -> tuple[float, ...] | None:
+    """``data.weights``: empty (the union) or one weight per folder, comma-separated or a sequence."""
+    if value is None or value == "" or value == ():
+        return None
+    try:
+        return tuple(float(w) for w in (value.split(",") if isinstance(value, str) else value))
+    except ValueError:
+        raise ValueError(f"data.weights must be comma-separated numbers, got {value!r}") from None
+
+
+def folders(config: InputConfig) -> tuple[str, ...]:
+    """The folders the split is read from, in order (the ``source`` index of a batch points here)."""
+    return tuple(split.directory for split in _load(config)[1])
+
+
+def mixture_names(config: InputConfig) -> tuple[str, ...]:
+    """Short names of :func:`folders` for logs (base names, or the paths where two share one); empty
+    for a single folder."""
+    dirs = folders(config)
+    names = tuple(os.path.basename(os.path.normpath(d)) for d in dirs)
+    return () if len(dirs) == 1 else names if len(set(names)) == len(names) else dirs
+
+
+def task_classes(manifests: dict[str, dict], task: str) -> tuple[list[str], bool]:
+    """(the union of the folders' classes of ``task``, sorted; whether it is multi-label)."""
+    kinds = {}
+    for directory, manifest in manifests.items():
+        tasks = manifest.get("tasks") or {}
+        if task not in tasks:
+            raise ValueError(f"task {task!r} not in {directory} (it has: {', '.join(sorted(tasks)) or 'none'})")
+        kinds[directory] = bool(tasks[task]["multilabel"])
+    if len(set(kinds.values())) > 1:
+        raise ValueError(f"task {task!r} is multi-label in some folders and single-label in others: {kinds}")
+    classes = sorted({c for m in manifests.values() for c in m["tasks"][task]["classes"]})
+    return classes, next(iter(kinds.values()))
 
 
 def steps_per_epoch(config: InputConfig, *, process_count: int | None = None) -> int:
     """Batches per epoch: training, full batches every process has; evaluation, all batches."""
-    _, split = _load(config)
-    return _steps(config, split, _process_count(process_count))
+    _, splits = _load(config)
+    return _steps(config, splits, _process_count(process_count))
 
 
 def make_dataset(config: InputConfig, *, process_index: int | None = None, process_count: int | None = None,
@@ -129,23 +183,45 @@ def make_dataset(config: InputConfig, *, process_index: int | None = None, proce
     ``start_step`` on, infinitely; evaluation once."""
     count = _process_count(process_count)
     index = _process_index(process_index)
-    manifest, split = _load(config)
+    manifests, splits = _load(config)
     batch = _host_batch(config, count)
-    steps = _steps(config, split, count)
-    files, mask = split.share(index, count)
-    transform = _transform(config, manifest, split)
+    steps = _steps(config, splits, count)
+    shares = [split.share(index, count) for split in splits]
+    transform = _transform(config, manifests, splits)
     if config.training:
         start_epoch, skip_steps = divmod(start_step, steps)
+        draws = _draws(config, splits, steps * batch)
+        sizes = [split.count(index, count) for split in splits]
+        for split, drawn, size in zip(splits, draws, sizes):
+            if drawn and not size:
+                raise ValueError(f"process {index} has no examples of split {config.split!r} of {split.directory}")
+        buffers = [max(1, math.ceil(config.shuffle_buffer * drawn / (steps * batch))) for drawn in draws]
 
         @tf.autograph.experimental.do_not_convert
         def epoch(e):
-            file_key, shuffle_key, element_key = tf.unstack(
-                tf.random.experimental.stateless_split(tf.stack([tf.constant(config.seed, tf.int64), e]), 3))
-            order = tf.random.experimental.stateless_shuffle(tf.constant(files, tf.int64), file_key)
-            shuffle_seed = tf.random.stateless_uniform([], shuffle_key, None, None, dtype=tf.int64)
-            ds = (_read(split, order, mask).shuffle(config.shuffle_buffer, seed=shuffle_seed)
-                  .take(steps * batch).enumerate()
-                  .skip(tf.where(e == start_epoch, tf.constant(skip_steps * batch, tf.int64), 0)))
+            file_key, shuffle_key, element_key, choice_key = tf.unstack(
+                tf.random.experimental.stateless_split(tf.stack([tf.constant(config.seed, tf.int64), e]), 4))
+
+            def stream(i):  # folder i's examples for this epoch: its draws, in as many passes as they take
+                split, (files, mask) = splits[i], shares[i]
+
+                def one_pass(r):
+                    fold = functools.partial(_fold, i=i, r=r)
+                    order = tf.random.experimental.stateless_shuffle(tf.constant(files, tf.int64), fold(file_key))
+                    seed = tf.random.stateless_uniform([], fold(shuffle_key), None, None, dtype=tf.int64)
+                    return _read(split, order, mask).shuffle(buffers[i], seed=seed)
+
+                return tf.data.Dataset.range(-(-draws[i] // sizes[i]) if draws[i] else 0).flat_map(
+                    one_pass).take(draws[i])
+
+            if len(splits) == 1:
+                ds = stream(0)
+            else:
+                choice = tf.random.experimental.stateless_shuffle(
+                    tf.repeat(tf.range(len(splits), dtype=tf.int64), draws), choice_key)
+                ds = tf.data.Dataset.choose_from_datasets([stream(i) for i in range(len(splits))],
+                                                          tf.data.Dataset.from_tensor_slices(choice))
+            ds = ds.enumerate().skip(tf.where(e == start_epoch, tf.constant(skip_steps * batch, tf.int64), 0))
             return ds.map(lambda p, item: (tf.random.experimental.stateless_fold_in(element_key, p), *item))
 
         ds = tf.data.Dataset.range(start_epoch, _MAX_EPOCHS).flat_map(epoch)
@@ -153,15 +229,37 @@ def make_dataset(config: InputConfig, *, process_index: int | None = None, proce
     else:
         if start_step:
             raise ValueError("start_step applies to training pipelines only")
-        ds = _read(split, tf.constant(files, tf.int64), mask)
+        ds = _read(splits[0], tf.constant(shares[0][0], tf.int64), shares[0][1])
+        for split, (files, mask) in zip(splits[1:], shares[1:]):
+            ds = ds.concatenate(_read(split, tf.constant(files, tf.int64), mask))
         ds = ds.map(lambda g, s: transform(None, g, s), num_parallel_calls=tf.data.AUTOTUNE)
-        padding = steps * batch - split.count(index, count)
+        padding = steps * batch - sum(split.count(index, count) for split in splits)
         blank = tf.nest.map_structure(lambda spec: tf.zeros(spec.shape, spec.dtype), ds.element_spec)
-        blank.update(valid=tf.constant(False), window=tf.constant(-1))
+        blank.update(valid=tf.constant(False), window=tf.constant(-1), source=tf.constant(-1))
         ds = ds.concatenate(tf.data.Dataset.from_tensors(blank).repeat(padding)).batch(batch)
     options = tf.data.Options()
     options.deterministic = True
     return ds.prefetch(tf.data.AUTOTUNE).with_options(options)
+
+
+def _fold(key: tf.Tensor, i: int, r: tf.Tensor) -> tf.Tensor:
+    """The key of pass ``r`` over folder ``i``."""
+    return tf.random.experimental.stateless_fold_in(tf.random.experimental.stateless_fold_in(key, i), r)
+
+
+def _draws(config: InputConfig, splits: list[_Split], total: int) -> list[int]:
+    """Examples drawn from each folder per epoch (of ``total``): ``weights`` (default: the folders'
+    example counts) by largest remainder."""
+    counts = [split.count(0, 1) for split in splits]
+    weights = counts if config.weights is None else list(config.weights)
+    if len(weights) != len(splits) or any(not math.isfinite(w) or w < 0 for w in weights) or not sum(weights):
+        raise ValueError(f"data.weights {config.weights} must give one non-negative weight per folder "
+                         f"({len(splits)}), not all zero")
+    exact = [total * w / sum(weights) for w in weights]
+    draws = [math.floor(x) for x in exact]
+    for i in sorted(range(len(draws)), key=lambda i: draws[i] - exact[i])[:total - sum(draws)]:
+        draws[i] += 1
+    return draws
 
 
 def global_batches(config: InputConfig, mesh, *, data_axis: str | tuple[str, ...] = "data", start_step: int = 0,
@@ -226,17 +324,19 @@ def _background(iterator: Iterator, size: int) -> Iterator:
 
 def _explain(config: InputConfig, error: tf.errors.OpError) -> Exception:
     """A ValueError naming the first shard of the split that fails to read or parse, else ``error``."""
-    manifest, split = _load(config)
-    spec = _spec(manifest, ("signal", "scale", "record_id", "window"))
-    shape = (len(manifest["leads"]), manifest["window_samples"])
-    for path in split.files:
-        try:
-            for _ in tf.data.TFRecordDataset(path).map(
-                    lambda s: tf.reshape(tf.io.decode_raw(tf.io.parse_single_example(s, spec)["signal"], tf.int16),
-                                         shape)):
-                pass
-        except tf.errors.OpError as e:
-            return ValueError(f"cannot read shard {path}: {e.message}")
+    manifests, splits = _load(config)
+    spec = _spec(next(iter(manifests.values())), ("signal",))
+    for split in splits:
+        manifest = manifests[split.directory]
+        shape = (len(manifest["leads"]), manifest["window_samples"])
+        for path in split.files:
+            try:
+                for _ in tf.data.TFRecordDataset(path).map(
+                        lambda s: tf.reshape(tf.io.decode_raw(tf.io.parse_single_example(s, spec)["signal"], tf.int16),
+                                             shape)):
+                    pass
+            except tf.errors.OpError as e:
+                return ValueError(f"cannot read shard {path}: {e.message}")
     return error
 
 
@@ -244,7 +344,7 @@ def _read(split: _Split, files: tf.Tensor, mask: np.ndarray | None) -> tf.data.D
     """(global index, serialised example) of the shards ``files`` (indices), interleaved in a fixed
     order, keeping the examples ``mask`` selects."""
     paths = tf.constant(split.files)
-    starts = tf.constant(np.cumsum((0,) + split.lengths[:-1]), tf.int64)
+    starts = tf.constant(split.offset + np.cumsum((0,) + split.lengths[:-1]), tf.int64)
 
     def shard(f):
         return tf.data.TFRecordDataset(paths[f], buffer_size=1 << 20).enumerate(starts[f])
@@ -253,25 +353,35 @@ def _read(split: _Split, files: tf.Tensor, mask: np.ndarray | None) -> tf.data.D
         shard, cycle_length=min(len(split.files), 8), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     if mask is not None:
         keep = tf.constant(mask)
-        ds = ds.filter(lambda g, s: tf.gather(keep, g))
+        ds = ds.filter(lambda g, s: tf.gather(keep, g - split.offset))
     return ds
 
 
-def _transform(config: InputConfig, manifest: dict, split: _Split):
+def _transform(config: InputConfig, manifests: dict[str, dict], splits: list[_Split]):
     """The per-example map ``(seed or None, global index, serialised) -> dict``."""
-    recipe = Recipe.of_manifest(manifest)
-    num_leads, samples, fs = len(manifest["leads"]), recipe.window_samples, recipe.fs
+    first = manifests[splits[0].directory]
+    recipe = Recipe.of_manifest(first)
+    samples, fs = recipe.window_samples, recipe.fs
     band = recipe.with_band_of(Recipe())
-    rows = _lead_rows(config, manifest)
-    spec = _spec(manifest, ("signal", "scale", "record_id", "window"))
-    labels = None if split.labels is None else tf.constant(split.labels)
+    layouts = [(len(manifests[s.directory]["leads"]), _lead_rows(config, manifests[s.directory], s.directory))
+               for s in splits]
+    spec = _spec(first, ("signal", "scale", "record_id", "window"))
+    starts = tf.constant([s.offset for s in splits[1:]], tf.int64)
+    labels = None if splits[0].labels is None else tf.constant(np.concatenate([s.labels for s in splits]))
+
+    def decode(signal, layout):
+        num_leads, rows = layout
+        x = tf.reshape(tf.io.decode_raw(signal, tf.int16), (num_leads, samples))
+        return x if rows == tuple(range(num_leads)) else tf.gather(x, rows)
 
     @tf.autograph.experimental.do_not_convert
     def transform(seed, g, serialized):
         example = tf.io.parse_single_example(serialized, spec)
-        x = tf.reshape(tf.io.decode_raw(example["signal"], tf.int16), (num_leads, samples))
-        if rows != tuple(range(num_leads)):
-            x = tf.gather(x, rows)
+        source = tf.reduce_sum(tf.cast(g >= starts, tf.int32))
+        if len(set(layouts)) == 1:
+            x = decode(example["signal"], layouts[0])
+        else:
+            x = tf.switch_case(source, [functools.partial(decode, example["signal"], layout) for layout in layouts])
         x = tf.cast(x, tf.float32) * example["scale"]
         if config.bandpass:
             x = band_filter(x, band)
@@ -284,7 +394,7 @@ def _transform(config: InputConfig, manifest: dict, split: _Split):
             out = {"series": x}
         else:
             out = {"series": zscore(fixed_crops(x, config.crop_samples, config.eval_crops)), "valid": tf.constant(True)}
-        out.update(record_id=example["record_id"], window=tf.cast(example["window"], tf.int32))
+        out.update(record_id=example["record_id"], window=tf.cast(example["window"], tf.int32), source=source)
         if labels is not None:
             out["label"] = tf.gather(labels, g)
         return out
@@ -292,13 +402,13 @@ def _transform(config: InputConfig, manifest: dict, split: _Split):
     return transform
 
 
-def _lead_rows(config: InputConfig, manifest: dict) -> tuple[int, ...]:
+def _lead_rows(config: InputConfig, manifest: dict, directory: str) -> tuple[int, ...]:
     """Rows of the stored signal holding the selected leads, in the selected order."""
     stored = lead_indices(manifest["leads"])
     wanted = lead_indices(config.leads)
     missing = [i for i in wanted if i not in stored]
     if missing:
-        raise ValueError(f"lead(s) {', '.join(LEAD_NAMES[i] for i in missing)} not in {config.data_dir} "
+        raise ValueError(f"lead(s) {', '.join(LEAD_NAMES[i] for i in missing)} not in {directory} "
                          f"(it has {', '.join(manifest['leads'])})")
     return tuple(stored.index(i) for i in wanted)
 
@@ -313,53 +423,67 @@ def _spec(manifest: dict, keys) -> dict:
     return {k: specs[k] for k in keys}
 
 
-def _load(config: InputConfig) -> tuple[dict, _Split]:
-    """The manifest and the split, validated against the config; runs the label pass when a task is set."""
-    manifest = fmt.read_manifest(config.data_dir)
-    splits = manifest.get("splits") or {}
-    if config.split not in splits:
-        raise ValueError(f"split {config.split!r} not in {config.data_dir} (it has: {', '.join(splits) or 'none'})")
-    lengths = tuple(splits[config.split]["shard_lengths"])
+def _load(config: InputConfig) -> tuple[dict[str, dict], list[_Split]]:
+    """The folders' manifests and their splits, validated against the config; runs the label pass
+    when a task is set."""
+    manifests = fmt.read_manifests(config.data_dir)
+    having = [d for d, m in manifests.items() if config.split in (m.get("splits") or {})]
+    lacking = [d for d in manifests if d not in having]
+    if not having or (config.training and lacking):
+        have = {d: ", ".join(manifests[d].get("splits") or {}) or "none" for d in lacking}
+        raise ValueError(f"split {config.split!r} not in " + "; ".join(f"{d} (it has: {h})" for d, h in have.items()))
+    if not 0 < config.label_fraction <= 1:
+        raise ValueError(f"label_fraction must be in (0, 1], got {config.label_fraction}")
+    if config.task is None and config.label_fraction < 1:
+        raise ValueError("label_fraction < 1 needs a task to stratify by")
+    if config.task is None and config.exclude:
+        raise ValueError("exclude needs a task (its label pass reads the examples' ids)")
+    task = None if config.task is None else task_classes({d: manifests[d] for d in having}, config.task)
+    splits, offset = [], 0
+    for directory in having:
+        split = _load_split(config, directory, manifests[directory], task, offset)
+        splits.append(split)
+        offset += sum(split.lengths)
+    return manifests, splits
+
+
+def _load_split(config: InputConfig, directory: str, manifest: dict, task: tuple[list[str], bool] | None,
+                offset: int) -> _Split:
+    lengths = tuple(manifest["splits"][config.split]["shard_lengths"])
     if not sum(lengths):
-        raise ValueError(f"split {config.split!r} of {config.data_dir} has no examples")
-    files = tuple(os.path.join(config.data_dir, fmt.shard_name(config.split, i, len(lengths)))
-                  for i in range(len(lengths)))
+        raise ValueError(f"split {config.split!r} of {directory} has no examples")
+    files = tuple(os.path.join(directory, fmt.shard_name(config.split, i, len(lengths))) for i in range(len(lengths)))
     missing = [f for f in files if not os.path.isfile(f)]
     if missing:
         raise FileNotFoundError(f"shard(s) listed in the manifest are missing: {', '.join(missing)}")
     if config.crop_samples > manifest["window_samples"]:
         raise ValueError(f"crop of {config.crop_samples} samples is longer than the stored "
-                         f"{manifest['window_samples']}-sample windows")
+                         f"{manifest['window_samples']}-sample windows of {directory}")
     if config.bandpass and manifest.get("filter"):
-        raise ValueError(f"{config.data_dir} is stored filtered ({manifest['filter']}); set bandpass=False")
-    if not 0 < config.label_fraction <= 1:
-        raise ValueError(f"label_fraction must be in (0, 1], got {config.label_fraction}")
-    _lead_rows(config, manifest)
-    if config.task is None:
-        if config.label_fraction < 1:
-            raise ValueError("label_fraction < 1 needs a task to stratify by")
-        return manifest, _Split(files, lengths, None, None)
-    tasks = manifest.get("tasks") or {}
-    if config.task not in tasks:
-        raise ValueError(f"task {config.task!r} not in {config.data_dir} (it has: {', '.join(tasks) or 'none'})")
-    spec = _spec(manifest, ("record_id", f"labels/{config.task}"))
-    record_ids, names = [], []
+        raise ValueError(f"{directory} is stored filtered ({manifest['filter']}); set bandpass=False")
+    _lead_rows(config, manifest, directory)
+    if task is None:
+        return _Split(directory, files, lengths, None, None, offset)
+    spec = _spec(manifest, ("record_id", "window", f"labels/{config.task}"))
+    record_ids, windows, names = [], [], []
     for path, length in zip(files, lengths):
-        ids, rows = labels_lib.read_labels(path, config.task, spec)
+        ids, index, rows = labels_lib.read_labels(path, config.task, spec)
         if len(ids) != length:
             raise ValueError(f"shard {path} holds {len(ids)} examples, the manifest says {length}")
         record_ids.extend(ids)
+        windows.extend(index)
         names.extend(rows)
-    task = tasks[config.task]
-    labels, usable = labels_lib.encode(names, task["classes"], task["multilabel"], record_ids)
+    labels, usable = labels_lib.encode(names, *task, record_ids)
+    if config.exclude:
+        usable &= np.array([(directory, r, int(w)) not in config.exclude for r, w in zip(record_ids, windows)], bool)
     if config.label_fraction < 1:
         usable = labels_lib.stratified_subset(record_ids, names, usable, config.label_fraction, config.seed)
-    return manifest, _Split(files, lengths, labels, None if usable.all() else usable)
+    return _Split(directory, files, lengths, labels, None if usable.all() else usable, offset)
 
 
-def _steps(config: InputConfig, split: _Split, count: int) -> int:
+def _steps(config: InputConfig, splits: list[_Split], count: int) -> int:
     batch = _host_batch(config, count)
-    counts = [split.count(i, count) for i in range(count)]
+    counts = [sum(split.count(i, count) for split in splits) for i in range(count)]
     if not config.training:
         return max(1, math.ceil(max(counts) / batch))
     if min(counts) < batch:

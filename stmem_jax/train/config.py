@@ -40,7 +40,8 @@ def _common(preset: str, sizes: tuple[str, ...]) -> ml_collections.ConfigDict:
     for field in sizes:
         config.model[field] = placeholder(int)  # set to override the preset
     config.data = ml_collections.ConfigDict(dict(
-        dir="",                        # a stmem-prepare output; empty: the commands prepare built-in synthetic data
+        dir="",                        # stmem-prepare output(s), comma-separated; empty: built-in synthetic data
+        weights="",                    # with several folders: sampling share of each (comma-separated); empty: the union
         leads="12",                    # 12 | limb | 1 (lead I) | a lead name | comma-separated names (I,II,V1)
         crop_samples=Recipe.crop_samples,
         bandpass=False,                # filter on the fly (for shards prepared with --no-filter)
@@ -59,7 +60,8 @@ def _common(preset: str, sizes: tuple[str, ...]) -> ml_collections.ConfigDict:
         base_lr=1e-3,                  # x global batch / 256
         lr=0.0,                        # > 0 sets the peak learning rate directly
         min_lr=0.0,
-        weight_decay=0.05,             # Dense kernels only
+        weight_decay=0.05,
+        weight_decay_on="kernels",     # kernels (Dense kernels only) | all (every parameter, as the public code)
         b1=0.9,
         b2=0.999,
         clip_norm=0.0,
@@ -114,6 +116,7 @@ def downstream() -> ml_collections.ConfigDict:
         test_split="test",
         augment=True,                  # RandAugment (finetune, scratch)
         feature_cache="",              # linprobe feature cache; empty: <workdir>/features
+        exclude_pretraining_overlap=False,  # leave out windows also in init's pre-training data (a workdir)
     )
     config.train.layer_decay = 0.75    # finetune only
     config.eval.update(

@@ -33,12 +33,12 @@ import numpy as np
 import optax
 from jax.experimental import multihost_utils
 
-from stmem_jax import infer
+from stmem_jax import infer, overlap
 from stmem_jax import mesh as meshlib
 from stmem_jax import models
 from stmem_jax.cli import run_config_command
-from stmem_jax.core.shards import read_manifest
-from stmem_jax.data.pipeline import InputConfig, global_batches, steps_per_epoch
+from stmem_jax.core.shards import read_manifests
+from stmem_jax.data.pipeline import InputConfig, global_batches, mixture_names, steps_per_epoch
 from stmem_jax.data.tasks import resolve_task
 from stmem_jax.model_dir import save_model
 from stmem_jax.train import linprobe, loop
@@ -114,15 +114,40 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         with open(os.path.join(workdir, METRICS_FILE)) as f:
             return json.load(f)
     task = resolve_task(config.data.dir, config.data.task, config.data.leads)
+    leak, seen = pretraining_overlap(config, task)
+    if config.data.exclude_pretraining_overlap and seen:
+        task = dataclasses.replace(task, exclude=seen)
     model, encoder_params = build_classifier(config, len(task.classes), task.lead_ids)
     mesh = meshlib.make_mesh(config.mesh.fsdp)
     if jax.process_index() == 0:
         with open(os.path.join(workdir, "config.json"), "w") as f:
             f.write(config.to_json(indent=2))
-    has_val = config.data.val_split in read_manifest(task.data_dir)["splits"]
+    has_val = any(config.data.val_split in m["splits"] for m in read_manifests(task.data_dir).values())
     run = linprobe.train_head if config.mode == "linprobe" else train_end_to_end
     params, selected, val = run(config, workdir, task, model, encoder_params, mesh, has_val)
-    return _finish(config, workdir, task, model, params, selected, val, mesh)
+    return _finish(config, workdir, task, model, params, selected, val, mesh, leak)
+
+
+def pretraining_overlap(config: ml_collections.ConfigDict, task) -> tuple[dict[str, Any] | None, frozenset]:
+    """With ``init`` a stmem-pretrain workdir: how many windows (and patients) of each downstream split
+    were also in its pre-training data (printed), and those windows as ``Task.exclude`` takes them;
+    (None, empty) for other inits."""
+    data = overlap.pretraining_data(config.init)
+    if data is None:
+        return None, frozenset()
+    try:
+        report, rows = overlap.compare(data, task.data_dir)
+    except (FileNotFoundError, ValueError) as error:
+        print(f"pre-training overlap not checked: {error}", flush=True)
+        return None, frozenset()
+    if jax.process_index() == 0:
+        for line in overlap.describe(report):
+            print(f"pre-training overlap: {line}", flush=True)
+        if report["total"]["windows"]:
+            action = "left out" if config.data.exclude_pretraining_overlap else \
+                "kept (data.exclude_pretraining_overlap=True leaves them out)"
+            print(f"pre-training overlap: these windows were seen in pre-training; {action}", flush=True)
+    return report | {"excluded": bool(config.data.exclude_pretraining_overlap)}, overlap.excluded(rows)
 
 
 def _num_examples(input_config: InputConfig) -> int:
@@ -178,13 +203,14 @@ def train_end_to_end(config, workdir, task, model, encoder_params, mesh, has_val
         state, step, _ = loop.run(state, step_fn, batches, dropout_key, keys=("series", "label"), start=start,
                                   schedule=schedule, reporter=reporter, checkpoints=checkpoints,
                                   log_every=config.log.every_steps, checkpoint_every=config.checkpoint.every_steps,
-                                  hooks=[loop.Hook(eval_interval(config, schedule), validate)] if has_val else [])
+                                  hooks=[loop.Hook(eval_interval(config, schedule), validate)] if has_val else [],
+                                  sources=mixture_names(train_input))
         state, selected = loop.restore_best(checkpoints, state, target, step)
     val = validation(task, infer.predict(probs_fn, state.params, val_input, mesh)) if has_val else None
     return state.params, selected, val
 
 
-def _finish(config, workdir, task, model, params, selected, val, mesh) -> dict[str, Any]:
+def _finish(config, workdir, task, model, params, selected, val, mesh, leak) -> dict[str, Any]:
     """Test predictions of the selected parameters (on the mesh); writes the model (all processes take
     part), the predictions and the metrics (process 0)."""
     test_input = task.input(config, config.data.test_split, False, config.eval.batch_size)
@@ -194,7 +220,8 @@ def _finish(config, workdir, task, model, params, selected, val, mesh) -> dict[s
     record = {"task": task.name, "mode": config.mode, "init": config.init, "data_dir": task.data_dir,
               "leads": config.data.leads, "label_fraction": config.data.label_fraction, "seed": config.train.seed,
               "classes": task.classes, "multilabel": task.multilabel, "selected_step": selected,
-              "select": config.eval.select if val is not None else "last", "validation": val, "test": test}
+              "select": config.eval.select if val is not None else "last", "validation": val, "test": test,
+              "pretraining_overlap": leak}
     save_model(os.path.join(workdir, "model"), model, {"params": params}, overwrite=True,
                metadata={"task": task.name, "classes": task.classes, "multilabel": task.multilabel,
                          "leads": config.data.leads, "selected_step": selected})

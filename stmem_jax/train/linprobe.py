@@ -44,7 +44,8 @@ def cached_features(config, workdir: str, task: Task, encoder: nn.Module, encode
     the cache when an earlier run computed them with the same encoder weights and data settings."""
     input_config = task.input(config, split, False, config.eval.batch_size, label_fraction)
     key = json.dumps({"input": dataclasses.asdict(input_config), "encoder": model_config(encoder),
-                      "weights": _encoder_checksum(encoder_params)}, sort_keys=True, default=str)
+                      "weights": _encoder_checksum(encoder_params)}, sort_keys=True,
+                     default=lambda v: sorted(v) if isinstance(v, frozenset) else str(v))
     directory = config.data.feature_cache or os.path.join(workdir, "features")
     path = os.path.join(directory, f"{split}-{hashlib.sha1(key.encode()).hexdigest()[:16]}.npz")
     found = np.asarray(os.path.isfile(path))

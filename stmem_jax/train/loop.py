@@ -162,12 +162,14 @@ class _StopRequest:
 
 def run(state: TrainState, step_fn: Callable, batches: Iterator[dict], key: jax.Array, *, keys: Sequence[str],
         start: int, schedule: Schedule, reporter: Reporter, checkpoints: Checkpoints, log_every: int,
-        checkpoint_every: int, stop_at: int | None = None, hooks: Sequence[Hook] = ()
+        checkpoint_every: int, stop_at: int | None = None, hooks: Sequence[Hook] = (), sources: Sequence[str] = ()
         ) -> tuple[TrainState, int, dict[str, float]]:
     """Steps from ``start`` to ``stop_at`` (default: the last step), ``step_fn(state, *batch[keys], key)``.
 
     Every ``log_every`` steps (and at the last) it checks for a non-finite step and logs the
-    interval's mean loss, the learning rate and the last gradient norm; hooks run when due; a
+    interval's mean loss, the learning rate, the last gradient norm and, with ``sources`` (names of
+    the batches' ``source`` indices: a mixture of folders), the interval's examples drawn from each
+    (``drawn/<name>``, all processes); hooks run when due; a
     checkpoint is saved every ``checkpoint_every`` steps, at ``stop_at`` and on a stop signal (then
     :class:`Interrupted`). Closes ``batches``. Returns (state, step reached, last logged metrics).
     """
@@ -175,6 +177,7 @@ def run(state: TrainState, step_fn: Callable, batches: Iterator[dict], key: jax.
     stop_at = total if stop_at is None else stop_at
     stop = _StopRequest()
     pending, last, step = [], {}, start
+    drawn = np.zeros(len(sources), np.int64)
     try:
         reporter.reset_clock(step)
         while step < stop_at:
@@ -182,6 +185,8 @@ def run(state: TrainState, step_fn: Callable, batches: Iterator[dict], key: jax.
             state, metrics = step_fn(state, *(item[k] for k in keys), key)
             step += 1
             pending.append(metrics)
+            if sources:
+                drawn += np.bincount(item["source"], minlength=len(sources))
             interval = step % log_every == 0 or step == total
             if interval or step == start + 1:  # after the first step: compiled, so the rate starts here
                 raise_if_bad(state)
@@ -190,7 +195,10 @@ def run(state: TrainState, step_fn: Callable, batches: Iterator[dict], key: jax.
                     pending = []
                     last = {"loss": float(np.mean([v["loss"] for v in values])),
                             "lr": float(schedule.learning_rate(step - 1)), "grad_norm": values[-1]["grad_norm"]}
-                    reporter.log(step, last)
+                    if sources and jax.process_count() > 1:
+                        drawn = multihost_utils.process_allgather(drawn).sum(axis=0)
+                    reporter.log(step, last | {f"drawn/{n}": int(c) for n, c in zip(sources, drawn)})
+                    drawn[:] = 0
                 else:
                     reporter.reset_clock(step)
             due = [hook for hook in hooks if hook.due(step, total)]

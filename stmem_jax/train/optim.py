@@ -1,5 +1,5 @@
-"""AdamW with warm-up + half-cycle cosine, decay only on Dense kernels, optional clipping and
-layer-wise learning-rate decay."""
+"""AdamW with warm-up + half-cycle cosine, weight decay on Dense kernels (or on every parameter, as
+the public ST-MEM code does), optional clipping and layer-wise learning-rate decay."""
 
 from __future__ import annotations
 
@@ -22,9 +22,15 @@ def schedule(peak: float, total_steps: int, warmup_steps: int, min_lr: float = 0
     return optax.warmup_cosine_decay_schedule(0.0, peak, warmup_steps, max(total_steps, warmup_steps + 1), min_lr)
 
 
-def decay_mask(params: Any) -> Any:
-    """True for Dense kernels only: norms, biases and embeddings get no weight decay."""
-    return path_aware_map(lambda path, _: path[-1] == "kernel", params)
+DECAY_ON = ("kernels", "all")
+
+
+def decay_mask(params: Any, on: str = "kernels") -> Any:
+    """Which parameters weight decay applies to: ``kernels``, Dense kernels only (norms, biases and
+    embeddings get none); ``all``, every parameter (the public code's AdamW over all parameters)."""
+    if on not in DECAY_ON:
+        raise ValueError(f"train.weight_decay_on must be one of {DECAY_ON}, got {on!r}")
+    return path_aware_map(lambda path, _: on == "all" or path[-1] == "kernel", params)
 
 
 def layer_depths(params: Any, depth: int) -> Any:
@@ -37,12 +43,13 @@ def layer_depths(params: Any, depth: int) -> Any:
 
 
 def adamw(learning_rate: optax.Schedule, params: Any, *, b1: float = 0.9, b2: float = 0.95,
-          weight_decay: float = 0.05, clip_norm: float = 0.0, layer_decay: float = 1.0,
-          depth: int = 0) -> optax.GradientTransformation:
+          weight_decay: float = 0.05, weight_decay_on: str = "kernels", clip_norm: float = 0.0,
+          layer_decay: float = 1.0, depth: int = 0) -> optax.GradientTransformation:
     """AdamW over ``params`` (a tree of arrays or shapes). ``layer_decay`` < 1 scales the update of
     a parameter at depth d by ``layer_decay ** (depth + 1 - d)`` (the head and final norm by 1)."""
     parts = [optax.clip_by_global_norm(clip_norm)] if clip_norm > 0 else []
-    parts.append(optax.adamw(learning_rate, b1=b1, b2=b2, weight_decay=weight_decay, mask=decay_mask(params)))
+    parts.append(optax.adamw(learning_rate, b1=b1, b2=b2, weight_decay=weight_decay,
+                             mask=decay_mask(params, weight_decay_on)))
     if layer_decay < 1.0:
         scales = jax.tree.map(lambda d: layer_decay ** (depth + 1 - d), layer_depths(params, depth))
         parts.append(optax.transforms.partition(
@@ -54,4 +61,5 @@ def from_config(train: ml_collections.ConfigDict, learning_rate: optax.Schedule,
                 layer_decay: float = 1.0, depth: int = 0) -> optax.GradientTransformation:
     """:func:`adamw` with the ``train`` config section's betas, weight decay and clipping."""
     return adamw(learning_rate, params, b1=train.b1, b2=train.b2, weight_decay=train.weight_decay,
-                 clip_norm=train.clip_norm, layer_decay=layer_decay, depth=depth)
+                 weight_decay_on=train.weight_decay_on, clip_norm=train.clip_norm, layer_decay=layer_decay,
+                 depth=depth)

@@ -26,8 +26,9 @@ from jax.experimental import multihost_utils
 from stmem_jax import mesh as meshlib
 from stmem_jax import models
 from stmem_jax.cli import run_config_command
-from stmem_jax.core.shards import read_manifest
-from stmem_jax.data.pipeline import InputConfig, global_batches, lead_indices_for, steps_per_epoch
+from stmem_jax.core.shards import read_manifests
+from stmem_jax.data.pipeline import (InputConfig, global_batches, lead_indices_for, mixture_names, parse_weights,
+                                     steps_per_epoch)
 from stmem_jax.model_dir import save_model
 from stmem_jax.ops import patch_errors, patchify
 from stmem_jax.plots import reconstruction_figure
@@ -80,7 +81,8 @@ def make_train_step(model, tx: optax.GradientTransformation, mask_ratio: float, 
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-    """Runs (or resumes) pre-training on ``config.data.dir``; returns a summary (final step, last
+    """Runs (or resumes) pre-training on ``config.data.dir`` (one folder or several, mixed by
+    ``data.weights``); returns a summary (final step, last
     losses, paths). Raises ``loop.Interrupted`` when stopped by a signal (a checkpoint is kept)."""
     meshlib.initialize_from_config(config)
     if not config.data.dir:
@@ -89,13 +91,12 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     workdir = os.path.abspath(workdir)
     os.makedirs(workdir, exist_ok=True)
     data_dir = config.data.dir
-    manifest = read_manifest(data_dir)
     mesh = meshlib.make_mesh(config.mesh.fsdp)
     input_config = InputConfig(data_dir=data_dir, split=config.data.split, batch_size=config.train.batch_size,
                                training=True, leads=config.data.leads, crop_samples=config.data.crop_samples,
                                bandpass=config.data.bandpass, seed=config.train.seed,
-                               shuffle_buffer=config.data.shuffle_buffer)
-    lead_ids = lead_indices_for(input_config, manifest)
+                               shuffle_buffer=config.data.shuffle_buffer, weights=parse_weights(config.data.weights))
+    lead_ids = lead_indices_for(input_config)
     model = build_model(config, lead_ids)
     schedule = loop.Schedule.of(config.train, config.train.batch_size, steps_per_epoch(input_config))
     if config.train.batch_size % config.train.grad_accum_steps:
@@ -119,7 +120,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                 f.write(config.to_json(indent=2))
         step_fn = loop.jit_step(make_train_step(model, tx, config.model.mask_ratio, config.train.grad_accum_steps,
                                                 lead_ids), target, [meshlib.batch_sharding(mesh)], mesh)
-        evaluator = _Evaluator(config, model, mesh, data_dir, manifest, lead_ids, workdir)
+        evaluator = _Evaluator(config, model, mesh, data_dir, lead_ids, workdir)
 
         def validate(state, step):
             value = evaluator.loss(state.params)
@@ -134,7 +135,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             state, step_fn, global_batches(input_config, mesh, data_axis=meshlib.BATCH_AXES, start_step=start),
             mask_key, keys=("series",), start=start, schedule=schedule, reporter=reporter, checkpoints=checkpoints,
             log_every=config.log.every_steps, checkpoint_every=config.checkpoint.every_steps, stop_at=stop_at,
-            hooks=hooks)
+            hooks=hooks, sources=mixture_names(input_config))
     summary = {"step": int(step), "total_steps": total, "workdir": workdir, **last,
                "process": jax.process_index(), "local_params_checksum": _local_checksum(state.params)}
     if step == total:
@@ -164,14 +165,14 @@ def _export(model, state: loop.TrainState, workdir: str, config, mesh) -> dict[s
 class _Evaluator:
     """Validation reconstruction loss and the reconstruction figure, on fixed masks."""
 
-    def __init__(self, config, model, mesh, data_dir, manifest, lead_ids, workdir):
+    def __init__(self, config, model, mesh, data_dir, lead_ids, workdir):
         self.config, self.model, self.mesh, self.lead_ids = config, model, mesh, lead_ids
         self.figure_dir = os.path.join(workdir, "figures")
-        split = config.data.val_split if config.data.val_split in manifest["splits"] else config.data.split
+        self.has_validation = any(config.data.val_split in m["splits"] for m in read_manifests(data_dir).values())
+        split = config.data.val_split if self.has_validation else config.data.split
         self.input = InputConfig(data_dir=data_dir, split=split, batch_size=config.eval.batch_size, training=False,
                                  leads=config.data.leads, crop_samples=config.data.crop_samples,
                                  bandpass=config.data.bandpass, eval_crops=1)
-        self.has_validation = config.data.val_split in manifest["splits"]
         self.key = jax.random.key(config.train.seed + 1)
         mask_ratio, norm_pix = config.model.mask_ratio, config.model.norm_pix_loss
 
