@@ -74,9 +74,11 @@ def _side(value) -> dict[str, np.ndarray]:
 
 
 @functools.lru_cache(maxsize=8)
-def _compare(a: str, b: str, stamp: tuple) -> tuple[dict[str, Any], tuple[dict, ...]]:
+def _compare(a: str, b: str, a_split: str | None, stamp: tuple) -> tuple[dict[str, Any], tuple[dict, ...]]:
     read_manifests(_both(a, b))  # the same recipe on both sides, else the fingerprints differ
     side_a, side_b = _side(a), _side(b)
+    if a_split is not None:
+        side_a = {k: v[side_a["split"] == a_split] for k, v in side_a.items()}
     pairs = fingerprint.matches(side_a["profile"], side_b["profile"])
     def fields(side, row, prefix):
         return {f"{prefix}_{k}": (int if k == "window" else str)(side[k][row])
@@ -96,20 +98,20 @@ def _compare(a: str, b: str, stamp: tuple) -> tuple[dict[str, Any], tuple[dict, 
                               "of_patients": len(patients)}
     total = {"windows": len(matched),
              "patients": len({(side_b["folder"][j], side_b["patient_id"][j]) for j in matched})}
-    return {"reference": a, "data": b, "splits": splits, "total": total}, rows
+    return {"reference": a, "reference_split": a_split, "data": b, "splits": splits, "total": total}, rows
 
 
 def _both(a: str, b: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(data_dirs(a) + data_dirs(b)))
 
 
-def compare(a, b) -> tuple[dict[str, Any], list[dict]]:
+def compare(a, b, a_split: str | None = None) -> tuple[dict[str, Any], list[dict]]:
     """(counts per split of B and in total, one row per matching pair) of the windows of ``b`` also in
-    ``a`` (each one folder or a comma-separated list)."""
+    ``a`` (each one folder or a comma-separated list; of ``a``, only its split ``a_split`` if given)."""
     a, b = (v if isinstance(v, str) else ",".join(v) for v in (a, b))
     stamp = tuple(os.stat(os.path.join(d, name)).st_mtime_ns if os.path.exists(os.path.join(d, name)) else 0
                   for d in _both(a, b) for name in (MANIFEST, fingerprint.FILE))
-    report, rows = _compare(a, b, stamp)
+    report, rows = _compare(a, b, a_split, stamp)
     return json.loads(json.dumps(report)), [dict(r) for r in rows]
 
 
@@ -120,8 +122,9 @@ def excluded(rows: list[dict]) -> frozenset[tuple[str, str, int]]:
 
 def describe(report: dict[str, Any]) -> list[str]:
     """The report as lines: one per split of B, then ``total: N windows, M patients``."""
+    reference = report["reference"] + (f" ({report['reference_split']})" if report["reference_split"] else "")
     lines = [f"{split}: {s['windows']} of {s['of_windows']} windows, {s['patients']} of {s['of_patients']} "
-             f"patients also in {report['reference']}" for split, s in report["splits"].items()]
+             f"patients also in {reference}" for split, s in report["splits"].items()]
     return lines + [f"total: {report['total']['windows']} windows, {report['total']['patients']} patients"]
 
 
@@ -132,8 +135,9 @@ def write_csv(path: str, rows: list[dict]) -> None:
         writer.writerows(rows)
 
 
-def pretraining_data(init: str) -> str | None:
-    """The data a ``stmem-pretrain`` workdir trained on (its ``config.json``), or None for any other init."""
+def pretraining_data(init: str) -> tuple[str, str] | None:
+    """(folders, split) a ``stmem-pretrain`` workdir trained on (its ``config.json``), or None for any
+    other init."""
     path = os.path.join(init, "config.json")
     if not init or not os.path.isfile(path):
         return None
@@ -141,17 +145,19 @@ def pretraining_data(init: str) -> str | None:
         config = json.load(f)
     if "mask_ratio" not in config.get("model", {}):  # a downstream workdir
         return None
-    return config.get("data", {}).get("dir") or None
+    data = config.get("data", {})
+    return (data["dir"], data.get("split", "train")) if data.get("dir") else None
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="stmem-overlap", description=__doc__.splitlines()[0])
     p.add_argument("a", help="prepared folder(s), comma-separated: the reference (e.g. pre-training data)")
     p.add_argument("b", help="prepared folder(s), comma-separated: counted per split (e.g. downstream data)")
+    p.add_argument("--a-split", help="compare with this split of A only (e.g. train: what pre-training read)")
     p.add_argument("--csv", help="write the overlapping windows of both sides here")
     args = p.parse_args(argv)
     try:
-        report, rows = compare(args.a, args.b)
+        report, rows = compare(args.a, args.b, args.a_split)
     except (FileNotFoundError, ValueError) as error:
         print(f"stmem-overlap: error: {error}", file=sys.stderr)
         return 1

@@ -72,6 +72,10 @@ def test_repackaged_records_are_found_exactly_and_unrelated_ones_never(folders, 
     assert report["total"] == {"windows": 0, "patients": 0} and pairs == []
     report, _ = overlap.compare(folders["challenge"], synthetic_shards)
     assert report["total"]["windows"] == 0
+    # pre-trained on a folder's train split, fine-tuned on the same folder: only train overlaps
+    report, _ = overlap.compare(folders["ptbxl"], folders["ptbxl"], a_split="train")
+    assert {s: v["windows"] == (v["of_windows"] if s == "train" else 0) for s, v in report["splits"].items()} == \
+        {"train": True, "validation": True, "test": True}
 
 
 def test_folders_without_a_fingerprint_file_are_fingerprinted_from_their_shards(folders, tmp_path):
@@ -88,7 +92,8 @@ def test_finetuning_from_a_pretraining_workdir_reports_and_can_exclude_the_overl
     init = tmp_path / "pretrain"
     model = create_model("st_mem", "tiny", **SIZES, decoder_width=64, decoder_depth=1, decoder_heads=1)
     save_model(init / "encoder", *pretrained_encoder(model, init_variables(model, jax.random.key(0))))
-    (init / "config.json").write_text(json.dumps({"model": {"mask_ratio": 0.75}, "data": {"dir": folders["challenge"]}}))
+    (init / "config.json").write_text(json.dumps({"model": {"mask_ratio": 0.75},
+                                                    "data": {"dir": folders["challenge"], "split": "train"}}))
     shared_tests = {str(i) for i in SHARED if ptbxl_split(i) == "test"}
     for exclude in (False, True):
         workdir = tmp_path / f"run{exclude}"

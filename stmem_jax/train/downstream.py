@@ -130,13 +130,14 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 
 def pretraining_overlap(config: ml_collections.ConfigDict, task) -> tuple[dict[str, Any] | None, frozenset]:
     """With ``init`` a stmem-pretrain workdir: how many windows (and patients) of each downstream split
-    were also in its pre-training data (printed), and those windows as ``Task.exclude`` takes them;
+    were also in the split it pre-trained on (printed), and those windows as ``Task.exclude`` takes them;
     (None, empty) for other inits."""
     data = overlap.pretraining_data(config.init)
     if data is None:
         return None, frozenset()
     try:
-        report, rows = overlap.compare(data, task.data_dir)
+        folders, split = data
+        report, rows = overlap.compare(folders, task.data_dir, a_split=split)
     except (FileNotFoundError, ValueError) as error:
         print(f"pre-training overlap not checked: {error}", flush=True)
         return None, frozenset()
