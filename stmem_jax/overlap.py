@@ -80,6 +80,7 @@ def _compare(a: str, b: str, a_split: str | None, stamp: tuple) -> tuple[dict[st
     if a_split is not None:
         side_a = {k: v[side_a["split"] == a_split] for k, v in side_a.items()}
     pairs = fingerprint.matches(side_a["profile"], side_b["profile"])
+
     def fields(side, row, prefix):
         return {f"{prefix}_{k}": (int if k == "window" else str)(side[k][row])
                 for k in ("folder", "split", "record_id", "window", "patient_id")}
@@ -89,9 +90,7 @@ def _compare(a: str, b: str, a_split: str | None, stamp: tuple) -> tuple[dict[st
     splits = {}
     for split in dict.fromkeys(side_b["split"]):
         members = side_b["split"] == split
-        hit = np.zeros(len(members), bool)
-        hit[matched] = True
-        hit &= members
+        hit = np.isin(np.arange(len(members)), matched) & members
         patients = set(zip(side_b["folder"][members], side_b["patient_id"][members]))
         splits[str(split)] = {"windows": int(hit.sum()), "of_windows": int(members.sum()),
                               "patients": len(set(zip(side_b["folder"][hit], side_b["patient_id"][hit]))),

@@ -82,8 +82,7 @@ def make_train_step(model, tx: optax.GradientTransformation, mask_ratio: float, 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Runs (or resumes) pre-training on ``config.data.dir`` (one folder or several, mixed by
-    ``data.weights``); returns a summary (final step, last
-    losses, paths). Raises ``loop.Interrupted`` when stopped by a signal (a checkpoint is kept)."""
+    ``data.weights``); returns a summary (final step, last losses, paths). Raises ``loop.Interrupted`` when stopped by a signal (a checkpoint is kept)."""
     meshlib.initialize_from_config(config)
     if not config.data.dir:
         raise ValueError("pre-training needs data.dir (a stmem-prepare output); the stmem-pretrain command "
