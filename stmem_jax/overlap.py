@@ -34,7 +34,11 @@ def folder_table(directory: str, manifest: dict) -> dict[str, np.ndarray]:
     """The fingerprint table of a prepared folder: its ``fingerprints.npz``, else computed from its shards."""
     path = os.path.join(directory, fingerprint.FILE)
     if os.path.isfile(path):
-        return fingerprint.load(path)
+        try:
+            return fingerprint.load(path)
+        except Exception as error:  # truncated or foreign file: np.load raises zip, pickle or value errors
+            raise ValueError(f"{path} is unreadable ({type(error).__name__}: {error}); delete it to "
+                             f"fingerprint {directory} from its shards") from None
     import tensorflow as tf
 
     text = tf.io.FixedLenFeature([], tf.string)

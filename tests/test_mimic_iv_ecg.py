@@ -92,3 +92,7 @@ def test_without_machine_measurements_no_labels_and_without_record_list_an_error
     os.remove(tmp_path / "record_list.csv")
     with pytest.raises(FileNotFoundError, match=f"is {tmp_path} the MIMIC-IV-ECG root folder"):
         source.list_records()
+    for content in (b"", bytes(range(256)) * 4):  # empty, random bytes: the CSV is named
+        (tmp_path / "record_list.csv").write_bytes(content)
+        with pytest.raises(ValueError, match=f"{tmp_path}/record_list.csv: not a readable CSV"):
+            source.list_records()

@@ -78,7 +78,7 @@ def test_repackaged_records_are_found_exactly_and_unrelated_ones_never(folders, 
         {"train": True, "validation": True, "test": True}
 
 
-def test_folders_without_a_fingerprint_file_are_fingerprinted_from_their_shards(folders, tmp_path):
+def test_folders_without_a_fingerprint_file_are_fingerprinted_from_their_shards_and_damaged_ones_named(folders, tmp_path):
     old = tmp_path / "old"
     shutil.copytree(folders["challenge"], old)
     os.remove(old / fingerprint.FILE)
@@ -86,6 +86,11 @@ def test_folders_without_a_fingerprint_file_are_fingerprinted_from_their_shards(
     computed = overlap.folder_table(str(old), json.load(open(old / "manifest.json")))
     for key in new:
         np.testing.assert_array_equal(computed[key], new[key])
+    data = open(os.path.join(folders["challenge"], fingerprint.FILE), "rb").read()
+    for damaged in (data[:len(data) // 2], b"", bytes(range(256))):  # truncated, empty, random bytes
+        (old / fingerprint.FILE).write_bytes(damaged)
+        with pytest.raises(ValueError, match=f"{old}/fingerprints.npz is unreadable"):
+            overlap.compare(str(old), folders["ptbxl"])
 
 
 def test_finetuning_from_a_pretraining_workdir_reports_and_can_exclude_the_overlap(folders, tmp_path):

@@ -170,9 +170,11 @@ def test_killed_run_over_a_mixture_resumed_equals_uninterrupted_run(synthetic_sh
 
 def test_eight_devices_match_one_and_their_checkpoint_restores_on_one(synthetic_shards, tmp_path):
     one, eight = str(tmp_path / "one"), str(tmp_path / "eight")
-    run_cli(one, synthetic_shards, devices=1, **{"train.num_steps": 5})
-    run_cli(eight, synthetic_shards, devices=8, **{"train.num_steps": 5, "train.max_steps_per_run": 3})
-    run_cli(eight, synthetic_shards, devices=1, **{"train.num_steps": 5})  # resumes on one device
+    other = write_dataset(tmp_path / "other", num_records=40, tasks={}, splits={"train": 1.0}, seed=3)
+    data = f"{synthetic_shards},{other}"  # a mixture of two folders
+    run_cli(one, data, devices=1, **{"train.num_steps": 5})
+    run_cli(eight, data, devices=8, **{"train.num_steps": 5, "train.max_steps_per_run": 3})
+    run_cli(eight, data, devices=1, **{"train.num_steps": 5})  # resumes on one device
     np.testing.assert_allclose(losses(eight), losses(one), rtol=1e-5, atol=1e-5)
     for a, b in zip(final_params(eight), final_params(one)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)

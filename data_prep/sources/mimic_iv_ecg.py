@@ -32,7 +32,10 @@ class MIMICIVECG(Source):
 
     def _read_csv(self, name: str, required: tuple[str, ...], **kwargs) -> pd.DataFrame:
         path = os.path.join(self.input_dir, name)
-        table = pd.read_csv(path, dtype=str, keep_default_na=False, **kwargs)
+        try:
+            table = pd.read_csv(path, dtype=str, keep_default_na=False, **kwargs)
+        except (ValueError, pd.errors.ParserError) as error:  # empty, binary or malformed
+            raise ValueError(f"{path}: not a readable CSV ({error})") from None
         missing = [c for c in required if c not in table.columns]
         if missing:
             raise ValueError(f"{path}: missing column(s) {', '.join(missing)}")
