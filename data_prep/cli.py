@@ -13,8 +13,7 @@ import sys
 from data_prep.sources import SOURCES
 from data_prep.writer import PrepareError, prepare
 from stmem_jax.core.recipe import Recipe
-
-EXIT_SKIPPED = 3
+from stmem_jax.core.signal import EXIT_SKIPPED
 
 
 def parser() -> argparse.ArgumentParser:
@@ -42,7 +41,9 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--subsets", help="challenge2021: comma-separated sub-folders (default: all present)")
     g.add_argument("--split-mode", choices=("auto", "train", "split"), default="auto",
                    help="challenge2021: auto puts Chapman-Shaoxing and Ningbo in train and splits the rest")
-    g.add_argument("--labels", help="wfdb: CSV with columns record,label (labels separated by ';')")
+    g.add_argument("--labels", help="wfdb: CSV with columns record,label; files: CSV with columns file,label and "
+                                    "optionally patient (labels separated by ';')")
+    g.add_argument("--pattern", help="files: only files whose name or relative path matches this glob (e.g. '*.xml')")
     g.add_argument("--records", type=int, default=2000, help="synthetic: number of records")
     return p
 
@@ -69,8 +70,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     options = {"split_scheme": args.split_scheme, "resolution": args.resolution} if name == "ptbxl" else \
         {"subsets": args.subsets.split(",") if args.subsets else None, "split_mode": args.split_mode} \
-        if name == "challenge2021" else {"labels": args.labels} if name == "wfdb" else {}
+        if name == "challenge2021" else {"labels": args.labels} if name == "wfdb" else \
+        {"labels": args.labels, "pattern": args.pattern} if name == "files" else {}
     source = SOURCES[name](input_dir, options)
+    source.workers, source.progress = args.workers, not args.quiet
     try:
         manifest = prepare(source, args.output, recipe, workers=args.workers, overwrite=args.overwrite,
                            strict=args.strict, seed=args.seed, shard_windows=args.shard_windows,

@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import sys
+import warnings
 from collections import Counter, defaultdict
 from typing import Any
 
@@ -128,6 +129,7 @@ def run_job(job: Job, source: Source, recipe: Recipe, output: str, tasks: list[s
     """Processes one shard's records and writes the shard. Returns its statistics."""
     classes: dict[str, Counter] = {task: Counter() for task in tasks}
     skipped: list[dict] = []
+    notes: list[dict] = []
     error_max, error_sq, error_n, used = 0.0, 0.0, 0, 0
     prints: dict[str, list] = {"record_id": [], "patient_id": [], "window": [], "profile": []}
 
@@ -135,7 +137,12 @@ def run_job(job: Job, source: Source, recipe: Recipe, output: str, tasks: list[s
         nonlocal error_max, error_sq, error_n, used
         for record in job.records:
             try:
-                windows, dropped = make_windows(source.load(record), source.leads, recipe)
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    signal = source.load(record)
+                notes.extend({"record_id": record.record_id, "path": record.path, "warning": str(w.message)}
+                             for w in caught if not issubclass(w.category, DeprecationWarning))
+                windows, dropped = make_windows(signal, source.leads, recipe)
                 if dropped:
                     skipped.append(Skip(record.record_id, record.path, f"{dropped} window(s) with NaN dropped").as_dict())
                 if not windows:
@@ -146,14 +153,15 @@ def run_job(job: Job, source: Source, recipe: Recipe, output: str, tasks: list[s
                 skipped.append(Skip(record.record_id, record.path, str(error)).as_dict())
                 continue
             used += 1
+            patient = record.patient_id or signal.patient_id or record.record_id
             for window, data in windows:
                 example = fmt.make_example(
-                    data, record_id=record.record_id, patient_id=record.patient_id, source=record.source,
+                    data, record_id=record.record_id, patient_id=patient, source=record.source,
                     split=job.split, window=window, age=record.age, sex=record.sex, fold=record.fold,
                     codes=record.codes, code_weights=record.code_weights,
                     labels={task: record.labels.get(task, []) for task in tasks})
                 stored = fmt.dequantize(example["signal"], example["scale"])
-                for key, value in (("record_id", record.record_id), ("patient_id", record.patient_id),
+                for key, value in (("record_id", record.record_id), ("patient_id", patient),
                                    ("window", window), ("profile", fingerprint.profile(stored, source.leads))):
                     prints[key].append(value)
                 error = np.abs(stored - data)
@@ -170,7 +178,7 @@ def run_job(job: Job, source: Source, recipe: Recipe, output: str, tasks: list[s
         "patient_id": np.array(prints["patient_id"], str), "window": np.array(prints["window"], np.int32),
         "profile": np.array(prints["profile"], np.uint16).reshape(count, *fingerprint.SHAPE)})
     result = {"shard": job.name, "split": job.split, "examples": count, "bytes": size, "records": used,
-              "skipped": skipped, "classes": {t: dict(c) for t, c in classes.items()},
+              "skipped": skipped, "warnings": notes, "classes": {t: dict(c) for t, c in classes.items()},
               "error_max_mv": error_max, "error_sq_sum": error_sq, "error_n": error_n}
     _write_json(os.path.join(output, PROGRESS_DIR, job.name + ".json"), result)
     return result
@@ -184,7 +192,7 @@ def _job_worker(args):
     return run_job(*args)
 
 
-def _pool(workers: int):
+def worker_pool(workers: int):
     # fork is cheap, but only safe while TensorFlow is not loaded in this process
     method = "fork" if "fork" in multiprocessing.get_all_start_methods() and "tensorflow" not in sys.modules \
         else "spawn"
@@ -225,7 +233,7 @@ def prepare(source: Source, output: str, recipe: Recipe, *, workers: int = 1, ov
                unit="rec", desc=f"{source.name} -> {len(jobs)} shards", disable=not progress)
     work = [(job, source, recipe, output, tasks, strict) for job in pending]
     if workers > 1 and len(pending) > 1:
-        with _pool(min(workers, len(pending))) as pool:
+        with worker_pool(min(workers, len(pending))) as pool:
             for result in pool.imap_unordered(_job_worker, work):
                 bar.update(len(next(j for j in pending if j.name == result["shard"]).records))
     else:
@@ -267,7 +275,7 @@ def _finish(output, source, recipe, jobs, tasks, listing_skips, inputs, settings
                     "rms_error_uv": 1000 * float(np.sqrt(sum(r["error_sq_sum"] for r in results) / max(error_n, 1)))},
         "fingerprints": fingerprint.summary(prints), "inputs": inputs, "settings": settings, "args": args or {},
         "skipped_count": len({s["record_id"] for s in skipped if "window(s)" not in s["reason"]}),
-        "skipped": skipped,
+        "skipped": skipped, "warnings": [w for r in results for w in r.get("warnings", [])],
     }
     written = {s: info["shard_lengths"] for s, info in splits.items() if info["examples"]}
     if written:

@@ -4,12 +4,16 @@ reconstruct a masked ECG.
     from stmem_jax import api
     encoder, variables = api.load_encoder("runs/pretrain")           # or a public .pth file
     features = api.embed(encoder, variables, ecgs, fs=500, leads=("I", "II", "V1"))
+    ecg = api.read_ecg("exam.dcm")                                    # DICOM, HL7 aECG, MUSE, EDF, WFDB, ...
+    features = api.embed(encoder, variables, [ecg])
     model, pre_vars = api.load_pretraining_model("runs/pretrain")
     result = api.reconstruct(model, pre_vars, ecgs[0], fs=500, leads="12")
     api.plot_reconstruction(result, "reconstruction.png")
 
 Recordings go through the ST-MEM recipe (``stmem_jax.core.recipe``, stmem-prepare's defaults unless
-``recipe`` says otherwise): resampled, band-filtered, cropped, z-scored.
+``recipe`` says otherwise): resampled, band-filtered, cropped, z-scored. Arrays are cropped over
+their whole length; ECGs read from files are cut into windows as stmem-prepare cuts them, and their
+first usable window is used (as ``stmem-embed --files`` does).
 """
 
 from __future__ import annotations
@@ -21,12 +25,15 @@ import jax
 import numpy as np
 
 from stmem_jax import infer, models
-from stmem_jax.core.leads import lead_indices
-from stmem_jax.core.recipe import Recipe, model_inputs
+from stmem_jax.core.ecgfile import ECG, ECGFileError, read_ecg
+from stmem_jax.core.leads import LEAD_NAMES, lead_indices
+from stmem_jax.core.recipe import Recipe, model_inputs, window_inputs
+from stmem_jax.core.signal import RecordError
 from stmem_jax.infer import load_encoder, load_pretraining_model
 from stmem_jax.plots import reconstruction_figure
 
-__all__ = ["load_encoder", "load_pretraining_model", "prepare", "embed", "reconstruct", "plot_reconstruction"]
+__all__ = ["ECG", "read_ecg", "load_encoder", "load_pretraining_model", "prepare", "embed", "reconstruct",
+           "plot_reconstruction"]
 
 
 def prepare(ecgs: np.ndarray, fs: float, *, recipe: Recipe = Recipe(), crop_samples: int | None = None,
@@ -37,14 +44,36 @@ def prepare(ecgs: np.ndarray, fs: float, *, recipe: Recipe = Recipe(), crop_samp
     return model_inputs(ecgs, fs, recipe, crop_samples=crop_samples, count=crops, bandpass=bandpass)
 
 
-def embed(encoder, variables: dict[str, Any], ecgs: np.ndarray, fs: float, leads: str | Sequence[str] = "12", *,
-          batch_size: int = 64, crops: int | None = None, recipe: Recipe = Recipe()) -> np.ndarray:
-    """Pooled encoder features (B, W) of raw ECGs whose rows are ``leads`` (names, any order), the
-    mean over the evaluation crops."""
-    inputs = prepare(ecgs, fs, recipe=recipe, crop_samples=encoder.seq_len, crops=crops)
+def embed(encoder, variables: dict[str, Any], ecgs: np.ndarray | ECG | Sequence[ECG], fs: float | None = None,
+          leads: str | Sequence[str] | None = None, *, batch_size: int = 64, crops: int | None = None,
+          recipe: Recipe = Recipe()) -> np.ndarray:
+    """Pooled encoder features (B, W), the mean over the evaluation crops, of raw ECGs (B, C, T) or
+    (C, T) in mV at ``fs`` Hz whose rows are ``leads`` (names, any order; default the first C
+    standard leads), or of ECGs from :func:`read_ecg` (``leads`` selects among theirs; default all
+    of the first one's)."""
+    if isinstance(ecgs, ECG) or (isinstance(ecgs, Sequence) and ecgs and isinstance(ecgs[0], ECG)):
+        inputs, leads = _ecg_inputs([ecgs] if isinstance(ecgs, ECG) else list(ecgs), leads, recipe, encoder.seq_len,
+                                    crops)
+    elif fs is None:
+        raise ValueError("embed needs fs (the sampling rate in Hz) for arrays")
+    else:
+        inputs = prepare(ecgs, fs, recipe=recipe, crop_samples=encoder.seq_len, crops=crops)
     lead_ids = lead_indices(leads, inputs.shape[2])
     params = {"encoder": variables["params"]["encoder"]}
     return infer.map_batches(infer.features_fn(encoder, lead_ids), params, inputs, batch_size)
+
+
+def _ecg_inputs(ecgs: list[ECG], leads, recipe: Recipe, crop_samples: int, crops: int | None
+                ) -> tuple[np.ndarray, tuple[str, ...]]:
+    """(B, crops, C, crop_samples) of each ECG's first usable window, and the leads of the rows."""
+    wanted = ecgs[0].leads if leads is None else tuple(LEAD_NAMES[i] for i in lead_indices(leads))
+    inputs = []
+    for ecg in ecgs:
+        try:
+            inputs.append(window_inputs(ecg.as_signal(), wanted, recipe, crop_samples=crop_samples, count=crops)[0][1])
+        except RecordError as error:
+            raise ECGFileError(ecg.record_id, str(error)) from None
+    return np.stack(inputs), wanted
 
 
 def reconstruct(model, variables: dict[str, Any], ecg: np.ndarray, fs: float, leads: str | Sequence[str] = "12", *,

@@ -1,7 +1,8 @@
-"""Inference: any model from any path, and its outputs over crops, batches and prepared splits.
+"""Inference: any model from any path, and its outputs over crops, batches, prepared splits and
+folders of ECG files.
 
 The one path from saved weights to predictions and features, used by the trainers' evaluation,
-``api``, ``stmem-embed``, the evaluation grid and the demo. It imports no trainer.
+``api``, ``stmem-embed``, ``stmem-predict``, the evaluation grid and the demo. It imports no trainer.
 
 A model path is a saved model directory (``model.json`` + orbax variables), a directory holding
 one (a stmem-pretrain workdir: ``encoder/``, ``model/``; a downstream run: ``model/``), or a public
@@ -10,7 +11,9 @@ PyTorch ``.pth`` file; the model may be a pre-training model, an encoder or a cl
 
 from __future__ import annotations
 
+import itertools
 import os
+import sys
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -18,12 +21,26 @@ import flax.linen as nn
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
+from tqdm import tqdm
 
 from stmem_jax import mesh as meshlib
 from stmem_jax import models
 from stmem_jax.convert import load_torch_checkpoint
+from stmem_jax.core.ecgfile import list_files, read_ecg
+from stmem_jax.core.leads import LEAD_NAMES, lead_indices
+from stmem_jax.core.recipe import Recipe, window_inputs
+from stmem_jax.core.signal import RecordError
 from stmem_jax.data.pipeline import InputConfig, global_batches
 from stmem_jax.model_dir import MODEL_FILE, load_model
+
+
+def model_directory(path: str, prefer: Sequence[str] = ("encoder", "model")) -> str:
+    """The saved model directory at ``path``, or in its sub-directory named in ``prefer`` (the first found)."""
+    for candidate in (path, *(os.path.join(path, name) for name in prefer)):
+        if os.path.isfile(os.path.join(candidate, MODEL_FILE)):
+            return candidate
+    raise FileNotFoundError(f"{path} holds no saved model ({MODEL_FILE} neither there nor in "
+                            f"{' or '.join(name + '/' for name in prefer)}) and is not a .pth file")
 
 
 def load(path: str, prefer: Sequence[str] = ("encoder", "model")) -> tuple[nn.Module, dict[str, Any]]:
@@ -31,11 +48,7 @@ def load(path: str, prefer: Sequence[str] = ("encoder", "model")) -> tuple[nn.Mo
     holding one in a sub-directory named in ``prefer`` (the first found)."""
     if os.path.isfile(path):
         return load_torch_checkpoint(path)
-    for candidate in (path, *(os.path.join(path, name) for name in prefer)):
-        if os.path.isfile(os.path.join(candidate, MODEL_FILE)):
-            return load_model(candidate)
-    raise FileNotFoundError(f"{path} holds no saved model ({MODEL_FILE} neither there nor in "
-                            f"{' or '.join(name + '/' for name in prefer)}) and is not a .pth file")
+    return load_model(model_directory(path, prefer))
 
 
 def load_encoder(path: str) -> tuple[nn.Module, dict[str, Any]]:
@@ -95,6 +108,39 @@ def map_batches(fn: Callable, params: Any, examples: Iterable[np.ndarray], batch
     if not outputs:
         raise ValueError("no examples to run the model on")
     return np.concatenate(outputs)
+
+
+def file_outputs(fn: Callable, params: Any, folder: str, leads: str | Sequence[str], recipe: Recipe, *,
+                 crop_samples: int, per_window: bool = False, batch_size: int = 64, pattern: str | None = None,
+                 progress: bool = True) -> tuple[dict[str, np.ndarray], list[tuple[str, str]]]:
+    """``fn(params, crops)`` over the ECG files under ``folder`` (any format ``core.ecgfile`` reads),
+    each cut as stmem-prepare cuts it (``recipe``), its first usable window or every window:
+    ``outputs``, ``record_id`` (the path relative to ``folder``) and ``window``; and the files left
+    out with their reasons (also printed)."""
+    wanted = [LEAD_NAMES[i] for i in lead_indices(leads)]
+    ids, index, skipped = [], [], []
+
+    def examples():
+        for relpath in tqdm(list_files(folder, pattern), unit="file", desc=f"reading {folder}", disable=not progress):
+            try:
+                ecg = read_ecg(os.path.join(folder, relpath), relpath)
+                windows = window_inputs(ecg.as_signal(), wanted, recipe, crop_samples=crop_samples,
+                                        per_window=per_window)
+            except RecordError as error:
+                skipped.append((relpath, getattr(error, "reason", str(error))))
+                print(f"skipped {relpath}: {skipped[-1][1]}", file=sys.stderr)
+                continue
+            for window, x in windows:
+                ids.append(relpath)
+                index.append(window)
+                yield x
+
+    batches = examples()
+    first = next(batches, None)
+    if first is None:
+        raise ValueError(f"no usable ECG file under {folder} ({len(skipped)} left out)")
+    outputs = map_batches(fn, params, itertools.chain([first], batches), batch_size)
+    return {"outputs": outputs, "record_id": np.array(ids), "window": np.array(index, np.int32)}, skipped
 
 
 def _gather_strings(values: np.ndarray) -> np.ndarray:

@@ -142,3 +142,46 @@ def write_mimic_iv_ecg(root, rows, seed=0, measurements=True):
     if measurements:
         pd.DataFrame(machine).to_csv(os.path.join(root, "machine_measurements.csv"), index=False)
     return stored
+
+
+def write_hl7_aecg(path, signal, fs, lead_names, patient_id="", scale_uv=1.0, scale_unit="uV"):
+    """Writes (leads, samples) mV ``signal`` as an HL7 aECG rhythm series (digits in steps of
+    ``scale_uv`` ``scale_unit``; an empty unit gives uncalibrated counts); returns the values as stored in mV."""
+    digits = np.round(signal * 1000 / scale_uv).astype(np.int64)
+    unit = f' unit="{scale_unit}"' if scale_unit else ""
+    sequences = [f'<component><sequence><code code="TIME_ABSOLUTE" codeSystem="2.16.840.1.113883.5.4"/>'
+                 f'<value xsi:type="GLIST_TS"><head value="20240102030405.000"/>'
+                 f'<increment value="{1 / fs:.9f}" unit="s"/></value></sequence></component>']
+    for name, row in zip(lead_names, digits):
+        sequences.append(f'<component><sequence><code code="MDC_ECG_LEAD_{name}" codeSystem="2.16.840.1.113883.6.24"/>'
+                         f'<value xsi:type="SLIST_PQ"><origin value="0" unit="uV"/><scale value="{scale_uv}"{unit}/>'
+                         f'<digits>{" ".join(map(str, row))}</digits></value></sequence></component>')
+    text = f'''<?xml version="1.0" encoding="UTF-8"?>
+<AnnotatedECG xmlns="urn:hl7-org:v3" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance">
+<id root="61d1a24f-b47e-41aa-ae95-f8ac302f4eeb"/><code code="93000" codeSystem="2.16.840.1.113883.6.12"/>
+<effectiveTime><low value="20240102030405"/><high value="20240102030415"/></effectiveTime>
+<componentOf><timepointEvent><componentOf><subjectAssignment><subject><trialSubject>
+<id extension="{patient_id}"/></trialSubject></subject></subjectAssignment></componentOf></timepointEvent></componentOf>
+<component><series><code code="RHYTHM" codeSystem="2.16.840.1.113883.5.4"/>
+<effectiveTime><low value="20240102030405"/><high value="20240102030415"/></effectiveTime>
+<component><sequenceSet>{"".join(sequences)}</sequenceSet></component></series></component>
+</AnnotatedECG>
+'''
+    with open(path, "w") as f:
+        f.write(text)
+    return digits * scale_uv / 1000
+
+
+def write_edf(path, signal, fs, lead_names, patient_id="X"):
+    """Writes (leads, samples) mV ``signal`` as EDF (16-bit, each channel's physical range its
+    min..max); returns the resolution in mV (the largest step of any channel)."""
+    import edfio
+
+    channels, steps = [], []
+    for name, row in zip(lead_names, signal):
+        low, high = float(row.min()), float(row.max())
+        channels.append(edfio.EdfSignal(row, fs, label=name, physical_dimension="mV", physical_range=(low, high)))
+        steps.append((high - low) / 65535)
+    edf = edfio.Edf(channels, patient=edfio.Patient(code=patient_id))
+    edf.write(path)
+    return max(steps)

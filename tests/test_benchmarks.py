@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -15,11 +17,12 @@ def run(script, *args):
     return result.stdout
 
 
-def test_prepare_benchmark_prints_records_per_second():
-    lines = run("prepare.py", "--records", "40", "--workers", "1").splitlines()
-    assert lines[0].split() == ["workers", "records", "seconds", "records/s"]
-    workers, records, seconds, rate = lines[1].split()
-    assert workers == "1" and int(records) == 40 and float(rate) > 0
+@pytest.mark.parametrize("source,records", [("ptbxl", 40), ("files", 6)])
+def test_prepare_benchmark_prints_records_per_second(source, records):
+    lines = run("prepare.py", "--source", source, "--records", str(records), "--workers", "1").splitlines()
+    assert lines[0].split() == ["source", "workers", "records", "seconds", "records/s"]
+    name, workers, used, seconds, rate = lines[1].split()
+    assert (name, workers, int(used)) == (source, "1", records) and float(rate) > 0
 
 
 def test_train_throughput_benchmark_prints_mfu():

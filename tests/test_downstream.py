@@ -1,3 +1,4 @@
+import csv
 import json
 import os
 import shutil
@@ -9,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from stmem_jax import embed, grid, infer
+from stmem_jax import embed, grid, infer, predict
 from stmem_jax.model_dir import load_model, save_model
 from stmem_jax.data.pipeline import InputConfig, make_dataset
 from stmem_jax.models import create_model, init_variables, pretrained_encoder
@@ -286,7 +287,19 @@ def test_benchmark_runs_a_grid_and_resumes(pretrained, synthetic_shards, tmp_pat
     assert len(rows) == 7 and rows[0].startswith("task,method,mode,leads,label_fraction,seed,auroc,f1")
 
 
-def test_embed_a_prepared_split_and_the_same_records_as_wfdb_files(pretrained, synthetic_shards, tmp_path):
+def copy_native_records(synthetic_shards, record_ids, folder):
+    """The native WFDB files of prepared records, copied into ``folder``; their file names."""
+    native = os.path.join(os.path.dirname(synthetic_shards), "native")
+    names = []
+    for rid in record_ids:
+        for ext in ("hea", "dat"):
+            name = f"{int(rid):05d}_hr.{ext}"
+            shutil.copy(os.path.join(native, "records500", f"{int(rid) // 1000 * 1000:05d}", name), folder / name)
+        names.append(f"{int(rid):05d}_hr.hea")
+    return names
+
+
+def test_embed_a_prepared_split_and_the_same_records_as_files(pretrained, synthetic_shards, tmp_path):
     output = str(tmp_path / "split.npz")
     assert embed.main(["--model", pretrained, "--data", synthetic_shards, "--split", "test", "--task", "st_mem",
                        "--batch-size", "16", "--output", output]) == 0
@@ -294,14 +307,32 @@ def test_embed_a_prepared_split_and_the_same_records_as_wfdb_files(pretrained, s
     assert split["features"].shape == (49, 64) and list(split["classes"]) == ["CD", "HYP", "MI", "NORM", "STTC"]
     assert len(split["label"]) == 49 and set(split["window"]) == {0}
 
-    native = os.path.join(os.path.dirname(synthetic_shards), "native")
     chosen = sorted(split["record_id"][:3], key=int)
-    for rid in chosen:
-        for ext in ("hea", "dat"):
-            name = f"{int(rid):05d}_hr.{ext}"
-            shutil.copy(os.path.join(native, "records500", f"{int(rid) // 1000 * 1000:05d}", name), tmp_path / name)
+    names = copy_native_records(synthetic_shards, chosen, tmp_path)
     encoder, variables = infer.load_encoder(pretrained)
-    folder = embed.embed_wfdb(encoder, variables, str(tmp_path), batch_size=2)
-    assert list(folder["record_id"]) == [f"{int(r):05d}_hr" for r in chosen]
+    folder, skipped = embed.embed_files(encoder, variables, str(tmp_path), batch_size=2, pattern="*.hea")
+    assert list(folder["record_id"]) == names and not skipped
     expected = [split["features"][list(split["record_id"]).index(rid)] for rid in chosen]
     np.testing.assert_allclose(folder["features"], expected, atol=2e-3)
+
+
+def test_predict_gives_the_finetuned_runs_test_probabilities_for_its_split_and_files(finetuned, synthetic_shards,
+                                                                                     tmp_path):
+    workdir, _ = finetuned
+    saved = np.load(os.path.join(workdir, "test_predictions.npz"))
+    output = str(tmp_path / "split.csv")
+    assert predict.main(["--model", workdir, "--data", synthetic_shards, "--split", "test", "--output", output]) == 0
+    rows = list(csv.reader(open(output)))
+    assert rows[0] == ["record_id", "window", *saved["classes"]] and len(rows) == 1 + len(saved["record_id"])
+    by_id = {r[0]: np.array(r[2:], float) for r in rows[1:]}
+    np.testing.assert_allclose([by_id[r] for r in saved["record_id"]], saved["probs"], atol=1e-5)
+
+    chosen = sorted(saved["record_id"][:3], key=int)
+    folder = tmp_path / "files"
+    os.makedirs(folder)
+    names = copy_native_records(synthetic_shards, chosen, folder)
+    output = str(tmp_path / "files.csv")
+    assert predict.main(["--model", workdir, "--files", str(folder), "--output", output]) == 0
+    rows = list(csv.reader(open(output)))[1:]
+    assert [r[0] for r in rows] == names
+    np.testing.assert_allclose([np.array(r[2:], float) for r in rows], [by_id[r] for r in chosen], atol=2e-3)

@@ -10,20 +10,8 @@ from data_prep import writer
 from data_prep.cli import main
 from data_prep.sources import SOURCES
 from data_prep.writer import prepare
+from data_fixtures import read_split
 from stmem_jax.core.recipe import Recipe, band_filter, resample
-
-
-def read_split(directory, split):
-    """Every example of a split through TFDS, signals in mV."""
-    import tensorflow_datasets as tfds
-
-    builder = tfds.builder_from_directory(str(directory))
-    out = []
-    for ex in tfds.as_numpy(builder.as_dataset(split=split, shuffle_files=False)):
-        ex = dict(ex)
-        ex["mv"] = ex["signal"].astype(np.float32) * ex["scale"]
-        out.append(ex)
-    return out
 
 
 def expected_windows(stored, fs, recipe=Recipe()):

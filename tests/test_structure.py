@@ -32,7 +32,7 @@ def loaded_by(statement):
 
 
 def test_the_inference_path_loads_no_trainer():
-    modules = loaded_by("import stmem_jax.api, stmem_jax.embed")
+    modules = loaded_by("import stmem_jax.api, stmem_jax.embed, stmem_jax.predict")
     assert [m for m in modules if m.startswith(("stmem_jax.train", "data_prep"))] == []
 
 

@@ -23,6 +23,8 @@ class Source(abc.ABC):
     name = ""
     leads: tuple[str, ...] = LEAD_NAMES
     pretraining = False  # pre-training sources put everything in 'train'
+    workers = 1          # processes a reader may use while listing (set by stmem-prepare; not part of the plan)
+    progress = False     # whether listing may show a progress bar
 
     def __init__(self, input_dir: str, options: dict[str, Any] | None = None):
         self.input_dir = os.path.abspath(input_dir)

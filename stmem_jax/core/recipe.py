@@ -193,6 +193,17 @@ def make_windows(sig: Signal, wanted: Sequence[str], recipe: Recipe
     return windows, dropped
 
 
+def window_inputs(sig: Signal, wanted: Sequence[str], recipe: Recipe, *, crop_samples: int | None = None,
+                  count: int | None = None, per_window: bool = False) -> list[tuple[int, np.ndarray]]:
+    """``(window index, z-scored crops (count, leads, crop_samples))`` of the record's first usable
+    window, or of every window with ``per_window``, as stmem-prepare cuts them (:func:`make_windows`)."""
+    windows, _ = make_windows(sig, wanted, recipe)
+    if not windows:
+        raise RecordError("no window without NaN")
+    return [(index, zscore(crops(window, crop_samples or recipe.crop_samples, count or recipe.eval_crops)))
+            for index, window in (windows if per_window else windows[:1])]
+
+
 def model_inputs(ecgs: np.ndarray, fs: float, recipe: Recipe = Recipe(), *, crop_samples: int | None = None,
                  count: int | None = None, bandpass: bool = True) -> np.ndarray:
     """Recordings (B, C, T) or (C, T) in mV at ``fs`` Hz -> model inputs (B, count, C, crop_samples):

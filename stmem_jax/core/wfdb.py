@@ -8,7 +8,6 @@ Other formats fall back to the ``wfdb`` package.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import glob
 import os
@@ -17,6 +16,7 @@ import re
 import numpy as np
 import wfdb
 
+from stmem_jax.core.label_table import lookup, read_label_table
 from stmem_jax.core.signal import RecordError, Signal
 
 _UNIT_TO_MV = {"mv": 1.0, "uv": 1e-3, "µv": 1e-3, "v": 1e3}
@@ -128,25 +128,12 @@ class FolderRecord:
     labels: list[str]
 
 
-def read_label_table(path: str) -> dict[str, list[str]]:
-    """A labels CSV with columns ``record`` and ``label`` (several labels separated by ``;``)."""
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            rows = list(csv.DictReader(f))
-    except (OSError, UnicodeDecodeError, csv.Error) as error:
-        raise ValueError(f"{path}: cannot read the labels CSV ({error})") from error
-    if not rows or not {"record", "label"} <= set(rows[0]):
-        raise ValueError(f"{path}: a labels CSV needs the columns 'record' and 'label'")
-    return {(row["record"] or "").strip(): [x.strip() for x in (row["label"] or "").split(";") if x.strip()]
-            for row in rows}
-
-
 def list_folder(folder: str, labels_csv: str | None = None
                 ) -> tuple[list[FolderRecord], list[tuple[str, str, str]]]:
     """Every WFDB record under ``folder`` (recursively, sorted), and ``(record_id, path, reason)`` of
     those left out (unreadable header, no row in the labels CSV). A CSV row matches a record by its
     relative path or its file name."""
-    table = read_label_table(labels_csv) if labels_csv else None
+    table = read_label_table(labels_csv, "record") if labels_csv else None
     records, skipped = [], []
     for header_path in sorted(glob.glob(os.path.join(folder, "**", "*.hea"), recursive=True)):
         base = header_path[:-4]
@@ -159,9 +146,10 @@ def list_folder(folder: str, labels_csv: str | None = None
         if table is None:
             labels = [c.strip() for c in header.comments.get("dx", "").split(",") if c.strip()]
         else:
-            labels = table.get(record_id, table.get(os.path.basename(base)))
-            if labels is None:
+            row = lookup(table, record_id)
+            if row is None:
                 skipped.append((record_id, header_path, "no row in the labels CSV"))
                 continue
+            labels = row[0]
         records.append(FolderRecord(record_id, base, header, labels))
     return records, skipped

@@ -171,6 +171,16 @@ def task_classes(manifests: dict[str, dict], task: str) -> tuple[list[str], bool
     return classes, next(iter(kinds.values()))
 
 
+def model_recipe(config: InputConfig) -> Recipe:
+    """The recipe the model sees through this input: the prepared data's rate and window, its band
+    filter (or the default band when ``bandpass`` filters unfiltered data on the fly), and the
+    config's crop length and evaluation crops. Raw ECGs go through it to meet the model as trained."""
+    recipe = Recipe.of_manifest(next(iter(fmt.read_manifests(config.data_dir).values())))
+    if config.bandpass:
+        recipe = recipe.with_band_of(Recipe())
+    return dataclasses.replace(recipe, crop_samples=config.crop_samples, eval_crops=config.eval_crops)
+
+
 def steps_per_epoch(config: InputConfig, *, process_count: int | None = None) -> int:
     """Batches per epoch: training, full batches every process has; evaluation, all batches."""
     _, splits = _load(config)
@@ -362,7 +372,7 @@ def _transform(config: InputConfig, manifests: dict[str, dict], splits: list[_Sp
     first = manifests[splits[0].directory]
     recipe = Recipe.of_manifest(first)
     samples, fs = recipe.window_samples, recipe.fs
-    band = recipe.with_band_of(Recipe())
+    band = model_recipe(config)
     layouts = [(len(manifests[s.directory]["leads"]), _lead_rows(config, manifests[s.directory], s.directory))
                for s in splits]
     spec = _spec(first, ("signal", "scale", "record_id", "window"))

@@ -38,7 +38,7 @@ from stmem_jax import mesh as meshlib
 from stmem_jax import models
 from stmem_jax.cli import run_config_command
 from stmem_jax.core.shards import read_manifests
-from stmem_jax.data.pipeline import InputConfig, global_batches, mixture_names, steps_per_epoch
+from stmem_jax.data.pipeline import InputConfig, global_batches, mixture_names, model_recipe, steps_per_epoch
 from stmem_jax.data.tasks import resolve_task
 from stmem_jax.model_dir import save_model
 from stmem_jax.train import linprobe, loop
@@ -225,7 +225,8 @@ def _finish(config, workdir, task, model, params, selected, val, mesh, leak) -> 
               "pretraining_overlap": leak}
     save_model(os.path.join(workdir, "model"), model, {"params": params}, overwrite=True,
                metadata={"task": task.name, "classes": task.classes, "multilabel": task.multilabel,
-                         "leads": config.data.leads, "selected_step": selected})
+                         "leads": config.data.leads, "selected_step": selected,
+                         "recipe": model_recipe(test_input).to_dict()})
     if jax.process_index() == 0:
         np.savez(os.path.join(workdir, "test_predictions.npz"), record_id=predictions["record_id"],
                  window=predictions["window"], label=predictions["label"], probs=predictions["outputs"],
