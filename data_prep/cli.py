@@ -1,13 +1,16 @@
 """``stmem-prepare``: a native ECG dataset -> TFRecord shards + manifest.json.
 
 Exit status: 0 when every record was used, 3 when the run finished but skipped records
-(listed in manifest.json with their reasons), 1 on an error, 2 on a usage error.
+(listed in manifest.json with their reasons), 1 on an error, 2 on a usage error, 128 + the signal
+number when stopped by SIGTERM or Ctrl-C (the same command resumes).
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
+import signal
 import sys
 
 from data_prep.sources import SOURCES
@@ -29,6 +32,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--lowpass", type=float, default=Recipe.lowpass_hz, help="low-pass cut-off (Hz)")
     p.add_argument("--filter-order", type=int, default=Recipe.filter_order, help="Butterworth order of each side")
     p.add_argument("--no-filter", action="store_true", help="store unfiltered signals")
+    p.add_argument("--max-gap-s", type=float, default=Recipe.max_gap_s,
+                   help="interpolate gaps of missing samples up to this long (s); windows with longer gaps are dropped")
     p.add_argument("--seed", type=int, default=0, help="seed of the 70/10/20 patient split")
     p.add_argument("--shard-windows", type=int, default=2000, help="windows per shard (2000 x 12 leads ~ 120 MB)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
@@ -48,10 +53,29 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _stop(signum, frame):
+    """SIGTERM / Ctrl-C: the workers are stopped and the run exits at once. Finished shards are
+    kept (each was written under a temporary name, then renamed), so the same command resumes."""
+    for child in multiprocessing.active_children():
+        child.terminate()
+    print(f"\nstmem-prepare: stopped by signal {signum}; run the same command again to resume", file=sys.stderr,
+          flush=True)
+    os._exit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
+    previous = {s: signal.signal(s, _stop) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        return _main(argv)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def _main(argv: list[str] | None) -> int:
     args = parser().parse_args(argv)
     try:
-        recipe = Recipe(fs=args.fs, window_s=args.window_s, filter_order=args.filter_order,
+        recipe = Recipe(fs=args.fs, window_s=args.window_s, filter_order=args.filter_order, max_gap_s=args.max_gap_s,
                         highpass_hz=None if args.no_filter else args.highpass,
                         lowpass_hz=None if args.no_filter else args.lowpass)
     except ValueError as error:
@@ -63,7 +87,12 @@ def main(argv: list[str] | None = None) -> int:
         from data_prep.synthetic import write_ptbxl
 
         input_dir = input_dir or args.output.rstrip("/") + "-native"
-        write_ptbxl(input_dir, args.records, seed=args.seed, workers=args.workers, progress=not args.quiet)
+        try:
+            write_ptbxl(input_dir, args.records, seed=args.seed, workers=args.workers, progress=not args.quiet,
+                        overwrite=args.overwrite)
+        except FileExistsError as error:
+            print(f"stmem-prepare: error: {error}", file=sys.stderr)
+            return 1
         name = "ptbxl"
     if not input_dir or not os.path.isdir(input_dir):
         print(f"stmem-prepare: input folder {input_dir!r} does not exist", file=sys.stderr)

@@ -36,6 +36,7 @@ import datetime
 import json
 import math
 import multiprocessing
+import shutil
 from pathlib import Path
 from xml.sax.saxutils import escape, quoteattr
 
@@ -52,6 +53,7 @@ DEFAULT_CLASS_PROBS = {"NORM": 0.4, "IMI": 0.15, "ISCAL": 0.15, "CRBBB": 0.15, "
 AFIB_PROB = 0.2
 FS_HR, FS_LR, DURATION_S = 500, 100, 10.0
 MARKER = "synthetic.json"  # written last by write_ptbxl: what the directory holds
+PARTIAL = "synthetic.partial.json"  # written first, removed last: a generation under way or interrupted
 _VERSION = 1
 _TAG_VISITS, _TAG_FOLDS, _TAG_PATIENT = 7877, 7883, 7919  # separate patient-level random streams
 
@@ -370,24 +372,34 @@ def _write_chunk(task: tuple) -> list[dict]:
 
 
 def write_ptbxl(output_dir, num_records: int, seed: int = 0, workers: int = 1, progress: bool = True,
-                class_probs: dict | None = None, afib_prob: float = AFIB_PROB) -> str:
+                class_probs: dict | None = None, afib_prob: float = AFIB_PROB, overwrite: bool = False) -> str:
     """Writes ``num_records`` synthetic records in PTB-XL's native layout (PhysioNet v1.0.3):
     ``ptbxl_database.csv``, ``scp_statements.csv``, ``records500/`` and ``records100/``.
 
-    Returns the directory. A non-empty directory is accepted only if it already holds this very
-    generation (its ``synthetic.json``, written last, matches): then nothing is rewritten.
-    Otherwise FileExistsError.
+    Returns the directory. A directory that already holds this very generation (its
+    ``synthetic.json``, written last, matches) is left as it is; one where this generation was
+    interrupted (``synthetic.partial.json`` matches) is written again from the start (the output is
+    deterministic). Another generation is replaced only with ``overwrite``; any other non-empty
+    directory is FileExistsError.
     """
     out = Path(output_dir)
     classes = _class_table(class_probs)
     marker = {"generator": "data_prep.synthetic", "version": _VERSION, "num_records": num_records,
               "seed": seed, "class_probs": dict(zip(*classes)), "afib_prob": afib_prob}
     if out.is_dir() and any(out.iterdir()):
-        if (out / MARKER).is_file() and json.loads((out / MARKER).read_text()) == marker:
+        done, started = (json.loads((out / name).read_text()) if (out / name).is_file() else None
+                         for name in (MARKER, PARTIAL))
+        if done == marker:
             return str(out)
-        raise FileExistsError(f"{out} is not empty and does not hold synthetic PTB-XL with "
-                              f"{num_records} records and seed {seed}; choose an empty directory")
+        if started != marker:
+            if (done is None and started is None) or not overwrite:
+                raise FileExistsError(f"{out} is not empty and does not hold synthetic PTB-XL with {num_records} "
+                                      f"records and seed {seed}; choose an empty directory"
+                                      + ("" if done is None and started is None else
+                                         " or pass --overwrite to replace the generation it holds"))
+            shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
+    (out / PARTIAL).write_text(json.dumps(marker, indent=1) + "\n")
 
     table = _patient_table(seed, num_records)
     size = max(1, min(100, math.ceil(num_records / (8 * max(workers, 1)))))
@@ -410,6 +422,7 @@ def write_ptbxl(output_dir, num_records: int, seed: int = 0, workers: int = 1, p
     statements[["diagnostic", "form", "rhythm"]] = statements[["diagnostic", "form", "rhythm"]].astype(float)
     statements.to_csv(out / "scp_statements.csv")
     (out / MARKER).write_text(json.dumps(marker, indent=1) + "\n")
+    (out / PARTIAL).unlink()
     return str(out)
 
 

@@ -10,6 +10,7 @@ import multiprocessing
 import os
 import re
 import shutil
+import signal
 import sys
 import warnings
 from collections import Counter, defaultdict
@@ -92,6 +93,8 @@ def _signal_files(path: str) -> list[str]:
 
 
 def _prepare_output(output: str, overwrite: bool) -> None:
+    if os.path.exists(output) and not os.path.isdir(output):
+        raise PrepareError(f"{output} is a file; --output names the folder to write the shards to")
     if os.path.exists(os.path.join(output, fmt.MANIFEST)) and not overwrite:
         raise PrepareError(f"{output} already holds a prepared dataset; pass --overwrite to replace it")
     if os.path.isdir(output):
@@ -192,11 +195,21 @@ def _job_worker(args):
     return run_job(*args)
 
 
+def _die_with_parent() -> None:
+    """Pool initializer: on Linux the worker gets SIGTERM when the process that started it dies,
+    however it dies (kill -9 included), so no worker writes on after the run has stopped."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+
+
 def worker_pool(workers: int):
     # fork is cheap, but only safe while TensorFlow is not loaded in this process
     method = "fork" if "fork" in multiprocessing.get_all_start_methods() and "tensorflow" not in sys.modules \
         else "spawn"
-    return multiprocessing.get_context(method).Pool(workers)
+    return multiprocessing.get_context(method).Pool(workers, initializer=_die_with_parent)
 
 
 def prepare(source: Source, output: str, recipe: Recipe, *, workers: int = 1, overwrite: bool = False,
@@ -283,4 +296,7 @@ def _finish(output, source, recipe, jobs, tasks, listing_skips, inputs, settings
                                 description=f"ECG windows prepared by stmem-prepare from {source.name}")
     _write_json(os.path.join(output, fmt.MANIFEST), manifest)
     shutil.rmtree(os.path.join(output, PROGRESS_DIR))
+    for entry in os.listdir(output):  # partial files of workers killed in an earlier, interrupted run
+        if re.search(r"\.tmp-\d+(\.npz)?$", entry):
+            os.remove(os.path.join(output, entry))
     return manifest

@@ -37,11 +37,14 @@ __all__ = ["ECG", "read_ecg", "load_encoder", "load_pretraining_model", "prepare
 
 
 def prepare(ecgs: np.ndarray, fs: float, *, recipe: Recipe = Recipe(), crop_samples: int | None = None,
-            crops: int | None = None, bandpass: bool = True) -> np.ndarray:
+            crops: int | None = None, bandpass: bool = True, leads: str | Sequence[str] | None = None) -> np.ndarray:
     """ECGs (B, C, T) or (C, T) in mV at ``fs`` Hz -> model inputs (B, crops, C, crop_samples): resampled
     to the recipe's rate, band-filtered (as stmem-prepare does), cut into ``crops`` crops (default: the
-    recipe's evaluation crops; one crop is centred), each z-scored over leads and time."""
-    return model_inputs(ecgs, fs, recipe, crop_samples=crop_samples, count=crops, bandpass=bandpass)
+    recipe's evaluation crops; one crop is centred), each z-scored over leads and time. A NaN or
+    infinite sample is an error naming the example and lead (``leads`` names the rows), unless its
+    gap is short enough for ``recipe.max_gap_s`` to interpolate it."""
+    names = None if leads is None else [LEAD_NAMES[i] for i in lead_indices(leads)]
+    return model_inputs(ecgs, fs, recipe, crop_samples=crop_samples, count=crops, bandpass=bandpass, lead_names=names)
 
 
 def embed(encoder, variables: dict[str, Any], ecgs: np.ndarray | ECG | Sequence[ECG], fs: float | None = None,
@@ -57,7 +60,7 @@ def embed(encoder, variables: dict[str, Any], ecgs: np.ndarray | ECG | Sequence[
     elif fs is None:
         raise ValueError("embed needs fs (the sampling rate in Hz) for arrays")
     else:
-        inputs = prepare(ecgs, fs, recipe=recipe, crop_samples=encoder.seq_len, crops=crops)
+        inputs = prepare(ecgs, fs, recipe=recipe, crop_samples=encoder.seq_len, crops=crops, leads=leads)
     lead_ids = lead_indices(leads, inputs.shape[2])
     params = {"encoder": variables["params"]["encoder"]}
     return infer.map_batches(infer.features_fn(encoder, lead_ids), params, inputs, batch_size)
@@ -82,7 +85,7 @@ def reconstruct(model, variables: dict[str, Any], ecg: np.ndarray, fs: float, le
     prediction (C, N, P), the mask (C, N), the loss and the lead indices."""
     if not (models.is_pretraining(model) and models.family(model).lead_figure):
         raise ValueError(f"reconstruct shows ST-MEM's per-lead reconstruction; got {type(model).__name__}")
-    series = prepare(ecg, fs, recipe=recipe, crop_samples=model.seq_len, crops=1)[:, 0]
+    series = prepare(ecg, fs, recipe=recipe, crop_samples=model.seq_len, crops=1, leads=leads)[:, 0]
     lead_ids = lead_indices(leads, series.shape[1])
     noise = jax.random.uniform(jax.random.key(seed), model.noise_shape(series.shape))
     out = model.apply(variables, series, mask_ratio=mask_ratio, noise=noise, leads=lead_ids)

@@ -17,7 +17,7 @@ from jax.experimental import multihost_utils
 
 from stmem_jax.core.shards import MANIFEST
 from stmem_jax.mesh import initialize_from_config
-from stmem_jax.train.loop import Interrupted
+from stmem_jax.train.loop import Interrupted, NonFiniteLoss
 
 # tasks of the built-in synthetic data (PTB-XL layout)
 SYNTHETIC_TASKS = ("st_mem", "all", "diagnostic", "subdiagnostic", "superdiagnostic", "rhythm")
@@ -61,8 +61,10 @@ def run_config_command(body: Callable, argv, *, example: str, workdir_help: str,
     ``data.dir`` is empty, then call ``body(config, workdir)``; a dict it returns is printed as the
     ``summary:`` line (JSON, with the wall time). ``run_section`` picks the trainer's
     config out of the command's (the grid's ``config.run``). Library INFO logs (orbax logs every
-    save) are hidden unless ``--verbosity`` is given. Stopped by a signal (a checkpoint kept), the
-    command exits with 128 + the signal number."""
+    save) are hidden unless ``--verbosity`` is given. Exit status: 0; 1 on an error in the inputs
+    (a missing folder, a bad value: the message, and the traceback with ``--verbosity``); 2 on an
+    unknown config field or another usage error; 128 + the signal number when stopped by a signal
+    (a checkpoint kept)."""
     from absl import app, flags, logging
     from ml_collections import config_flags
 
@@ -82,7 +84,23 @@ def run_config_command(body: Callable, argv, *, example: str, workdir_help: str,
         except Interrupted as error:
             print(error, file=sys.stderr, flush=True)
             sys.exit(128 + error.signum)
+        except (FileNotFoundError, FileExistsError, ValueError, NonFiniteLoss) as error:
+            if flags.FLAGS["verbosity"].present:
+                raise
+            print(f"{os.path.basename(sys.argv[0])}: error: {error}", file=sys.stderr, flush=True)
+            sys.exit(1)
         if summary is not None:
             print("summary: " + json.dumps({**summary, "wall_s": round(time.time() - start, 1)}), flush=True)
 
-    app.run(main, argv=argv)
+    def parse(args):
+        try:
+            return app.parse_flags_with_usage(args)
+        except (AttributeError, KeyError) as error:  # an override of a field the config does not have
+            key = str(error).strip("\"'")
+            culprit = next((a.split("=")[0][2:] for a in args if a.startswith("--config.")
+                            and key in a.split("=")[0].split(".")), key)
+            print(f"{os.path.basename(args[0])}: error: {culprit} is not a field of the config "
+                  f"(stmem_jax/train/config.py lists every field)", file=sys.stderr)
+            sys.exit(2)
+
+    app.run(main, argv=argv, flags_parser=parse)

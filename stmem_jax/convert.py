@@ -215,8 +215,8 @@ def variables_from_state_dict(state_dict: dict[str, Any], *, strict: bool = True
                               config: dict[str, Any] | None = None) -> tuple[nn.Module, dict[str, Any]]:
     """Flax model and variables from a PyTorch state dict (arrays or tensors by key).
 
-    Every tensor is consumed or reported: a missing tensor or a wrong shape raises an error
-    naming the key; tensors the layout does not know raise too unless ``strict`` is False,
+    Every tensor is consumed or reported: a missing tensor, a wrong shape or a non-finite value
+    raises an error naming the key; tensors the layout does not know raise too unless ``strict`` is False,
     in which case they are listed on stderr. ``kind`` and ``config``: see :func:`infer_model`.
     """
     state_dict = {k: np.asarray(v) for k, v in state_dict.items()}
@@ -229,6 +229,9 @@ def variables_from_state_dict(state_dict: dict[str, Any], *, strict: bool = True
     entries = layout(model)
     for entry in entries:
         tensor = _require(state_dict, entry.key).astype(np.float32)
+        if not np.isfinite(tensor).all():
+            raise ValueError(f"{entry.key} holds {int((~np.isfinite(tensor)).sum())} NaN or infinite value(s); "
+                             f"the checkpoint is damaged or its training diverged")
         if entry.kind == "fixed":
             table = fixed[entry.path[0]]
             if tensor.shape != (1,) * entry.ones + table.shape or not np.allclose(tensor.reshape(table.shape), table, atol=1e-5):

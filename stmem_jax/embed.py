@@ -89,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--output", required=True, help=".npz file to write")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     args = p.parse_args(argv)
+    if args.crops is not None and args.crops < 1:
+        p.error(f"--crops must be at least 1, got {args.crops}")
     if os.path.exists(args.output) and not args.overwrite:
         print(f"stmem-embed: error: {args.output} exists; pass --overwrite to replace it", file=sys.stderr)
         return 1

@@ -40,3 +40,10 @@ def test_torch_reference_benchmark_prints_the_same_columns():
     out = run("torch_reference.py", "--presets", "tiny", "--batch", "2", "--steps", "1", "--threads", "1")
     row = [line for line in out.splitlines() if line.startswith("tiny")][0].split()
     assert row[:2] == ["tiny", "2"] and float(row[3]) > 0 and float(row[4]) > 0
+
+
+def test_fault_injection_kills_preparation_and_the_rerun_gives_the_same_shards():
+    out = run("fault_injection.py", "--runs", "2", "--kinds", "prepare", "--records", "40").splitlines()
+    trials = [line.split() for line in out if line.split()[:1] in (["0"], ["1"])]
+    assert [t[1:3] for t in trials] == [["prepare", "SIGKILL"], ["prepare", "SIGTERM"]]
+    assert all(t[-1] == "same" for t in trials) and out[-1] == "2 trial(s), 0 mismatch(es)"

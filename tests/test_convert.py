@@ -100,6 +100,12 @@ def test_import_errors_name_the_key(tmp_path, tiny_stmem):
     with pytest.raises(ValueError, match="to_patch_embedding.2.bias differs"):
         variables_from_state_dict(shared)
 
+    poisoned = dict(state_dict)
+    poisoned["encoder.block1.attn.norm.weight"] = np.array(state_dict["encoder.block1.attn.norm.weight"], np.float32)
+    poisoned["encoder.block1.attn.norm.weight"][3] = np.nan
+    with pytest.raises(ValueError, match=r"encoder\.block1\.attn\.norm\.weight holds 1 NaN or infinite value"):
+        variables_from_state_dict(poisoned)
+
     table = dict(state_dict, **{"encoder.pos_embedding": state_dict["encoder.pos_embedding"] + 0.5})
     with pytest.raises(ValueError, match="encoder.pos_embedding .* not the fixed sine-cosine table"):
         variables_from_state_dict(table)

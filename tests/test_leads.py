@@ -19,6 +19,7 @@ def test_lead_indices_by_name_set_and_index():
     assert lead_indices(None, 6) == tuple(range(6))
     assert lead_indices(["avf", 6]) == (5, 6)
     assert lead_indices(LEAD_NAMES) == tuple(range(12))
+    assert lead_indices("I,II") == (0, 1) and lead_indices("V1, I") == (6, 0)  # data.leads=I,II anywhere
 
 
 def test_first_k_rule_and_errors():

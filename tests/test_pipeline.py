@@ -273,6 +273,22 @@ def test_bad_inputs_give_clear_errors(data, tmp_path):
         make_dataset(InputConfig(str(broken)))
 
 
+def test_a_shard_cut_at_an_example_boundary_is_an_error_without_a_task_too(tmp_path):
+    """Pre-training reads no labels; a shard shorter than its manifest entry would shift epochs and
+    resume positions, so the shard lengths are checked from the record headers."""
+    cut = tmp_path / "cut"
+    write_dataset(cut, num_records=12, splits={"train": 1.0}, shards_per_split=3)
+    shard = cut / "train-00001-of-00003"
+    data = shard.read_bytes()
+    last = int.from_bytes(data[:8], "little") + 16  # the first example's size on disk
+    shard.write_bytes(data[last:])
+    with pytest.raises(ValueError, match=re.escape(f"shard {shard} holds") + ".*the manifest says"):
+        make_dataset(InputConfig(str(cut), batch_size=2))
+    shard.write_bytes(data[:-10])
+    with pytest.raises(ValueError, match=re.escape(f"cannot read shard {shard}: it ends inside example")):
+        make_dataset(InputConfig(str(cut), batch_size=2))
+
+
 def test_global_batches_on_8_devices(data):
     script = textwrap.dedent(f"""
         import os

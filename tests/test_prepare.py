@@ -1,7 +1,14 @@
+import glob
 import json
 import os
+import re
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
+import pandas as pd
 import pytest
 from scipy import signal as sps
 
@@ -12,6 +19,8 @@ from data_prep.sources import SOURCES
 from data_prep.writer import prepare
 from data_fixtures import read_split
 from stmem_jax.core.recipe import Recipe, band_filter, resample
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def expected_windows(stored, fs, recipe=Recipe()):
@@ -100,6 +109,25 @@ def test_ptbxl_labels_splits_and_manifest(ptbxl):
     assert list(prints["record_id"]) == shards and manifest["fingerprints"]["windows"] == len(shards)
 
 
+def test_ptbxl_csv_problems_name_the_file_and_the_line(tmp_path):
+    rows = [dict(r) for r in PTBXL_ROWS[:2]]
+    rows.append({"ecg_id": 3, "patient_id": 2, "scp_codes": {"NORM": "high"}, "strat_fold": 8})
+    rows.append({"ecg_id": 4, "patient_id": 3, "scp_codes": {"NORM": 100.0}, "strat_fold": float("nan")})
+    nf.write_ptbxl(tmp_path, rows)
+    records, skipped = SOURCES["ptbxl"](str(tmp_path)).list_records()
+    csv_path = str(tmp_path / "ptbxl_database.csv")
+    assert [r.record_id for r in records] == ["1", "2"]
+    reasons = {s.record_id: (s.path, s.reason) for s in skipped}
+    assert reasons["3"][0] == csv_path and reasons["3"][1].startswith("line 4: unparsable scp_codes")
+    assert reasons["4"] == (csv_path, "line 5: strat_fold is not a number (nan)")
+    pd.read_csv(csv_path).drop(columns=["strat_fold"]).to_csv(csv_path, index=False)
+    with pytest.raises(ValueError, match=re.escape(csv_path) + ": missing column.*strat_fold"):
+        SOURCES["ptbxl"](str(tmp_path)).list_records()
+    (tmp_path / "ptbxl_database.csv").write_bytes(b"\x00\xff" * 100)
+    with pytest.raises(ValueError, match=re.escape(csv_path)):
+        SOURCES["ptbxl"](str(tmp_path)).list_records()
+
+
 def test_existing_output_is_never_overwritten_without_flag(ptbxl, tmp_path, capsys):
     root, out, _, _ = ptbxl
     before = {name: os.path.getmtime(out / name) for name in os.listdir(out)}
@@ -160,6 +188,31 @@ def test_resume_after_kill_redoes_nothing_and_matches_a_full_run(tmp_path, monke
     ids = sorted(ex["record_id"] for ex in read_split(out, "train"))
     assert ids == sorted(ex["record_id"] for ex in read_split(tmp_path / "full", "train"))
     assert len(ids) == len(set(ids)) == 8
+
+
+def test_sigterm_stops_the_workers_and_the_same_command_resumes(tmp_path):
+    from data_prep.synthetic import write_ptbxl
+
+    native = write_ptbxl(tmp_path / "native", 160, seed=0, progress=False)
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "data_prep", "ptbxl", "--input", native, "--output", str(out), "--workers", "2",
+               "--shard-windows", "8", "--quiet"]
+    proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not glob.glob(str(out / "*-of-*")) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+    assert "run the same command again to resume" in err and not (out / "manifest.json").exists()
+    before = sorted(os.listdir(out)) + sorted(os.listdir(out / ".progress"))
+    time.sleep(2)
+    assert sorted(os.listdir(out)) + sorted(os.listdir(out / ".progress")) == before  # no worker writes on
+    (out / "train-00000-of-00099.tmp-999999").write_bytes(b"partial")  # as a killed worker leaves it
+    assert subprocess.run(command, cwd=ROOT, capture_output=True, timeout=600).returncode == 0
+    assert not [name for name in os.listdir(out) if ".tmp-" in name]
+    manifest = json.load(open(out / "manifest.json"))
+    assert sum(s["records"] for s in manifest["splits"].values()) == 160
 
 
 def test_challenge2021_subsets_labels_and_patient_disjoint_stratified_split(tmp_path):

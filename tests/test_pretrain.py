@@ -158,14 +158,33 @@ def test_killed_run_over_a_mixture_resumed_equals_uninterrupted_run(synthetic_sh
     parts = str(tmp_path / "parts")
     first = pretrain.train(small_config(synthetic_shards, **mixture, **{"train.max_steps_per_run": 4}), parts)
     assert first["step"] == 4 and not os.path.exists(os.path.join(parts, "model"))
+    with open(os.path.join(parts, "metrics.jsonl"), "a") as f:  # as a run killed after logging step 6 leaves it
+        f.write(json.dumps({"step": 6, "split": "train", "loss": 1.0}) + '\n{"step": 7, "spl')
     second = pretrain.train(small_config(synthetic_shards, **mixture), parts)
     assert second["step"] == 8
     np.testing.assert_allclose(losses(parts), losses(full), rtol=1e-6)
     for a, b in zip(final_params(parts), final_params(full)):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
     rows = [json.loads(line) for line in open(os.path.join(full, "metrics.jsonl")) if '"train"' in line]
+    resumed = [json.loads(line) for line in open(os.path.join(parts, "metrics.jsonl")) if '"train"' in line]
+    assert [r["step"] for r in resumed] == [r["step"] for r in rows]  # each step once
+    with pytest.raises(ValueError, match="checkpoint at step 8, past this run's 6 steps"):
+        pretrain.train(small_config(synthetic_shards, **{**mixture, "train.num_steps": 6}), parts)
     drawn = [sum(r[f"drawn/{name}"] for r in rows) for name in ("shards", "other")]
     assert sum(drawn) == 8 * 16 and 0.6 < drawn[0] / sum(drawn) < 0.9  # 3:1 of the 128 examples
+
+
+def test_command_errors_name_the_unknown_field_and_the_missing_folder(tmp_path):
+    def command(*flags):
+        return subprocess.run([sys.executable, "-m", "stmem_jax.train.pretrain", f"--config={CONFIG}:tiny",
+                               f"--workdir={tmp_path / 'run'}", *flags], capture_output=True, text=True, timeout=600,
+                              cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+
+    unknown = command("--config.train.bogus=1")
+    assert unknown.returncode == 2 and "config.train.bogus is not a field of the config" in unknown.stderr
+    assert "Traceback" not in unknown.stderr
+    missing = command(f"--config.data.dir={tmp_path / 'nowhere'}")
+    assert missing.returncode == 1 and "nowhere does not exist" in missing.stderr and "Traceback" not in missing.stderr
 
 
 def test_eight_devices_match_one_and_their_checkpoint_restores_on_one(synthetic_shards, tmp_path):

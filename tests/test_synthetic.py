@@ -2,6 +2,7 @@
 
 import ast
 import os
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -230,3 +231,36 @@ def test_write_ptbxl_parallel_matches_serial(tmp_path):
     for name in ("ptbxl_database.csv", "records500/00000/00004_hr.dat", "records100/00000/00005_lr.dat"):
         with open(os.path.join(serial, name), "rb") as a, open(os.path.join(parallel, name), "rb") as b:
             assert a.read() == b.read(), name
+
+
+def test_an_interrupted_generation_is_completed_by_a_rerun_and_another_is_replaced_only_with_overwrite(
+        tmp_path, monkeypatch):
+    reference = S.write_ptbxl(tmp_path / "reference", 6, seed=4, progress=False)
+    calls = []
+    real = S._write_chunk
+
+    def dying(task):
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # killed while writing the third chunk
+        calls.append(task)
+        return real(task)
+
+    monkeypatch.setattr(S, "_write_chunk", dying)
+    target = tmp_path / "interrupted"
+    with pytest.raises(KeyboardInterrupt):
+        S.write_ptbxl(target, 6, seed=4, progress=False)
+    assert (target / S.PARTIAL).is_file() and not (target / S.MARKER).is_file()
+    monkeypatch.setattr(S, "_write_chunk", real)
+    assert S.write_ptbxl(target, 6, seed=4, progress=False) == str(target)
+    assert not (target / S.PARTIAL).exists()
+    for name in ("ptbxl_database.csv", "records500/00000/00003_hr.dat", "records500/00000/00006_hr.hea"):
+        assert (target / name).read_bytes() == (Path(reference) / name).read_bytes(), name
+
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        S.write_ptbxl(target, 4, seed=5, progress=False)
+    S.write_ptbxl(target, 4, seed=5, progress=False, overwrite=True)
+    assert len(pd.read_csv(target / "ptbxl_database.csv")) == 4
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    with pytest.raises(FileExistsError, match="choose an empty directory$"):
+        S.write_ptbxl(tmp_path / "mine", 4, seed=5, progress=False, overwrite=True)

@@ -30,42 +30,59 @@ class PTBXL(Source):
     def index_files(self) -> list[str]:
         return [os.path.join(self.input_dir, f) for f in ("ptbxl_database.csv", "scp_statements.csv")]
 
-    def _read_csv(self, name: str, **kwargs) -> pd.DataFrame:
+    def _read_csv(self, name: str, required: tuple[str, ...], **kwargs) -> pd.DataFrame:
         path = os.path.join(self.input_dir, name)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"{path} not found: is {self.input_dir} the PTB-XL root folder?")
-        return pd.read_csv(path, **kwargs)
+        try:
+            table = pd.read_csv(path, **kwargs)
+        except (ValueError, UnicodeDecodeError, pd.errors.ParserError) as error:  # empty, binary or malformed
+            raise ValueError(f"{path}: not a readable CSV ({error})") from None
+        missing = [c for c in required if c not in table.columns]
+        if missing:
+            raise ValueError(f"{path}: missing column(s) {', '.join(missing)}")
+        return table
 
     def list_records(self) -> tuple[list[Record], list[Skip]]:
-        database = self._read_csv("ptbxl_database.csv")
-        statements = self._read_csv("scp_statements.csv", index_col=0)
-        scheme = SPLIT_SCHEMES[self.options.get("split_scheme", "st_mem")]
         resolution = self.options.get("resolution", "hr")
+        database = self._read_csv("ptbxl_database.csv", ("ecg_id", "patient_id", "scp_codes", "strat_fold",
+                                                         f"filename_{resolution}"))
+        statements = self._read_csv("scp_statements.csv", ("diagnostic", "form", "rhythm", "diagnostic_class",
+                                                           "diagnostic_subclass"), index_col=0)
+        scheme = SPLIT_SCHEMES[self.options.get("split_scheme", "st_mem")]
+        csv_path = os.path.join(self.input_dir, "ptbxl_database.csv")
         records, skipped = [], []
-        for row in database.itertuples(index=False):
+        for line, row in enumerate(database.itertuples(index=False), start=2):
             base = os.path.join(self.input_dir, str(getattr(row, f"filename_{resolution}")))
             path = base + ".hea"
-            record_id = str(int(row.ecg_id))
+            ids = [_int(row.ecg_id), _int(row.patient_id), _int(row.strat_fold)]
+            if None in ids:
+                name = ("ecg_id", "patient_id", "strat_fold")[ids.index(None)]
+                skipped.append(Skip(str(row.ecg_id), csv_path, f"line {line}: {name} is not a number "
+                                                               f"({getattr(row, name)!r})"))
+                continue
+            record_id, patient, fold = str(ids[0]), str(ids[1]), ids[2]
             try:
                 scp = ast.literal_eval(row.scp_codes)
                 if not isinstance(scp, dict):
                     raise ValueError("not a dict")
-            except (ValueError, SyntaxError) as error:
-                skipped.append(Skip(record_id, path, f"unparsable scp_codes {row.scp_codes!r} ({error})"))
+                weights = [float(v) / 100 for v in scp.values()]
+            except (ValueError, SyntaxError, TypeError) as error:
+                skipped.append(Skip(record_id, csv_path, f"line {line}: unparsable scp_codes {row.scp_codes!r} "
+                                                         f"({error})"))
                 continue
             unknown = [code for code in scp if code not in statements.index]
             if unknown:
                 skipped.append(Skip(record_id, path, f"unknown SCP code(s) {', '.join(unknown)}"))
                 continue
-            fold = int(row.strat_fold)
             if fold not in scheme:
                 skipped.append(Skip(record_id, path, f"strat_fold {fold} outside 1..10"))
                 continue
             records.append(Record(
-                record_id=record_id, patient_id=str(int(row.patient_id)), source=self.name, path=path,
-                locator=base, codes=list(scp), code_weights=[float(v) / 100 for v in scp.values()],
-                labels=_labels(list(scp), statements), age=parse_age(row.age),
-                sex={0: "M", 1: "F"}.get(_int(row.sex), ""), fold=fold, split=scheme[fold], duration_s=10.0))
+                record_id=record_id, patient_id=patient, source=self.name, path=path,
+                locator=base, codes=list(scp), code_weights=weights,
+                labels=_labels(list(scp), statements), age=parse_age(getattr(row, "age", None)),
+                sex={0: "M", 1: "F"}.get(_int(getattr(row, "sex", None)), ""), fold=fold, split=scheme[fold], duration_s=10.0))
         self.tasks = {task: {"classes": vocabulary(records, task), "multilabel": True} for task in BENCHMARK_TASKS}
         self.tasks["st_mem"] = {"classes": vocabulary(records, "st_mem"), "multilabel": False}
         self.split_task = "st_mem"
@@ -76,10 +93,12 @@ class PTBXL(Source):
 
 
 def _int(value) -> int | None:
+    """A whole number from a CSV cell (``7``, ``7.0``), None for anything else."""
     try:
-        return None if value is None or math.isnan(float(value)) else int(float(value))
-    except ValueError:
+        number = float(value)
+    except (TypeError, ValueError):
         return None
+    return int(number) if math.isfinite(number) and number == int(number) else None
 
 
 def _labels(codes: list[str], statements: pd.DataFrame) -> dict[str, list[str]]:

@@ -35,13 +35,15 @@ def lead_indices(leads: str | Sequence[str | int] | None, num_channels: int | No
                  *, num_leads: int = len(LEAD_NAMES), first_k: bool = False) -> tuple[int, ...]:
     """Returns the lead-embedding indices for the leads present, in input order.
 
-    ``leads`` is a lead-set name (``"limb"``, ``"12"``, ``"1"``), or a sequence of lead names
-    and/or indices into the standard order, or None for the first ``num_channels`` leads.
+    ``leads`` is a lead-set name (``"limb"``, ``"12"``, ``"1"``), comma-separated names
+    (``"I,II,V1"``), a sequence of lead names and/or indices into the standard order, or None for
+    the first ``num_channels`` leads.
     With ``first_k`` the public code's rule applies: a k-lead input uses embeddings 0..k-1
     whatever its leads are.
     """
     if isinstance(leads, str):
-        leads = LEAD_SETS.get(leads.lower(), (leads,))
+        leads = LEAD_SETS.get(leads.strip().lower()) or parse_leads(leads)
+        leads = (leads,) if isinstance(leads, str) else leads
     if leads is None:
         if num_channels is None:
             raise ValueError("lead_indices needs either `leads` or `num_channels`")

@@ -29,7 +29,8 @@ from stmem_jax.core.signal import RecordError, Signal
 
 @dataclasses.dataclass(frozen=True)
 class Recipe:
-    """Sampling rate, window, band filter (None disables a side), crop length and evaluation crops."""
+    """Sampling rate, window, band filter (None disables a side), crop length, evaluation crops, and
+    the longest gap of missing (non-finite) samples that is interpolated rather than left out."""
 
     fs: int = 250
     window_s: float = 10.0
@@ -38,6 +39,7 @@ class Recipe:
     filter_order: int = 5
     crop_samples: int = 2250
     eval_crops: int = 3
+    max_gap_s: float = 0.0
 
     def __post_init__(self):
         problems = []
@@ -52,6 +54,8 @@ class Recipe:
                                 f"got {value!r}")
         if self.filter_order < 1:
             problems.append(f"filter_order must be at least 1, got {self.filter_order}")
+        if not (math.isfinite(self.max_gap_s) and self.max_gap_s >= 0):
+            problems.append(f"max_gap_s must be 0 or more seconds, got {self.max_gap_s!r}")
         if self.crop_samples < 1 or self.eval_crops < 1:
             problems.append(f"crop_samples and eval_crops must be positive, got {self.crop_samples}, "
                             f"{self.eval_crops}")
@@ -160,33 +164,63 @@ def select_leads(sig: Signal, wanted: Sequence[str]) -> np.ndarray:
     return sig.data[[positions[name] for name in wanted]]
 
 
+def fill_gaps(data: np.ndarray, fs: float, max_gap_s: float | None = None) -> np.ndarray:
+    """``data`` (..., samples) with its runs of non-finite samples replaced by the straight line
+    between the finite samples around them: those between finite samples lasting at most
+    ``max_gap_s``, or with None every run (runs at an edge then hold the nearest finite value)."""
+    bad = ~np.isfinite(data)
+    limit = None if max_gap_s is None else int(np.floor(max_gap_s * fs + 1e-9))
+    if not bad.any() or limit == 0:
+        return data
+    out = np.array(data, np.float64)
+    positions = np.arange(out.shape[-1])
+    for row, row_bad in zip(out.reshape(-1, out.shape[-1]), bad.reshape(-1, out.shape[-1])):
+        if row_bad.all() or not row_bad.any():
+            continue
+        fill = row_bad.copy()
+        if limit is not None:
+            for start, stop in _runs(row_bad):
+                fill[start:stop] = stop - start <= limit and start > 0 and stop < len(row)
+        row[fill] = np.interp(positions[fill], positions[~row_bad], row[~row_bad])
+    return out
+
+
+def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
+    """``[(start, stop), ...]`` of the runs of True in a 1-D mask."""
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], mask.astype(np.int8), [0]])))
+    return list(zip(edges[::2].tolist(), edges[1::2].tolist()))
+
+
 def make_windows(sig: Signal, wanted: Sequence[str], recipe: Recipe
                  ) -> tuple[list[tuple[int, np.ndarray]], int]:
     """The record cut into non-overlapping windows at the recipe's rate, filtered.
 
-    Returns ``([(window index, float32 (leads, window_samples)), ...], windows dropped for NaN)``.
-    Raises RecordError for unusable records (missing, all-NaN or flat leads, too short, bad rate).
+    Gaps of non-finite samples up to ``recipe.max_gap_s`` are interpolated and kept. Longer gaps
+    are bridged by a straight line for resampling and filtering only (a zero fill would ring
+    through the filter into the windows around it) and the windows they touch are dropped.
+    Returns ``([(window index, float32 (leads, window_samples)), ...], windows dropped for gaps)``.
+    Raises RecordError for unusable records (missing, non-finite or flat leads, too short, bad rate).
     """
     if not np.isfinite(sig.fs) or sig.fs < 2 * (recipe.lowpass_hz or 0) or sig.fs <= 0:
         raise RecordError(f"unusable sampling rate {sig.fs} Hz")
-    data = select_leads(sig, wanted).astype(np.float64)
-    nan = np.isnan(data)
-    for name, row, row_nan in zip(wanted, data, nan):
-        if row_nan.all():
-            raise RecordError(f"lead {name} is all NaN")
-        if np.nanmax(row) == np.nanmin(row):
+    data = fill_gaps(select_leads(sig, wanted).astype(np.float64), sig.fs, recipe.max_gap_s)
+    bad = ~np.isfinite(data)
+    for name, row, row_bad in zip(wanted, data, bad):
+        if row_bad.all():
+            raise RecordError(f"lead {name} has no finite sample")
+        if row[~row_bad].max() == row[~row_bad].min():
             raise RecordError(f"lead {name} is flat")
     duration = data.shape[1] / sig.fs
     if duration < recipe.window_s:
         raise RecordError(f"shorter than the window ({duration:.2f} s < {recipe.window_s:g} s)")
-    resampled = band_filter(resample(np.where(nan, 0.0, data), sig.fs, recipe.fs), recipe)
+    resampled = band_filter(resample(fill_gaps(data, sig.fs), sig.fs, recipe.fs), recipe)
     length = recipe.window_samples
     native = int(round(recipe.window_s * sig.fs))
-    nan_any = nan.any(axis=0)
+    missing = bad.any(axis=0)
     windows, dropped = [], 0
     for w in range(resampled.shape[1] // length):
         start = int(round(w * recipe.window_s * sig.fs))
-        if nan_any[start:start + native].any():
+        if missing[start:start + native].any():
             dropped += 1
             continue
         windows.append((w, resampled[:, w * length:(w + 1) * length].astype(np.float32)))
@@ -205,15 +239,34 @@ def window_inputs(sig: Signal, wanted: Sequence[str], recipe: Recipe, *, crop_sa
 
 
 def model_inputs(ecgs: np.ndarray, fs: float, recipe: Recipe = Recipe(), *, crop_samples: int | None = None,
-                 count: int | None = None, bandpass: bool = True) -> np.ndarray:
+                 count: int | None = None, bandpass: bool = True, lead_names: Sequence[str] | None = None
+                 ) -> np.ndarray:
     """Recordings (B, C, T) or (C, T) in mV at ``fs`` Hz -> model inputs (B, count, C, crop_samples):
-    resampled to the recipe's rate, band-filtered, cut into ``count`` crops (default: the recipe's
-    evaluation crops), each z-scored."""
+    gaps up to ``recipe.max_gap_s`` interpolated, resampled to the recipe's rate, band-filtered, cut
+    into ``count`` crops (default: the recipe's evaluation crops), each z-scored. Bad input (a rate
+    that is not a positive number, a (T, C) array, a non-finite sample left) is a ValueError naming
+    the example and lead (``lead_names``, else the row)."""
     ecgs = np.asarray(ecgs, np.float64)
     if ecgs.ndim == 2:
         ecgs = ecgs[None]
     if ecgs.ndim != 3:
         raise ValueError(f"expected ECGs of shape (batch, leads, samples), got {ecgs.shape}")
+    if ecgs.shape[1] > ecgs.shape[2] or ecgs.shape[1] > 12:
+        raise ValueError(f"expected ECGs of shape (batch, leads, samples), got {ecgs.shape}: {ecgs.shape[1]} leads "
+                         f"of {ecgs.shape[2]} samples (transposed?)")
+    if not (isinstance(fs, (int, float, np.number)) and math.isfinite(fs) and fs > 0):
+        raise ValueError(f"sampling rate must be a positive number of Hz, got {fs!r}")
+    if count is not None and count < 1:
+        raise ValueError(f"crops must be at least 1, got {count}")
+    ecgs = fill_gaps(ecgs, fs, recipe.max_gap_s)
+    bad = ~np.isfinite(ecgs)
+    if bad.any():
+        b, c = (int(i) for i in np.argwhere(bad.any(axis=2))[0])
+        name = lead_names[c] if lead_names is not None and c < len(lead_names) else f"row {c}"
+        first = int(np.flatnonzero(bad[b, c])[0])
+        raise ValueError(f"ECG {b}, lead {name}: {int(bad[b, c].sum())} NaN or infinite sample(s), the first at "
+                         f"{first / fs:.3f} s; gaps up to Recipe.max_gap_s (now {recipe.max_gap_s:g} s) are "
+                         f"interpolated, e.g. recipe=Recipe(max_gap_s=0.1)")
     length = crop_samples or recipe.crop_samples
     signal = resample(ecgs, fs, recipe.fs)
     if bandpass:

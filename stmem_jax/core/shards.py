@@ -139,6 +139,23 @@ def write_shard(path: str | os.PathLike, serialized: Iterable[bytes]) -> tuple[i
     return count, os.path.getsize(path)
 
 
+def count_records(path: str | os.PathLike) -> int:
+    """The examples in a TFRecord file, from the record headers alone (a seek per record); a file
+    that ends inside a record is a ValueError naming it."""
+    path = os.fspath(path)
+    size, offset, count = os.path.getsize(path), 0, 0
+    with open(path, "rb") as f:
+        while offset < size:
+            header = f.read(12)
+            length = int.from_bytes(header[:8], "little") if len(header) == 12 else -1
+            offset += 16 + length
+            if length < 0 or offset > size:
+                raise ValueError(f"cannot read shard {path}: it ends inside example {count + 1}")
+            f.seek(offset)
+            count += 1
+    return count
+
+
 def write_tfds_metadata(directory: str | os.PathLike, features, shard_lengths: Mapping[str, Sequence[int]],
                         description: str = "") -> None:
     """Writes TFDS's metadata so ``tfds.builder_from_directory(directory)`` reads the shards."""

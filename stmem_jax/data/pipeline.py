@@ -473,6 +473,9 @@ def _load_split(config: InputConfig, directory: str, manifest: dict, task: tuple
         raise ValueError(f"{directory} is stored filtered ({manifest['filter']}); set bandpass=False")
     _lead_rows(config, manifest, directory)
     if task is None:
+        for path, length in zip(files, lengths):
+            if _record_count(path) != length:
+                raise ValueError(f"shard {path} holds {_record_count(path)} examples, the manifest says {length}")
         return _Split(directory, files, lengths, None, None, offset)
     spec = _spec(manifest, ("record_id", "window", f"labels/{config.task}"))
     record_ids, windows, names = [], [], []
@@ -489,6 +492,17 @@ def _load_split(config: InputConfig, directory: str, manifest: dict, task: tuple
     if config.label_fraction < 1:
         usable = labels_lib.stratified_subset(record_ids, names, usable, config.label_fraction, config.seed)
     return _Split(directory, files, lengths, labels, None if usable.all() else usable, offset)
+
+
+@functools.lru_cache(maxsize=4096)
+def _counted(path: str, mtime_ns: int, size: int) -> int:
+    return fmt.count_records(path)
+
+
+def _record_count(path: str) -> int:
+    """Examples in a shard (headers only), cached per file version."""
+    stat = os.stat(path)
+    return _counted(path, stat.st_mtime_ns, stat.st_size)
 
 
 def _steps(config: InputConfig, splits: list[_Split], count: int) -> int:

@@ -24,7 +24,7 @@ import optax
 from jax.experimental import multihost_utils
 
 from stmem_jax import mesh as meshlib
-from stmem_jax.train.checkpoints import Checkpoints, abstract_with_shardings
+from stmem_jax.train.checkpoints import Checkpoints, DamagedCheckpoint, abstract_with_shardings
 from stmem_jax.train.optim import peak_learning_rate, schedule as lr_schedule
 from stmem_jax.train.reporting import Reporter, scalars
 
@@ -105,11 +105,11 @@ def init_or_restore(init_state: Callable[..., TrainState], mesh, checkpoints: Ch
     shardings = TrainState(meshlib.replicated(mesh), meshlib.state_shardings(mesh, abstract.params),
                            meshlib.state_shardings(mesh, abstract.opt_state), meshlib.replicated(mesh))
     target = abstract_with_shardings(abstract, shardings)
-    start = checkpoints.latest_step()
+    state, start = checkpoints.restore_latest(target)
     if start is None:
         return jax.jit(init_state, out_shardings=shardings)(*args), 0, target
     print(f"resumed from step {start} in {checkpoints.workdir}", flush=True)
-    return checkpoints.restore(start, target), start, target
+    return state, start, target
 
 
 def jit_step(step: Callable, target: Any, batch_shardings: Sequence[Any], mesh) -> Callable:
@@ -174,12 +174,17 @@ def run(state: TrainState, step_fn: Callable, batches: Iterator[dict], key: jax.
     :class:`Interrupted`). Closes ``batches``. Returns (state, step reached, last logged metrics).
     """
     total = schedule.total_steps
+    close = getattr(batches, "close", lambda: None)  # generators and the input pipeline's iterators
+    if start > total:
+        close()
+        raise ValueError(f"the workdir holds a checkpoint at step {start}, past this run's {total} steps; use "
+                         f"another workdir, or at least {start} steps (train.num_steps / train.epochs)")
     stop_at = total if stop_at is None else stop_at
     stop = _StopRequest()
     pending, last, step = [], {}, start
     drawn = np.zeros(len(sources), np.int64)
     try:
-        reporter.reset_clock(step)
+        reporter.resume(step)
         while step < stop_at:
             item = next(batches)
             state, metrics = step_fn(state, *(item[k] for k in keys), key)
@@ -213,7 +218,7 @@ def run(state: TrainState, step_fn: Callable, batches: Iterator[dict], key: jax.
                     break
         checkpoints.wait()
     finally:
-        batches.close()
+        close()
         stop.restore()
     if stop.signum:
         raise Interrupted(stop.signum, step, checkpoints.workdir)
@@ -226,5 +231,10 @@ def restore_best(checkpoints: Checkpoints, state: TrainState, target: Any, step:
     if selected is None:
         return state, step
     if selected != step:
-        state = checkpoints.restore(selected, target, best=True)
+        try:
+            state = checkpoints.restore(selected, target, best=True)
+        except DamagedCheckpoint as error:
+            print(f"warning: the best checkpoint is damaged ({error}); keeping the final state of step {step}",
+                  flush=True)
+            return state, step
     return state, selected

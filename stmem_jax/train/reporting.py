@@ -60,6 +60,25 @@ class Reporter:
                 parts.append(f"{metrics['examples_per_s']:.1f} ex/s")
             print("  ".join(parts + [f"ETA {eta}"]), flush=True)
 
+    def resume(self, step: int) -> None:
+        """Starts (or resumes) at ``step``: ``metrics.jsonl`` forgets what an interrupted run wrote
+        after it (the resumed run writes those steps again), and the rate clock restarts."""
+        if self.active and step > 0:
+            self._jsonl.close()
+            kept = []
+            with open(self._jsonl.name) as f:
+                for line in f:
+                    try:
+                        if json.loads(line)["step"] <= step:
+                            kept.append(line)
+                    except (ValueError, KeyError, TypeError):
+                        continue  # a line cut by the interruption
+            with open(self._jsonl.name + ".tmp", "w") as f:
+                f.writelines(kept)
+            os.replace(self._jsonl.name + ".tmp", self._jsonl.name)
+            self._jsonl = open(self._jsonl.name, "a")
+        self.reset_clock(step)
+
     def reset_clock(self, step: int) -> None:
         """Restarts the rate measurement (after compilation, evaluation or a checkpoint save)."""
         self._last_time, self._last_step = time.perf_counter(), step
