@@ -11,7 +11,7 @@ $(STAMP): setup.cfg pyproject.toml
 	$(VENV)/bin/pip install --quiet --upgrade pip
 	# the CPU build of torch, pinned: an unpinned torch pulls a multi-GB CUDA build
 	$(VENV)/bin/pip install --quiet torch==2.13.0
-	$(VENV)/bin/pip install --quiet -e '.[dev,torch,clinical]'
+	$(VENV)/bin/pip install --quiet -e '.[dev,torch,clinical,tpu]'
 	touch $(STAMP)
 
 test: $(STAMP)

@@ -53,6 +53,22 @@ def with_synthetic_data(run: ml_collections.ConfigDict, workdir: str) -> None:
                                  data.workers)
 
 
+def parse_flags(args: list[str]) -> list[str]:
+    """absl's flag parsing (for ``app.run``), with an override of a field the config does not have
+    named in one line (exit status 2) instead of a traceback."""
+    from absl import app
+
+    try:
+        return app.parse_flags_with_usage(args)
+    except (AttributeError, KeyError) as error:
+        key = str(error).strip("\"'")
+        culprit = next((a.split("=")[0][2:] for a in args if a.startswith("--config.")
+                        and key in a.split("=")[0].split(".")), key)
+        print(f"{os.path.basename(args[0])}: error: {culprit} is not a field of the config "
+              f"(stmem_jax/train/config.py lists every field)", file=sys.stderr)
+        sys.exit(2)
+
+
 def run_config_command(body: Callable, argv, *, example: str, workdir_help: str,
                        run_section: Callable[[ml_collections.ConfigDict], ml_collections.ConfigDict] = lambda c: c
                        ) -> None:
@@ -92,15 +108,4 @@ def run_config_command(body: Callable, argv, *, example: str, workdir_help: str,
         if summary is not None:
             print("summary: " + json.dumps({**summary, "wall_s": round(time.time() - start, 1)}), flush=True)
 
-    def parse(args):
-        try:
-            return app.parse_flags_with_usage(args)
-        except (AttributeError, KeyError) as error:  # an override of a field the config does not have
-            key = str(error).strip("\"'")
-            culprit = next((a.split("=")[0][2:] for a in args if a.startswith("--config.")
-                            and key in a.split("=")[0].split(".")), key)
-            print(f"{os.path.basename(args[0])}: error: {culprit} is not a field of the config "
-                  f"(stmem_jax/train/config.py lists every field)", file=sys.stderr)
-            sys.exit(2)
-
-    app.run(main, argv=argv, flags_parser=parse)
+    app.run(main, argv=argv, flags_parser=parse_flags)

@@ -111,6 +111,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     workdir = os.path.abspath(workdir)
     os.makedirs(workdir, exist_ok=True)
     if os.path.isfile(os.path.join(workdir, METRICS_FILE)):
+        print(f"{workdir} holds a finished run ({METRICS_FILE}): nothing to do", flush=True)
         with open(os.path.join(workdir, METRICS_FILE)) as f:
             return json.load(f)
     task = resolve_task(config.data.dir, config.data.task, config.data.leads)

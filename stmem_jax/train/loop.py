@@ -179,6 +179,8 @@ def run(state: TrainState, step_fn: Callable, batches: Iterator[dict], key: jax.
         close()
         raise ValueError(f"the workdir holds a checkpoint at step {start}, past this run's {total} steps; use "
                          f"another workdir, or at least {start} steps (train.num_steps / train.epochs)")
+    if start == total:
+        print(f"the checkpoint is at the last step ({total}): nothing to train", flush=True)
     stop_at = total if stop_at is None else stop_at
     stop = _StopRequest()
     pending, last, step = [], {}, start

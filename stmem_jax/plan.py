@@ -1,0 +1,232 @@
+"""``stmem-plan``: will a config's train step fit a TPU slice, and what will it cost? Compiled ahead
+of time on this host (no TPU needed; ``pip install -e '.[tpu]'`` brings libtpu).
+
+    stmem-plan --config configs/pretrain/st_mem.py:vit_base --topology v5e:4x4 [--batch_per_chip 128]
+    stmem-plan --config configs/downstream/ptbxl.py:st_mem --topology v5e:2x2 --max_batch 512 \\
+        --config.model.preset=vit_base --config.model.remat=True
+
+The exact step of the config (the trainer's own step function and optimizer; mesh data x fsdp from
+``mesh.fsdp``; ``model.dtype``, ``model.remat``, ``train.grad_accum_steps``) is lowered with
+abstract inputs sharded over the topology's devices and compiled by XLA for TPU. It prints per
+device: arguments (parameters, optimizer state, batch), temporaries and their total against the
+chip's HBM; the compiled FLOPs per step against the analytic count; and with ``--max_batch`` the
+largest per-chip batch that fits (bisection). A fine-tuning step has the same shape from any
+``init``, so none is loaded; ``--num_classes`` sets the head (linear probing trains only a head:
+nothing to plan). Exit status 0, 1 when the step does not fit, 2 on a usage error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from jax.sharding import Mesh
+
+from stmem_jax import flops
+from stmem_jax import mesh as meshlib
+from stmem_jax.core.leads import lead_indices
+from stmem_jax.train import loop
+from stmem_jax.train.checkpoints import abstract_with_shardings
+from stmem_jax.train.optim import from_config as optimizer
+
+# HBM per device (GiB) by device kind; v4 and v5p expose one device per chip (megacore)
+HBM_GIB = {"TPU v4": 32, "TPU v5 lite": 16, "TPU v5": 95, "TPU v6 lite": 32}
+TPU_HINT = "ahead-of-time TPU compilation needs libtpu: pip install -e '.[tpu]'"
+
+
+@dataclasses.dataclass
+class Plan:
+    """One compiled step: per-device bytes, FLOPs per step, compile time."""
+
+    batch_per_chip: int
+    global_batch: int
+    argument_bytes: int
+    temp_bytes: int
+    output_bytes: int
+    alias_bytes: int
+    compiled_flops: float
+    analytic_flops: float | None
+    compile_s: float
+
+    @property
+    def total_bytes(self) -> int:
+        return self.argument_bytes + self.temp_bytes + self.output_bytes - self.alias_bytes
+
+
+def topology_devices(name: str) -> list:
+    """The devices of a TPU topology such as ``v5e:2x2`` (``generation:shape``), for compilation only."""
+    try:
+        import libtpu  # noqa: F401
+    except ImportError:
+        raise RuntimeError(TPU_HINT) from None
+    from jax.experimental import topologies
+
+    try:
+        return list(topologies.get_topology_desc(platform="tpu", topology_name=name).devices)
+    except Exception as error:  # libtpu raises several kinds on an unknown name
+        raise ValueError(f"unknown TPU topology {name!r} ({error}); e.g. v4:2x2x1, v5e:4x4, v5p:2x2x1, "
+                         f"v6e:2x2") from None
+
+
+def hbm_bytes(device) -> int | None:
+    """HBM of one device by its kind (the longest matching name: "TPU v5 lite" before "TPU v5")."""
+    kind = getattr(device, "device_kind", "")
+    names = sorted((k for k in HBM_GIB if kind.startswith(k)), key=len)
+    return HBM_GIB[names[-1]] * 2 ** 30 if names else None
+
+
+def _step_and_inputs(config: ml_collections.ConfigDict, mesh: Mesh, global_batch: int, num_classes: int
+                     ) -> tuple[Any, Any, list, float | None]:
+    """(step function, abstract state with shardings, abstract batch arguments, analytic FLOPs per step)."""
+    lead_ids = lead_indices(config.data.leads)
+    channels, crop = len(lead_ids), config.data.crop_samples
+    schedule = loop.Schedule.of(config.train, global_batch, steps_per_epoch=1000)
+    batch_sharding = meshlib.batch_sharding(mesh)
+    series = jax.ShapeDtypeStruct((global_batch, channels, crop), jnp.float32, sharding=batch_sharding)
+    if "mode" not in config:  # pre-training
+        from stmem_jax.train import pretrain
+
+        if global_batch % config.train.grad_accum_steps:
+            raise ValueError(f"global batch {global_batch} is not divisible by grad_accum_steps "
+                             f"{config.train.grad_accum_steps}")
+        model = pretrain.build_model(config, lead_ids)
+        example = jnp.zeros((1, channels, crop), jnp.float32)
+        params = jax.eval_shape(lambda: model.init({"params": jax.random.key(0), "masking": jax.random.key(0)},
+                                                   example, leads=lead_ids)["params"])
+        tx = optimizer(config.train, schedule.learning_rate, params)
+        step = pretrain.make_train_step(model, tx, config.model.mask_ratio, config.train.grad_accum_steps, lead_ids)
+        batch = [series]
+        analytic = 3 * flops.forward_flops(model, channels, config.model.mask_ratio) * global_batch
+    else:
+        from stmem_jax.train import downstream
+
+        if config.mode == "linprobe":
+            raise ValueError("linear probing trains only a head on cached features: nothing to plan")
+        shape_config = ml_collections.ConfigDict(config.to_dict())
+        shape_config.mode, shape_config.init = "scratch", ""  # the same step shape as from any init
+        model, _ = downstream.build_classifier(shape_config, num_classes, lead_ids)
+        example = jnp.zeros((1, channels, crop), jnp.float32)
+        params = jax.eval_shape(lambda: model.init({"params": jax.random.key(0), "dropout": jax.random.key(0)},
+                                                   example, leads=lead_ids)["params"])
+        layer_decay = config.train.layer_decay if config.mode == "finetune" else 1.0
+        tx = optimizer(config.train, schedule.learning_rate, params, layer_decay=layer_decay, depth=model.depth)
+        step = downstream.make_train_step(model, tx, False, lead_ids)
+        batch = [series, jax.ShapeDtypeStruct((global_batch,), jnp.int32, sharding=batch_sharding)]
+        analytic = None
+    abstract = jax.eval_shape(lambda p: loop.TrainState.create(p, tx), params)
+    shardings = loop.TrainState(meshlib.replicated(mesh), meshlib.state_shardings(mesh, abstract.params),
+                                meshlib.state_shardings(mesh, abstract.opt_state), meshlib.replicated(mesh))
+    return step, abstract_with_shardings(abstract, shardings), batch, analytic
+
+
+def compile_step(config: ml_collections.ConfigDict, devices: list, batch_per_chip: int, num_classes: int = 5) -> Plan:
+    """Compiles the config's train step for ``devices`` at ``batch_per_chip`` examples per device."""
+    fsdp = config.mesh.fsdp
+    if len(devices) % fsdp:
+        raise ValueError(f"mesh.fsdp={fsdp} does not divide the {len(devices)} devices")
+    mesh = Mesh(np.asarray(devices).reshape(len(devices) // fsdp, fsdp), meshlib.BATCH_AXES)
+    global_batch = batch_per_chip * len(devices)
+    step, target, batch, analytic = _step_and_inputs(config, mesh, global_batch, num_classes)
+    key = jax.ShapeDtypeStruct((), jax.eval_shape(lambda: jax.random.key(0)).dtype,
+                               sharding=meshlib.replicated(mesh))
+    start = time.perf_counter()
+    compiled = loop.jit_step(step, target, [b.sharding for b in batch], mesh).lower(target, *batch, key).compile()
+    seconds = time.perf_counter() - start
+    memory = compiled.memory_analysis()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return Plan(batch_per_chip, global_batch, memory.argument_size_in_bytes, memory.temp_size_in_bytes,
+                memory.output_size_in_bytes, memory.alias_size_in_bytes,
+                float(cost.get("flops", 0.0)) * len(devices), analytic, seconds)
+
+
+def largest_batch(config, devices, limit: int, capacity: int, num_classes: int) -> tuple[int, Plan | None]:
+    """The largest per-chip batch in 1..``limit`` whose step fits in ``capacity`` bytes (bisection;
+    memory grows with the batch), and its plan; (0, None) when not even 1 fits."""
+    low, high, best = 0, limit, None
+    while low < high:
+        middle = (low + high + 1) // 2
+        plan = compile_step(config, devices, middle, num_classes)
+        print(f"  per-chip batch {middle}: {_gb(plan.total_bytes)} -> {'fits' if plan.total_bytes <= capacity else 'too big'}",
+              flush=True)
+        if plan.total_bytes <= capacity:
+            low, best = middle, plan
+        else:
+            high = middle - 1
+    return low, best
+
+
+def _gb(n: float) -> str:
+    return f"{n / 1e9:.2f} GB"
+
+
+def describe(plan: Plan, capacity: int | None) -> list[str]:
+    fits = "" if capacity is None else (" -> fits" if plan.total_bytes <= capacity else " -> does NOT fit")
+    lines = [f"per-chip batch {plan.batch_per_chip} (global {plan.global_batch}), per device: arguments "
+             f"{_gb(plan.argument_bytes)}, temporaries {_gb(plan.temp_bytes)}, outputs {_gb(plan.output_bytes)} "
+             f"(aliased {_gb(plan.alias_bytes)}); total {_gb(plan.total_bytes)}"
+             + ("" if capacity is None else f" of {_gb(capacity)} HBM") + fits]
+    flops_line = f"FLOPs per step: compiled {plan.compiled_flops:.3e}"
+    if plan.analytic_flops:
+        flops_line += f", analytic {plan.analytic_flops:.3e} (ratio {plan.compiled_flops / plan.analytic_flops:.2f})"
+    lines += [flops_line, f"compiled in {plan.compile_s:.1f} s"]
+    return lines
+
+
+def plan(config: ml_collections.ConfigDict, topology: str, batch_per_chip: int | None = None,
+         max_batch: int | None = None, num_classes: int = 5) -> int:
+    """Prints the plan of ``config`` on ``topology``; returns the exit status (1: does not fit)."""
+    devices = topology_devices(topology)
+    capacity = hbm_bytes(devices[0])
+    per_chip = batch_per_chip or max(1, math.ceil(config.train.batch_size / len(devices)))
+    m = config.model
+    print(f"{topology}: {len(devices)} x {devices[0].device_kind}"
+          f"{'' if capacity is None else f' ({capacity / 2 ** 30:.0f} GiB HBM each)'}; mesh data "
+          f"{len(devices) // config.mesh.fsdp} x fsdp {config.mesh.fsdp}; {m.kind} {m.preset} {m.dtype}, remat "
+          f"{m.remat}, grad_accum_steps {config.train.get('grad_accum_steps', 1)}", flush=True)
+    result = compile_step(config, devices, per_chip, num_classes)
+    for line in describe(result, capacity):
+        print(line, flush=True)
+    if max_batch and capacity:
+        best, _ = largest_batch(config, devices, max_batch, capacity, num_classes)
+        print(f"largest per-chip batch that fits: {best}" + (" (the --max_batch limit)" if best == max_batch else ""),
+              flush=True)
+    return 0 if capacity is None or result.total_bytes <= capacity else 1
+
+
+def main(argv: list[str] | None = None) -> None:
+    from absl import app, flags, logging
+    from ml_collections import config_flags
+
+    from stmem_jax.cli import parse_flags
+
+    config_flags.DEFINE_config_file("config", None, "a config file and its argument, e.g. "
+                                    "configs/pretrain/st_mem.py:vit_base", lock_config=True)
+    flags.DEFINE_string("topology", None, "TPU topology, e.g. v5e:4x4, v4:2x2x2, v5p:4x4x4, v6e:8x8")
+    flags.DEFINE_integer("batch_per_chip", None, "examples per device (default: train.batch_size over the devices)")
+    flags.DEFINE_integer("max_batch", None, "also find the largest per-chip batch up to this that fits")
+    flags.DEFINE_integer("num_classes", 5, "fine-tuning: classes of the head")
+    flags.mark_flags_as_required(["config", "topology"])
+
+    def run(_):
+        f = flags.FLAGS
+        if not f["verbosity"].present:
+            logging.set_verbosity(logging.WARNING)
+        try:
+            sys.exit(plan(f.config, f.topology, f.batch_per_chip, f.max_batch, f.num_classes))
+        except (ValueError, RuntimeError) as error:
+            print(f"stmem-plan: error: {error}", file=sys.stderr)
+            sys.exit(2)
+
+    app.run(run, argv=argv, flags_parser=parse_flags)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,51 @@
+"""stmem-plan: the tiny preset's train steps compiled ahead of time for a TPU topology on this CPU
+host (needs the [tpu] extra: libtpu), and JAX on the CPU unchanged with libtpu installed."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("libtpu", reason="the [tpu] extra (libtpu) is not installed: pip install -e '.[tpu]'")
+
+from stmem_jax import plan  # noqa: E402
+from stmem_jax.train.config import load_config  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def devices():
+    return plan.topology_devices("v5e:2x2")
+
+
+def test_tiny_pretraining_step_compiles_for_v5e_and_fits(devices, capsys):
+    config = load_config(os.path.join(ROOT, "configs", "pretrain", "st_mem.py"), "tiny")
+    assert len(devices) == 4 and devices[0].device_kind == "TPU v5 lite"
+    assert plan.hbm_bytes(devices[0]) == 16 * 2 ** 30
+    assert plan.plan(config, "v5e:2x2", batch_per_chip=8) == 0
+    out = capsys.readouterr().out
+    assert "4 x TPU v5 lite (16 GiB HBM each)" in out and "(global 32)" in out and "-> fits" in out
+    ratio = float(out.split("(ratio ")[1].split(")")[0])
+    assert 0.7 < ratio < 1.5  # XLA's FLOP count against the analytic one
+
+
+def test_fine_tuning_step_compiles_with_fsdp_and_linear_probing_is_refused(devices):
+    config = load_config(os.path.join(ROOT, "configs", "downstream", "ptbxl.py"), "st_mem")
+    config.model.preset = "tiny"
+    config.mesh.fsdp = 2
+    step = plan.compile_step(config, devices, 8)
+    assert step.global_batch == 32 and step.compiled_flops > 0
+    config.mode = "linprobe"
+    with pytest.raises(ValueError, match="nothing to plan"):
+        plan.compile_step(config, devices, 8)
+    with pytest.raises(ValueError, match="unknown TPU topology 'v9z:1x1'"):
+        plan.topology_devices("v9z:1x1")
+
+
+def test_jax_on_the_cpu_is_unchanged_with_libtpu_installed():
+    code = "import jax, jax.numpy as jnp; print(jax.default_backend(), float(jnp.arange(4.0) @ jnp.arange(4.0)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         env={k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"})
+    assert out.returncode == 0 and out.stdout.split() == ["cpu", "14.0"], out.stderr[-2000:]
