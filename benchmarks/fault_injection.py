@@ -6,7 +6,8 @@ command again, and check that the result equals an uninterrupted run.
 Each kind first runs once uninterrupted (the reference, timed). Each trial starts the same command
 in a fresh directory, sends SIGKILL or SIGTERM (alternately) after a random delay between 10% and
 95% of the reference's wall time, then runs the command again until it finishes (killing it
-again is not needed: the second run is the recovery). The finished result is compared with the
+again is not needed: the second run is the recovery), unless the killed run had finished (a
+preparation whose manifest was written before the signal landed). The finished result is compared with the
 reference: every shard file byte for byte (prepare); every parameter of the saved model to
 rtol 1e-6 (pretrain, finetune: tiny models on synthetic data). Prints one line per trial and a
 summary; exits 1 when any result differs.
@@ -24,6 +25,8 @@ import tempfile
 import time
 
 import numpy as np
+
+from stmem_jax.core.shards import MANIFEST
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = {"model.preset": "tiny", "model.width": 64, "model.depth": 2, "model.heads": 1, "model.mlp_dim": 128,
@@ -69,7 +72,8 @@ def _env():
 def progress(kind: str, out: str) -> str:
     """What the killed run had finished: shards, or the latest checkpoint step."""
     if kind == "prepare":
-        return f"{len(glob.glob(os.path.join(out, '*-of-*')))} shard(s)"
+        done = " + manifest" if os.path.exists(os.path.join(out, MANIFEST)) else ""
+        return f"{len(glob.glob(os.path.join(out, '*-of-*')))} shard(s){done}"
     steps = [int(s) for s in os.listdir(os.path.join(out, "checkpoints")) if s.isdigit()] \
         if os.path.isdir(os.path.join(out, "checkpoints")) else []
     return f"checkpoint {max(steps)}" if steps else "no checkpoint"
@@ -110,7 +114,7 @@ def main() -> int:
                 references[kind] = os.path.join(tmp, f"reference-{kind}")
                 seconds[kind] = run(build[kind](references[kind]))
                 print(f"reference {kind}: {seconds[kind]:.1f} s", flush=True)
-        print(f"{'trial':>5} {'kind':>9} {'signal':>7} {'kill at':>8} {'exit':>5} {'killed run had':>16} "
+        print(f"{'trial':>5} {'kind':>9} {'signal':>7} {'kill at':>8} {'exit':>5} {'killed run had':>27} "
               f"{'rerun':>7} {'result':>8}", flush=True)
         mismatches = 0
         for trial in range(args.runs):
@@ -126,11 +130,13 @@ def main() -> int:
                 proc.send_signal(sig)
                 proc.wait()
             had = progress(kind, out) if os.path.isdir(out) else "nothing"
-            rerun = run(build[kind](out))
+            # a preparation whose manifest is written is finished (a rerun refuses it without --overwrite)
+            finished = proc.returncode == 0 or (kind == "prepare" and os.path.exists(os.path.join(out, MANIFEST)))
+            rerun = 0.0 if finished else run(build[kind](out))
             ok = same(kind, out, references[kind])
             mismatches += not ok
             print(f"{trial:>5} {kind:>9} {signal.Signals(sig).name:>7} {delay:>7.1f}s {proc.returncode:>5} "
-                  f"{had:>16} {rerun:>6.1f}s {'same' if ok else 'DIFFERS':>8}", flush=True)
+                  f"{had:>27} {rerun:>6.1f}s {'same' if ok else 'DIFFERS':>8}", flush=True)
             shutil.rmtree(out, ignore_errors=True)
         print(f"{args.runs} trial(s), {mismatches} mismatch(es)")
         return 1 if mismatches else 0

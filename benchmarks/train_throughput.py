@@ -1,10 +1,11 @@
 """Pre-training step throughput: examples/s, step time and MFU per preset and compute dtype.
 
     python benchmarks/train_throughput.py [--presets tiny,vit_small,vit_base] [--dtypes float32,bfloat16]
-                                          [--batch 16] [--steps 5] [--remat] [--peak-tflops X]
+                                          [--batch 16] [--steps 5] [--remat] [--accum 0] [--peak-tflops X]
 
 Times the jitted train step of ``stmem_jax.train.pretrain`` (AdamW, donated state) on random
-input already on the device, after two warm-up steps. MFU = analytic model FLOPs (3 x forward,
+input already on the device, after two warm-up steps, in as many micro-batches as training uses
+(``micro``: ``train.grad_accum_steps``, automatic by default). MFU = analytic model FLOPs (3 x forward,
 ``stmem_jax.flops``) / measured time / the device's peak; "of matmul" relates the same rate to a
 large square matmul timed on the same device, the practical ceiling. Runs unchanged on CPU, GPU
 and TPU.
@@ -22,7 +23,7 @@ from stmem_jax.models import create_model
 from stmem_jax import mesh as meshlib
 from stmem_jax.train.optim import adamw
 from stmem_jax.train.loop import TrainState
-from stmem_jax.train.pretrain import make_train_step
+from stmem_jax.train.pretrain import make_train_step, micro_batches
 
 
 def matmul_rate(dtype: str, n: int = 4096, repeats: int = 5) -> float:
@@ -38,7 +39,7 @@ def matmul_rate(dtype: str, n: int = 4096, repeats: int = 5) -> float:
     return 2 * n ** 3 / best
 
 
-def measure(preset: str, dtype: str, batch: int, steps: int, remat: bool = False, accum: int = 1):
+def measure(preset: str, dtype: str, batch: int, steps: int, remat: bool = False, accum: int = 0):
     model = create_model("st_mem", preset, dtype=jnp.dtype(dtype), remat=remat)
     mesh = meshlib.make_mesh()
     leads = tuple(range(12))
@@ -49,6 +50,7 @@ def measure(preset: str, dtype: str, batch: int, steps: int, remat: bool = False
     state = jax.device_put(state, meshlib.replicated(mesh))
     series = jax.device_put(jax.random.normal(jax.random.key(2), (batch, 12, model.seq_len)),
                             meshlib.batch_sharding(mesh))
+    accum = micro_batches(batch, accum, mesh)
     step = jax.jit(make_train_step(model, tx, 0.75, accum, leads), donate_argnums=0)
     key = jax.random.key(3)
     for _ in range(2):
@@ -60,7 +62,7 @@ def measure(preset: str, dtype: str, batch: int, steps: int, remat: bool = False
     jax.block_until_ready(metrics)
     seconds = (time.perf_counter() - start) / steps
     flops = 3 * forward_flops(model, 12) * batch
-    return seconds, flops
+    return seconds, flops, accum
 
 
 def main():
@@ -70,6 +72,8 @@ def main():
     parser.add_argument("--batch", type=int, default=16, help="global batch")
     parser.add_argument("--steps", type=int, default=5, help="timed steps")
     parser.add_argument("--remat", action="store_true", help="recompute block activations (model.remat)")
+    parser.add_argument("--accum", type=int, default=0,
+                        help="micro-batches per step (train.grad_accum_steps; 0: automatic, as training chooses)")
     parser.add_argument("--peak-tflops", type=float, default=0.0, help="override the device peak (per device)")
     args = parser.parse_args()
     devices = jax.devices()
@@ -77,16 +81,17 @@ def main():
     dtypes = args.dtypes.split(",")
     rates = {dtype: matmul_rate(dtype) for dtype in dtypes}
     print("4096^3 matmul, per device: " + ", ".join(f"{d} {r / 1e12:.3f} TFLOP/s" for d, r in rates.items()))
-    print(f"{'preset':<10} {'dtype':<9} {'batch':>5} {'step ms':>9} {'examples/s':>11} {'TFLOP/s':>8} {'MFU':>7} "
-          f"{'of matmul':>9}")
+    print(f"{'preset':<10} {'dtype':<9} {'batch':>5} {'micro':>5} {'step ms':>9} {'examples/s':>11} {'TFLOP/s':>8} "
+          f"{'MFU':>7} {'of matmul':>9}")
     for preset in args.presets.split(","):
         for dtype in dtypes:
-            seconds, flops = measure(preset, dtype, args.batch, args.steps, args.remat)
+            seconds, flops, accum = measure(preset, dtype, args.batch, args.steps, args.remat, args.accum)
             peak = args.peak_tflops * 1e12 if args.peak_tflops else peak_flops(devices[0], dtype)
             achieved = flops / seconds / len(devices)
             mfu = f"{100 * achieved / peak:.1f}%" if peak else "n/a"
-            print(f"{preset:<10} {dtype:<9} {args.batch:>5} {1000 * seconds:>9.1f} {args.batch / seconds:>11.2f} "
-                  f"{achieved * len(devices) / 1e12:>8.3f} {mfu:>7} {100 * achieved / rates[dtype]:>8.1f}%", flush=True)
+            print(f"{preset:<10} {dtype:<9} {args.batch:>5} {accum:>5} {1000 * seconds:>9.1f} "
+                  f"{args.batch / seconds:>11.2f} {achieved * len(devices) / 1e12:>8.3f} {mfu:>7} "
+                  f"{100 * achieved / rates[dtype]:>8.1f}%", flush=True)
 
 
 if __name__ == "__main__":

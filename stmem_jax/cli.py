@@ -53,6 +53,17 @@ def with_synthetic_data(run: ml_collections.ConfigDict, workdir: str) -> None:
                                  data.workers)
 
 
+def use_compilation_cache() -> None:
+    """Keeps compiled steps on disk (JAX's persistent compilation cache) in
+    ``~/.cache/stmem-jax/xla``, so a rerun, the runs of a grid and the demo's stages load them
+    instead of compiling again. ``JAX_COMPILATION_CACHE_DIR`` chooses another folder; set empty,
+    it turns the cache off."""
+    if "JAX_COMPILATION_CACHE_DIR" in os.environ or jax.config.jax_compilation_cache_dir:
+        return
+    jax.config.update("jax_compilation_cache_dir", os.path.join(os.path.expanduser("~"), ".cache", "stmem-jax", "xla"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+
+
 def parse_flags(args: list[str]) -> list[str]:
     """absl's flag parsing (for ``app.run``), with an override of a field the config does not have
     named in one line (exit status 2) instead of a traceback."""
@@ -92,6 +103,7 @@ def run_config_command(body: Callable, argv, *, example: str, workdir_help: str,
         if not flags.FLAGS["verbosity"].present:
             logging.set_verbosity(logging.WARNING)
         config, workdir = flags.FLAGS.config, flags.FLAGS.workdir
+        use_compilation_cache()
         initialize_from_config(run_section(config))
         with_synthetic_data(run_section(config), workdir)
         start = time.time()

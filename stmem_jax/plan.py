@@ -93,15 +93,13 @@ def _step_and_inputs(config: ml_collections.ConfigDict, mesh: Mesh, global_batch
     if "mode" not in config:  # pre-training
         from stmem_jax.train import pretrain
 
-        if global_batch % config.train.grad_accum_steps:
-            raise ValueError(f"global batch {global_batch} is not divisible by grad_accum_steps "
-                             f"{config.train.grad_accum_steps}")
+        accum_steps = pretrain.micro_batches(global_batch, config.train.grad_accum_steps, mesh)
         model = pretrain.build_model(config, lead_ids)
         example = jnp.zeros((1, channels, crop), jnp.float32)
         params = jax.eval_shape(lambda: model.init({"params": jax.random.key(0), "masking": jax.random.key(0)},
                                                    example, leads=lead_ids)["params"])
         tx = optimizer(config.train, schedule.learning_rate, params)
-        step = pretrain.make_train_step(model, tx, config.model.mask_ratio, config.train.grad_accum_steps, lead_ids)
+        step = pretrain.make_train_step(model, tx, config.model.mask_ratio, accum_steps, lead_ids)
         batch = [series]
         analytic = 3 * flops.forward_flops(model, channels, config.model.mask_ratio) * global_batch
     else:

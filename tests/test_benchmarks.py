@@ -28,7 +28,7 @@ def test_prepare_benchmark_prints_records_per_second(source, records):
 def test_train_throughput_benchmark_prints_mfu():
     out = run("train_throughput.py", "--presets", "tiny", "--dtypes", "float32", "--batch", "4", "--steps", "1")
     row = [line for line in out.splitlines() if line.startswith("tiny")][0].split()
-    assert row[:3] == ["tiny", "float32", "4"] and float(row[4]) > 0 and row[6].endswith("%")
+    assert row[:4] == ["tiny", "float32", "4", "1"] and float(row[5]) > 0 and row[7].endswith("%")
 
 
 def test_input_pipeline_benchmark_prints_rates():

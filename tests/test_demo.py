@@ -20,6 +20,16 @@ def test_demo_runs_end_to_end_and_resumes(tmp_path, capsys):
         assert os.path.getsize(path) > 10_000  # a real PNG
     out = capsys.readouterr().out
     assert "[3/3]" in out and "[2/2]" in out
+    printed = [line for line in out.splitlines() if line.startswith("| ST-MEM") or line.startswith("| Supervised")]
+    assert len(printed) == 5 and all(line in on_disk.splitlines() for line in printed)
+    runs = open(os.path.join(tmp_path, "downstream", "runs.csv")).read()
+    names = {"fine-tune": "finetune", "linear probe": "linprobe", "scratch": "scratch"}
+    leads = {"12-lead": "12", "6-lead (limb)": "limb", "1-lead (I)": "1"}
+    for line in printed:  # each printed row is a run in runs.csv: method,mode,leads,fraction
+        method, lead_setting = (cell.strip() for cell in line.strip("|").split("|")[:2])
+        name, mode = method[:-1].split(" (")
+        assert f",{name},{names[mode]},{leads[lead_setting]},0.05," in runs
+    assert "ST-MEM fine-tuning is" in out and "scratch at 5% of the labels, one seed" in summary["verdict"]
     again = run_demo(str(tmp_path), records=240, pretrain_steps=10, downstream_epochs=2, fraction=0.05,
                      tiny_model=SMALL)
     assert again["table"] == table

@@ -84,7 +84,8 @@ def pretraining(preset: str = "vit_base") -> ml_collections.ConfigDict:
     config.data.update(split="train", val_split="validation")
     config.train.update(
         batch_size=512,
-        grad_accum_steps=1,            # micro-batches per step (memory), same result as one big batch
+        grad_accum_steps=0,            # micro-batches per step (memory), same result as one big batch;
+                                       # 0: automatic (1, or micro-batches of 16 per device on CPU)
         epochs=800,
         max_steps_per_run=0,           # > 0: stop (with a checkpoint) after this many steps; rerun to go on
         warmup_epochs=40,
