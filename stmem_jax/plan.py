@@ -90,12 +90,12 @@ def _step_and_inputs(config: ml_collections.ConfigDict, mesh: Mesh, global_batch
     schedule = loop.Schedule.of(config.train, global_batch, steps_per_epoch=1000)
     batch_sharding = meshlib.batch_sharding(mesh)
     series = jax.ShapeDtypeStruct((global_batch, channels, crop), jnp.float32, sharding=batch_sharding)
+    example = jnp.zeros((1, channels, crop), jnp.float32)
     if "mode" not in config:  # pre-training
         from stmem_jax.train import pretrain
 
         accum_steps = pretrain.micro_batches(global_batch, config.train.grad_accum_steps, mesh)
         model = pretrain.build_model(config, lead_ids)
-        example = jnp.zeros((1, channels, crop), jnp.float32)
         params = jax.eval_shape(lambda: model.init({"params": jax.random.key(0), "masking": jax.random.key(0)},
                                                    example, leads=lead_ids)["params"])
         tx = optimizer(config.train, schedule.learning_rate, params)
@@ -110,7 +110,6 @@ def _step_and_inputs(config: ml_collections.ConfigDict, mesh: Mesh, global_batch
         shape_config = ml_collections.ConfigDict(config.to_dict())
         shape_config.mode, shape_config.init = "scratch", ""  # the same step shape as from any init
         model, _ = downstream.build_classifier(shape_config, num_classes, lead_ids)
-        example = jnp.zeros((1, channels, crop), jnp.float32)
         params = jax.eval_shape(lambda: model.init({"params": jax.random.key(0), "dropout": jax.random.key(0)},
                                                    example, leads=lead_ids)["params"])
         layer_decay = config.train.layer_decay if config.mode == "finetune" else 1.0
@@ -152,8 +151,8 @@ def largest_batch(config, devices, limit: int, capacity: int, num_classes: int) 
     while low < high:
         middle = (low + high + 1) // 2
         plan = compile_step(config, devices, middle, num_classes)
-        print(f"  per-chip batch {middle}: {_gb(plan.total_bytes)} -> {'fits' if plan.total_bytes <= capacity else 'too big'}",
-              flush=True)
+        verdict = "fits" if plan.total_bytes <= capacity else "too big"
+        print(f"  per-chip batch {middle}: {_gb(plan.total_bytes)} -> {verdict}", flush=True)
         if plan.total_bytes <= capacity:
             low, best = middle, plan
         else:
@@ -188,7 +187,8 @@ def plan(config: ml_collections.ConfigDict, topology: str, batch_per_chip: int |
     print(f"{topology}: {len(devices)} x {devices[0].device_kind}"
           f"{'' if capacity is None else f' ({capacity / 2 ** 30:.0f} GiB HBM each)'}; mesh data "
           f"{len(devices) // config.mesh.fsdp} x fsdp {config.mesh.fsdp}; {m.kind} {m.preset} {m.dtype}, remat "
-          f"{m.remat}, grad_accum_steps {config.train.get('grad_accum_steps', 1)}", flush=True)
+          f"{m.remat}, grad_accum_steps {config.train.get('grad_accum_steps', 1)} (0: automatic, one batch on TPU)",
+          flush=True)
     result = compile_step(config, devices, per_chip, num_classes)
     for line in describe(result, capacity):
         print(line, flush=True)
