@@ -1,23 +1,28 @@
-"""The same ST-MEM pre-training step in PyTorch, timed on the same machine: the reference for
+"""The same ST-MEM training steps in PyTorch, timed on the same machine: the reference for
 ``train_throughput.py``.
 
     pip install torch==2.13.0   # the CPU build; or: pip install -e '.[torch]'
-    python benchmarks/torch_reference.py [--presets vit_small,vit_base] [--batch 16] [--threads 2]
+    python benchmarks/torch_reference.py [--step pretrain|finetune] [--presets vit_small,vit_base]
+                                         [--batch 16] [--threads 2]
 
-A plain PyTorch model with ST-MEM's shapes and FLOPs (patch embedding, SEP tokens, 75% of the
-patches of every lead masked, pre-norm encoder blocks with exact GELU over the kept tokens, the
-lead-wise shared decoder, per-patch normalised loss on masked patches) and an AdamW step, float32
-on the CPU; eager mode, as the public code runs. Prints the same columns as ``train_throughput.py``.
+Plain PyTorch models with ST-MEM's shapes and FLOPs and an AdamW step, float32 on the CPU, in eager
+mode as the public code runs. ``--step pretrain``: patch embedding, SEP tokens, 75% of the patches
+of every lead masked, pre-norm encoder blocks with exact GELU over the kept tokens, the lead-wise
+shared decoder, per-patch normalised loss on masked patches. ``--step finetune``: the same encoder
+on every patch of the 12 leads (``nn.MultiheadAttention`` without weights, so PyTorch's fused
+``scaled_dot_product_attention``), drop-path up to 0.1, mean pooling, LayerNorm, a 5-class head
+and cross-entropy. Prints the same columns as ``train_throughput.py``, with this process's peak RSS.
 """
 
 import argparse
+import resource
 import time
 
 import torch
 from torch import nn
 
 from stmem_jax.flops import forward_flops
-from stmem_jax.models import PRESETS, create_model
+from stmem_jax.models import PRESETS, create_model, family
 
 LEADS, PATCHES, PATCH = 12, 30, 75
 
@@ -64,15 +69,66 @@ class STMEM(nn.Module):
         return (((pred - target) ** 2).mean(-1) * mask).sum() / mask.sum()
 
 
-def measure(preset: str, batch: int, steps: int) -> float:
+class DropPathBlock(nn.Module):
+    """A pre-norm encoder block whose two residual branches are dropped per example (drop-path)."""
+
+    def __init__(self, width, heads, mlp_dim, rate):
+        super().__init__()
+        self.rate = rate
+        self.norm1, self.norm2 = nn.LayerNorm(width), nn.LayerNorm(width)
+        self.attn = nn.MultiheadAttention(width, heads, batch_first=True)
+        self.mlp = nn.Sequential(nn.Linear(width, mlp_dim), nn.GELU(), nn.Linear(mlp_dim, width))
+
+    def drop(self, x):
+        if not self.training or self.rate == 0.0:
+            return x
+        keep = torch.rand(x.shape[0], 1, 1) >= self.rate
+        return x * keep / (1.0 - self.rate)
+
+    def forward(self, x):
+        h = self.norm1(x)
+        x = x + self.drop(self.attn(h, h, h, need_weights=False)[0])
+        return x + self.drop(self.mlp(self.norm2(x)))
+
+
+class Classifier(nn.Module):
+    def __init__(self, width, depth, heads, mlp_dim, num_classes=5, drop_path=0.1, **_decoder):
+        super().__init__()
+        self.embed = nn.Sequential(nn.LayerNorm(PATCH), nn.Linear(PATCH, width), nn.LayerNorm(width))
+        self.sep = nn.Parameter(torch.zeros(width))
+        self.leads = nn.Parameter(torch.zeros(LEADS, width))
+        self.pos = nn.Parameter(torch.zeros(PATCHES + 2, width))
+        self.blocks = nn.ModuleList(DropPathBlock(width, heads, mlp_dim, drop_path * i / max(depth - 1, 1))
+                                    for i in range(depth))
+        self.norm, self.head = nn.LayerNorm(width), nn.Linear(width, num_classes)
+
+    def forward(self, series: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        batch = series.shape[0]
+        tokens = self.embed(series.reshape(batch, LEADS, PATCHES, PATCH))
+        sep = self.sep.expand(batch, LEADS, 1, tokens.shape[-1])
+        x = torch.cat([sep, tokens, sep], 2) + self.pos + self.leads[None, :, None]
+        x = x.reshape(batch, LEADS * (PATCHES + 2), -1)
+        for block in self.blocks:
+            x = block(x)
+        x = x.reshape(batch, LEADS, PATCHES + 2, -1)[:, :, 1:-1].mean((1, 2))
+        return nn.functional.cross_entropy(self.head(self.norm(x)), labels)
+
+
+def measure(kind: str, preset: str, batch: int, steps: int) -> float:
     torch.manual_seed(0)
-    model = STMEM(**PRESETS[preset])
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.05)
     series = torch.randn(batch, LEADS, PATCHES * PATCH)
+    if kind == "pretrain":
+        model = STMEM(**PRESETS[preset])
+        inputs, loss = (series,), lambda *x: model(*x, keep=int(PATCHES * 0.25))
+    else:
+        model = Classifier(**PRESETS[preset])
+        inputs, loss = (series, torch.arange(batch) % 5), model
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.05)
 
     def step():
         optimizer.zero_grad(set_to_none=True)
-        model(series, keep=int(PATCHES * 0.25)).backward()
+        loss(*inputs).backward()
         optimizer.step()
 
     for _ in range(2):
@@ -85,6 +141,7 @@ def measure(preset: str, batch: int, steps: int) -> float:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--step", default="pretrain", choices=("pretrain", "finetune"))
     parser.add_argument("--presets", default="vit_small,vit_base")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--steps", type=int, default=5)
@@ -92,13 +149,16 @@ def main():
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, float32, CPU")
-    print(f"{'preset':<10} {'batch':>5} {'step ms':>9} {'examples/s':>11} {'TFLOP/s':>8}")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, float32, CPU; {args.step} step")
+    print(f"{'preset':<10} {'batch':>5} {'step ms':>9} {'examples/s':>11} {'TFLOP/s':>8} {'peak RSS GB':>11}")
     for preset in args.presets.split(","):
-        seconds = measure(preset, args.batch, args.steps)
-        flops = 3 * forward_flops(create_model("st_mem", preset), 12) * args.batch
+        seconds = measure(args.step, preset, args.batch, args.steps)
+        model = create_model("st_mem", preset) if args.step == "pretrain" else \
+            create_model(family("st_mem").classifier, preset, num_classes=5)
+        flops = 3 * forward_flops(model, 12) * args.batch
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
         print(f"{preset:<10} {args.batch:>5} {1000 * seconds:>9.1f} {args.batch / seconds:>11.2f} "
-              f"{flops / seconds / 1e12:>8.3f}", flush=True)
+              f"{flops / seconds / 1e12:>8.3f} {rss:>11.2f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -1,17 +1,22 @@
-"""Pre-training step throughput: examples/s, step time and MFU per preset and compute dtype.
+"""Training step throughput: examples/s, step time and MFU per preset and compute dtype.
 
-    python benchmarks/train_throughput.py [--presets tiny,vit_small,vit_base] [--dtypes float32,bfloat16]
-                                          [--batch 16] [--steps 5] [--remat] [--accum 0] [--peak-tflops X]
+    python benchmarks/train_throughput.py [--step pretrain|finetune] [--presets tiny,vit_small,vit_base]
+                                          [--dtypes float32,bfloat16] [--batch 16] [--steps 5] [--remat]
+                                          [--accum 0] [--peak-tflops X]
 
-Times the jitted train step of ``stmem_jax.train.pretrain`` (AdamW, donated state) on random
-input already on the device, after two warm-up steps, in as many micro-batches as training uses
-(``micro``: ``train.grad_accum_steps``, automatic by default). MFU = analytic model FLOPs (3 x forward,
-``stmem_jax.flops``) / measured time / the device's peak; "of matmul" relates the same rate to a
-large square matmul timed on the same device, the practical ceiling. Runs unchanged on CPU, GPU
-and TPU.
+Times the jitted train step of ``stmem_jax.train.pretrain`` (``--step pretrain``: masking, encoder
+on the kept patches, lead-wise decoder) or of ``stmem_jax.train.downstream`` (``--step finetune``:
+the 12-lead classifier on every patch, drop-path 0.1, 5 classes), AdamW, donated state, on random
+input already on the device, after two warm-up steps; pre-training in as many micro-batches as
+training uses (``micro``: ``train.grad_accum_steps``, automatic by default). MFU = analytic model
+FLOPs (3 x forward, ``stmem_jax.flops``) / measured time / the device's peak; "of matmul" relates
+the same rate to a large square matmul timed on the same device, the practical ceiling. Peak RSS
+is this process's so far (``resource.getrusage``): give one preset and dtype for a step's own.
+Runs unchanged on CPU, GPU and TPU.
 """
 
 import argparse
+import resource
 import time
 
 import jax
@@ -19,10 +24,11 @@ import jax.numpy as jnp
 import optax
 
 from stmem_jax.flops import forward_flops, peak_flops
-from stmem_jax.models import create_model
+from stmem_jax.models import create_model, family
 from stmem_jax import mesh as meshlib
 from stmem_jax.train.optim import adamw
 from stmem_jax.train.loop import TrainState
+from stmem_jax.train import downstream
 from stmem_jax.train.pretrain import make_train_step, micro_batches
 
 
@@ -39,34 +45,50 @@ def matmul_rate(dtype: str, n: int = 4096, repeats: int = 5) -> float:
     return 2 * n ** 3 / best
 
 
-def measure(preset: str, dtype: str, batch: int, steps: int, remat: bool = False, accum: int = 0):
-    model = create_model("st_mem", preset, dtype=jnp.dtype(dtype), remat=remat)
+def measure(preset: str, dtype: str, batch: int, steps: int, remat: bool = False, accum: int = 0,
+            kind: str = "pretrain"):
+    """(seconds per step, model FLOPs per step, micro-batches) of one step kind."""
     mesh = meshlib.make_mesh()
     leads = tuple(range(12))
-    params = jax.jit(model.init)({"params": jax.random.key(0), "masking": jax.random.key(1)},
-                                 jnp.zeros((1, 12, model.seq_len)))["params"]
+    keys = {"params": jax.random.key(0), "masking": jax.random.key(1), "dropout": jax.random.key(1)}
+    series = jax.device_put(jax.random.normal(jax.random.key(2), (batch, 12, 2250)), meshlib.batch_sharding(mesh))
+    if kind == "pretrain":
+        model = create_model("st_mem", preset, dtype=jnp.dtype(dtype), remat=remat)
+        accum = micro_batches(batch, accum, mesh)
+        inputs = (series,)
+    else:
+        model = create_model(family("st_mem").classifier, preset, dtype=jnp.dtype(dtype), remat=remat,
+                             num_classes=5, drop_path=0.1)
+        accum = 1
+        inputs = (series, jax.device_put(jnp.arange(batch) % 5, meshlib.batch_sharding(mesh)))
+    params = jax.jit(lambda: model.init(keys, jnp.zeros((1, 12, model.seq_len)), leads=leads))()["params"]
     tx = adamw(optax.constant_schedule(1e-4), params)
     state = TrainState(jnp.zeros((), jnp.int32), params, tx.init(params), jnp.full((), -1, jnp.int32))
     state = jax.device_put(state, meshlib.replicated(mesh))
-    series = jax.device_put(jax.random.normal(jax.random.key(2), (batch, 12, model.seq_len)),
-                            meshlib.batch_sharding(mesh))
-    accum = micro_batches(batch, accum, mesh)
-    step = jax.jit(make_train_step(model, tx, 0.75, accum, leads), donate_argnums=0)
+    step = make_train_step(model, tx, 0.75, accum, leads) if kind == "pretrain" else \
+        downstream.make_train_step(model, tx, False, leads)
+    step = jax.jit(step, donate_argnums=0)
     key = jax.random.key(3)
     for _ in range(2):
-        state, metrics = step(state, series, key)
+        state, metrics = step(state, *inputs, key)
     jax.block_until_ready(metrics)
     start = time.perf_counter()
     for _ in range(steps):
-        state, metrics = step(state, series, key)
+        state, metrics = step(state, *inputs, key)
     jax.block_until_ready(metrics)
     seconds = (time.perf_counter() - start) / steps
     flops = 3 * forward_flops(model, 12) * batch
     return seconds, flops, accum
 
 
+def peak_rss_gb() -> float:
+    """This process's peak resident memory so far, in GB (Linux reports kB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--step", default="pretrain", choices=("pretrain", "finetune"))
     parser.add_argument("--presets", default="tiny,vit_small,vit_base")
     parser.add_argument("--dtypes", default="float32,bfloat16")
     parser.add_argument("--batch", type=int, default=16, help="global batch")
@@ -81,17 +103,18 @@ def main():
     dtypes = args.dtypes.split(",")
     rates = {dtype: matmul_rate(dtype) for dtype in dtypes}
     print("4096^3 matmul, per device: " + ", ".join(f"{d} {r / 1e12:.3f} TFLOP/s" for d, r in rates.items()))
+    print(f"{args.step} step")
     print(f"{'preset':<10} {'dtype':<9} {'batch':>5} {'micro':>5} {'step ms':>9} {'examples/s':>11} {'TFLOP/s':>8} "
-          f"{'MFU':>7} {'of matmul':>9}")
+          f"{'MFU':>7} {'of matmul':>9} {'peak RSS GB':>11}")
     for preset in args.presets.split(","):
         for dtype in dtypes:
-            seconds, flops, accum = measure(preset, dtype, args.batch, args.steps, args.remat, args.accum)
+            seconds, flops, accum = measure(preset, dtype, args.batch, args.steps, args.remat, args.accum, args.step)
             peak = args.peak_tflops * 1e12 if args.peak_tflops else peak_flops(devices[0], dtype)
             achieved = flops / seconds / len(devices)
             mfu = f"{100 * achieved / peak:.1f}%" if peak else "n/a"
             print(f"{preset:<10} {dtype:<9} {args.batch:>5} {accum:>5} {1000 * seconds:>9.1f} "
                   f"{args.batch / seconds:>11.2f} {achieved * len(devices) / 1e12:>8.3f} {mfu:>7} "
-                  f"{100 * achieved / rates[dtype]:>8.1f}%", flush=True)
+                  f"{100 * achieved / rates[dtype]:>8.1f}% {peak_rss_gb():>11.2f}", flush=True)
 
 
 if __name__ == "__main__":

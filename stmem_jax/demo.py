@@ -1,13 +1,21 @@
 """``stmem-demo``: ST-MEM end to end on the built-in synthetic ECGs, in minutes on a laptop CPU.
 
-Generates synthetic 12-lead ECGs in PTB-XL's layout, prepares shards, pre-trains the tiny model,
-then on the ST-MEM protocol task (5 superclasses) fine-tunes with 1% of the labels (12, 6 (limb)
-and 1 (lead I) leads), trains from scratch and linear-probes (12 leads), and prints
-the results table in the paper's format, a line saying whether fine-tuning beat training from
-scratch beyond the spread of the seeds, and the paths of its figures (masked reconstruction,
-training curve, embedding map). Compiled steps are kept in the persistent compilation cache
-(``stmem_jax.cli.use_compilation_cache``), so later stages and reruns load them. Run from a clone
-of the repository (it reads ``configs/``).
+1. generates synthetic 12-lead ECGs in PTB-XL's layout (synthetic seed 1: patients the shipped
+   encoder never saw) and prepares shards;
+2. pre-trains the same small model (width 64, depth 2) from scratch for a few hundred steps on
+   them: the loop, its log and its reconstruction figure, not a useful encoder yet;
+3. on the ST-MEM protocol task (5 superclasses), with 1% of the labels and over the seeds, fine-tunes
+   the *shipped* encoder (``stmem_jax/pretrained/synthetic-w64``: pre-trained on 20,000 other
+   synthetic ECGs by the command its README gives) with 12, 6 (limb) and 1 (lead I) leads,
+   linear-probes it and trains from scratch (12 leads), each mode at the learning rate
+   ``benchmarks/downstream_synthetic.py`` found best on validation;
+4. prints the results table in the paper's format and a line saying whether fine-tuning beat
+   training from scratch beyond the spread of the seeds, and writes the figures (the shipped
+   model's masked reconstruction of a test ECG, the fresh pre-training's curve, the embedding map).
+
+``--encoder fresh`` runs step 3 on the fresh encoder of step 2 instead. Compiled steps are kept in
+the persistent compilation cache (``stmem_jax.cli.use_compilation_cache``); every stage and run
+is reused on a rerun. Run from a clone of the repository (it reads ``configs/``).
 """
 
 from __future__ import annotations
@@ -20,6 +28,9 @@ import time
 
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHIPPED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrained", "synthetic-w64")
+SMALL = dict(width=64, depth=2, heads=1, mlp_dim=128, decoder_width=64, decoder_depth=1, decoder_heads=1)
+LEARNING_RATES = {"finetune": 3e-3, "scratch": 3e-3, "linprobe": 1e-2}  # best on validation, README's longer run
 
 
 def config_file(*parts: str) -> str:
@@ -49,91 +60,147 @@ def verdict(rows: list[dict], fraction: float) -> str:
             f"{judged}")
 
 
-def run_demo(workdir: str, *, records: int = 2000, pretrain_steps: int = 300, downstream_epochs: int = 50,
-             fraction: float = 0.01, seeds: tuple[int, ...] = (0,), tiny_model: dict | None = None) -> dict:
-    """Runs the whole demo under ``workdir`` (resumable: finished stages are reused). Returns the
-    results table and the figure paths."""
-    from stmem_jax import plots
+def run_demo(workdir: str, *, records: int = 3000, pretrain_steps: int = 100, downstream_epochs: int = 100,
+             fraction: float = 0.01, seeds: tuple[int, ...] = (0, 1, 2), lead_seeds: int = 1,
+             encoder: str = SHIPPED) -> dict:
+    """Runs the whole demo under ``workdir`` (resumable: finished stages and runs are reused) and
+    returns the results table, the verdict and the figure paths. ``encoder``: a saved pre-training
+    model (default the shipped one) or ``"fresh"``; the 6- and 1-lead runs use the first
+    ``lead_seeds`` seeds."""
+    from stmem_jax import api, plots
     from stmem_jax.cli import synthetic_dataset, use_compilation_cache
     from stmem_jax.embed import embed_split
     from stmem_jax.grid import run_grid, write_results
-    from stmem_jax.infer import load_encoder
+    from stmem_jax.infer import load_encoder, load_pretraining_model
     from stmem_jax.train import pretrain
     from stmem_jax.train.config import load_config
 
     workdir = os.path.abspath(workdir)
     use_compilation_cache()
-    start = time.time()
-    print(f"== 1/3 data and pre-training ({records} synthetic ECGs, {pretrain_steps} steps) in {workdir}", flush=True)
+    start, stages = time.time(), {}
+
+    def stage(name):
+        stages[name] = round(time.time() - start - sum(stages.values()))
+
+    print(f"== 1/4 data: {records} synthetic ECGs of patients the shipped encoder never saw, in {workdir}",
+          flush=True)
+    data_dir = synthetic_dataset(os.path.join(workdir, "data"), records, seed=1)
+    stage("data")
+
+    print(f"== 2/4 a short fresh pre-training: the small model from scratch, {pretrain_steps} steps", flush=True)
     pretrain_dir = os.path.join(workdir, "pretrain")
-    data_dir = synthetic_dataset(os.path.join(pretrain_dir, "data"), records)
     config = load_config(config_file("pretrain", "st_mem.py"), "tiny")
+    config.model.update(SMALL)
     config.data.dir = data_dir
-    config.train.num_steps = pretrain_steps
-    config.train.warmup_steps = max(1, pretrain_steps // 10)
-    config.train.lr = 1e-3  # a short run: above the recipe's batch / 256 scaling
+    config.train.update(num_steps=pretrain_steps, warmup_steps=max(1, pretrain_steps // 10), lr=1.5e-3)
     config.log.every_steps = max(1, pretrain_steps // 10)
     config.eval.every_steps = config.log.figure_every_steps = config.checkpoint.every_steps = pretrain_steps
-    for field, value in (tiny_model or {}).items():
-        config.model[field] = value
     pretrain.train(config, pretrain_dir)  # raises loop.Interrupted when stopped by Ctrl-C / SIGTERM
+    stage("fresh pre-training")
 
-    print("== 2/3 downstream, 1% labels: fine-tune (12, 6, 1 leads), linear probe and scratch (12 leads)", flush=True)
+    init = pretrain_dir if encoder == "fresh" else encoder
+    label = ("the fresh encoder of stage 2" if encoder == "fresh" else
+             f"{init} (pre-trained for {_steps_of(init)} steps on other synthetic ECGs; see its README)")
+    print(f"== 3/4 downstream, {fraction:.0%} of the labels, seeds {','.join(map(str, seeds))}: fine-tune "
+          f"(12, 6, 1 leads), linear probe and scratch (12 leads); encoder: {label}", flush=True)
     grid = load_config(config_file("downstream", "grid.py"), "ptbxl:st_mem")
     grid.run.data.dir = data_dir
     grid.run.train.epochs = downstream_epochs
-    grid.run.train.lr = 1e-3  # the recipe's batch / 256 scaling gives almost nothing with a 1% split this small
     grid.run.eval.max_evals = 2
-    grid.run.model.preset = "tiny"
-    for field, value in (tiny_model or {}).items():
-        if field in grid.run.model:
-            grid.run.model[field] = value
-    grid.grid.update(methods=(f"ST-MEM={pretrain_dir}",), fractions=(fraction,), seeds=tuple(seeds), leads=("12",))
+    grid.run.log.every_steps = downstream_epochs
+    grid.run.model.update({k: v for k, v in SMALL.items() if k in grid.run.model}, preset="tiny")
+    grid.grid.update(methods=(f"ST-MEM={init}",), fractions=(fraction,), leads=("12",))
     downstream_dir = os.path.join(workdir, "downstream")
-    rows = run_grid(grid, downstream_dir)["rows"]
-    grid.grid.update(modes=("finetune",), leads=("limb", "1"))
-    rows += run_grid(grid, downstream_dir)["rows"]
-    results = write_results(rows, grid.grid.seeds, downstream_dir)  # both grids' runs in one results.md, runs.csv
+    rows = []
+    for modes, leads, run_seeds in ((("finetune", "scratch"), ("12",), seeds), (("linprobe",), ("12",), seeds),
+                                    (("finetune",), ("limb", "1"), seeds[:lead_seeds])):
+        grid.run.train.lr = LEARNING_RATES[modes[0]]
+        grid.grid.update(modes=modes, leads=leads, seeds=tuple(run_seeds))
+        rows += run_grid(grid, downstream_dir)["rows"]
+    order = {("finetune", "12"): 0, ("linprobe", "12"): 1, ("scratch", "12"): 2, ("finetune", "limb"): 3}
+    rows.sort(key=lambda r: order.get((r["mode"], r["leads"]), 4))
+    results = write_results(rows, seeds, downstream_dir)  # every grid's runs in one results.md, runs.csv
     print(f"\n{results}\n{verdict(rows, fraction)}\n", flush=True)
+    stage("downstream")
 
-    print("== 3/3 figures", flush=True)
+    print("== 4/4 figures", flush=True)
     figures = os.path.join(workdir, "figures")
-    reconstructions = sorted(os.listdir(os.path.join(pretrain_dir, "figures")))
-    encoder, variables = load_encoder(pretrain_dir)
-    test = embed_split(encoder, variables, data_dir, "test", task="st_mem")
+    model, variables = load_pretraining_model(init)
+    ecg = api.read_ecg(_test_record(os.path.join(workdir, "data", "native")))
+    reconstruction = api.reconstruct(model, variables, ecg.signal, fs=ecg.fs, leads=ecg.leads, seed=0)
+    encoder_model, encoder_vars = load_encoder(init)
+    embedded = embed_split(encoder_model, encoder_vars, data_dir, "test", task="st_mem")
     paths = {
-        "reconstruction": os.path.join(pretrain_dir, "figures", reconstructions[-1]),
+        "reconstruction": api.plot_reconstruction(reconstruction, os.path.join(figures, "reconstruction.png")),
+        "fresh_reconstruction": os.path.join(pretrain_dir, "figures",
+                                             sorted(os.listdir(os.path.join(pretrain_dir, "figures")))[-1]),
         "training_curve": plots.training_curve(os.path.join(pretrain_dir, "metrics.jsonl"),
                                                os.path.join(figures, "training_curve.png")),
-        "embedding_map": plots.embedding_map(test["features"], [str(c) for c in test["classes"][test["label"]]],
+        "embedding_map": plots.embedding_map(embedded["features"],
+                                             [str(c) for c in embedded["classes"][embedded["label"]]],
                                              os.path.join(figures, "embedding_map.png"),
                                              title="ST-MEM encoder, synthetic test ECGs (PCA)"),
     }
-    summary = {"table": results, "verdict": verdict(rows, fraction), "figures": paths,
-               "minutes": round((time.time() - start) / 60, 1)}
+    stage("figures")
+    summary = {"table": results, "verdict": verdict(rows, fraction), "encoder": init, "figures": paths,
+               "seconds": stages, "minutes": round((time.time() - start) / 60, 1)}
     with open(os.path.join(workdir, "demo_summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
     return summary
 
 
+def _test_record(native: str) -> str:
+    """The WFDB header path of the first 500 Hz record of the synthetic data's test folds (9, 10)."""
+    import csv
+
+    with open(os.path.join(native, "ptbxl_database.csv"), newline="") as f:
+        row = next(r for r in csv.DictReader(f) if int(r["strat_fold"]) >= 9)
+    return os.path.join(native, row["filename_hr"] + ".hea")
+
+
+def _steps_of(model_dir: str) -> str:
+    """The pre-training steps recorded in a saved model's metadata, or "?"."""
+    from stmem_jax.infer import model_directory
+
+    with open(os.path.join(model_directory(model_dir, ("model",)), "model.json")) as f:
+        meta = json.load(f).get("metadata", {})
+    steps = meta.get("step") or meta.get("config", {}).get("train", {}).get("num_steps")
+    return f"{steps:,}" if isinstance(steps, int) else "?"
+
+
 def main(argv: list[str] | None = None) -> int:
+    import inspect
+
+    default = {k: v.default for k, v in inspect.signature(run_demo).parameters.items()}
     parser = argparse.ArgumentParser(prog="stmem-demo", description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", default="runs/demo", help="where everything is written (a rerun resumes)")
-    parser.add_argument("--records", type=int, default=2000, help="synthetic ECGs to generate")
-    parser.add_argument("--pretrain-steps", type=int, default=300)
-    parser.add_argument("--downstream-epochs", type=int, default=50)
-    parser.add_argument("--seeds", default="0", help="comma-separated seeds of the downstream runs")
+    parser.add_argument("--records", type=int, default=default["records"], help="synthetic ECGs to generate")
+    parser.add_argument("--pretrain-steps", type=int, default=default["pretrain_steps"],
+                        help="steps of the fresh pre-training (stage 2)")
+    parser.add_argument("--downstream-epochs", type=int, default=default["downstream_epochs"])
+    parser.add_argument("--seeds", default=",".join(map(str, default["seeds"])),
+                        help="comma-separated seeds of the downstream runs")
+    parser.add_argument("--lead-seeds", type=int, default=default["lead_seeds"],
+                        help="how many of the seeds the 6- and 1-lead runs use")
+    parser.add_argument("--encoder", default=default["encoder"],
+                        help="pre-trained model for stage 3: the shipped one (default), a stmem-pretrain workdir or "
+                             "model directory, or 'fresh' (stage 2's)")
     args = parser.parse_args(argv)
     from stmem_jax.train.loop import Interrupted
 
     try:
         summary = run_demo(args.workdir, records=args.records, pretrain_steps=args.pretrain_steps,
-                           downstream_epochs=args.downstream_epochs,
-                           seeds=tuple(int(s) for s in args.seeds.split(",")))
+                           downstream_epochs=args.downstream_epochs, seeds=tuple(int(s) for s in args.seeds.split(",")),
+                           lead_seeds=args.lead_seeds, encoder=args.encoder)
     except Interrupted as error:
         print(error, file=sys.stderr)
         return 128 + error.signum
     for name, path in summary["figures"].items():
-        print(f"{name:>15}: {path}")
+        print(f"{name:>20}: {path}")
+    print("seconds by stage: " + ", ".join(f"{k} {v}" for k, v in summary["seconds"].items()))
     print(f"done in {summary['minutes']} min")
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

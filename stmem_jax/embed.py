@@ -94,6 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     if os.path.exists(args.output) and not args.overwrite:
         print(f"stmem-embed: error: {args.output} exists; pass --overwrite to replace it", file=sys.stderr)
         return 1
+    from stmem_jax.cli import use_compilation_cache  # cli imports the trainers: only the command needs it
+
+    use_compilation_cache()
     leads = parse_leads(args.leads)
     skipped = []
     try:

@@ -1,13 +1,13 @@
-"""Analytic FLOP counts of the pre-training step and peak rates of common accelerators (for MFU)."""
+"""Analytic FLOP counts of the pre-training and fine-tuning steps and peak rates of common accelerators (for MFU)."""
 
 from __future__ import annotations
 
 import os
 
-from stmem_jax.baselines import BaselineMAE
+from stmem_jax.baselines import BaselineClassifier, BaselineMAE
 from stmem_jax.layers import HEAD_DIM
 from stmem_jax.ops import num_kept
-from stmem_jax.st_mem import STMEM
+from stmem_jax.st_mem import STMEM, STMEMClassifier
 
 # Dense peak FLOP/s per chip by compute dtype (NVIDIA: tensor cores, float32 as TF32).
 PEAK_FLOPS = {
@@ -30,7 +30,17 @@ def _blocks(tokens: int, sequences: int, width: int, heads: int, mlp_dim: int, d
 
 
 def forward_flops(model, channels: int, mask_ratio: float = 0.75) -> float:
-    """Forward FLOPs per example of a pre-training model (matmuls only; a training step is ~3x)."""
+    """Forward FLOPs per example of a pre-training model or a classifier (matmuls only; a training
+    step is ~3x). A classifier's encoder sees every patch of the ``channels`` leads."""
+    if isinstance(model, STMEMClassifier):
+        n = model.num_patches
+        return float(2 * channels * n * model.patch_size * model.width + 2 * model.width * model.num_classes
+                     + _blocks(channels * (n + 2), 1, model.width, model.heads, model.mlp_dim, model.depth))
+    if isinstance(model, BaselineClassifier):
+        tokens = model.num_tokens
+        features = model.patch_size * channels if model.token_axis == "time" else model.seq_len
+        return float(2 * tokens * features * model.width + 2 * model.width * model.num_classes
+                     + _blocks(tokens + 1, 1, model.width, model.heads, model.mlp_dim, model.depth))
     if isinstance(model, STMEM):
         n, kept = model.num_patches, num_kept(model.num_patches, mask_ratio)
         embed = 2 * channels * n * model.patch_size * model.width

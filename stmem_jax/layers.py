@@ -55,7 +55,10 @@ class DropPath(nn.Module):
 class Attention(nn.Module):
     """Multi-head self-attention with a fused qkv projection and heads of dimension 64.
 
-    qkv features are laid out [q | k | v], each head-major (feature = head * 64 + d).
+    qkv features are laid out [q | k | v], each head-major (feature = head * 64 + d). Queries, keys
+    and values are computed head-major, (..., H, L, 64), which XLA's batched products take without
+    transposes; without attention dropout the softmax is normalised after the product with the
+    values (one pass less over the (L, L) weights).
     """
 
     heads: int
@@ -66,21 +69,26 @@ class Attention(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, deterministic: bool = True) -> jax.Array:
         *batch, length, width = x.shape
-        q, k, v = QKV(self.heads, self.dtype, name="qkv")(x)  # (..., L, H, 64) each
+        q, k, v = QKV(self.heads, self.dtype, name="qkv")(x)  # (..., H, L, 64) each
+        logits = jnp.einsum("...hqd,...hkd->...hqk", q * jnp.asarray(HEAD_DIM ** -0.5, q.dtype), k,
+                            preferred_element_type=jnp.float32)
         if deterministic or self.attn_dropout == 0.0:
-            out = jax.nn.dot_product_attention(q, k, v, scale=HEAD_DIM ** -0.5)
+            weights = jnp.exp(logits - jax.lax.stop_gradient(logits.max(axis=-1, keepdims=True)))
+            out = jnp.einsum("...hqk,...hkd->...hqd", weights.astype(v.dtype), v)
+            out = (out / weights.sum(axis=-1, keepdims=True).astype(out.dtype)).astype(v.dtype)
         else:
-            logits = jnp.einsum("...qhd,...khd->...hqk", q, k) * HEAD_DIM ** -0.5
-            weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(v.dtype)
+            weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
             weights = nn.Dropout(self.attn_dropout)(weights, deterministic=False)
-            out = jnp.einsum("...hqk,...khd->...qhd", weights, v)
-        out = dense(width, self.dtype, "out")(out.reshape(*batch, length, self.heads * HEAD_DIM))
+            out = jnp.einsum("...hqk,...hkd->...hqd", weights, v)
+        out = jnp.swapaxes(out, -2, -3).reshape(*batch, length, self.heads * HEAD_DIM)
+        out = dense(width, self.dtype, "out")(out)
         return nn.Dropout(self.dropout)(out, deterministic=deterministic)
 
 
 class QKV(nn.Module):
     """The fused qkv projection's parameters (kernel (W, 3 * H * 64), bias), applied as three
-    products so that no activation is split in the forward pass or concatenated in the backward."""
+    head-major products, (..., H, L, 64) each, so that no activation is split or transposed in the
+    forward pass or concatenated in the backward."""
 
     heads: int
     dtype: Any = jnp.float32
@@ -90,10 +98,10 @@ class QKV(nn.Module):
         features = self.heads * HEAD_DIM
         kernel = self.param("kernel", xavier_uniform, (x.shape[-1], 3 * features), jnp.float32)
         bias = self.param("bias", nn.initializers.zeros, (3 * features,), jnp.float32)
+        kernel = kernel.astype(self.dtype).reshape(x.shape[-1], 3, self.heads, HEAD_DIM)
+        bias = bias.astype(self.dtype).reshape(3, self.heads, 1, HEAD_DIM)
         x = x.astype(self.dtype)
-        return tuple((x @ kernel[:, i * features:(i + 1) * features].astype(self.dtype)
-                      + bias[i * features:(i + 1) * features].astype(self.dtype)
-                      ).reshape(*x.shape[:-1], self.heads, HEAD_DIM) for i in range(3))
+        return tuple(jnp.einsum("...lw,whd->...hld", x, kernel[:, i]) + bias[i] for i in range(3))
 
 
 def gelu(x: jax.Array) -> jax.Array:

@@ -116,7 +116,7 @@ def _step_and_inputs(config: ml_collections.ConfigDict, mesh: Mesh, global_batch
         tx = optimizer(config.train, schedule.learning_rate, params, layer_decay=layer_decay, depth=model.depth)
         step = downstream.make_train_step(model, tx, False, lead_ids)
         batch = [series, jax.ShapeDtypeStruct((global_batch,), jnp.int32, sharding=batch_sharding)]
-        analytic = None
+        analytic = 3 * flops.forward_flops(model, channels) * global_batch
     abstract = jax.eval_shape(lambda p: loop.TrainState.create(p, tx), params)
     shardings = loop.TrainState(meshlib.replicated(mesh), meshlib.state_shardings(mesh, abstract.params),
                                 meshlib.state_shardings(mesh, abstract.opt_state), meshlib.replicated(mesh))

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Sequence
 
 import matplotlib
 
 matplotlib.use("Agg")
+logging.getLogger("matplotlib.font_manager").setLevel(logging.ERROR)  # not "findfont: ... not found" per font
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 

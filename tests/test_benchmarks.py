@@ -25,10 +25,13 @@ def test_prepare_benchmark_prints_records_per_second(source, records):
     assert (name, workers, int(used)) == (source, "1", records) and float(rate) > 0
 
 
-def test_train_throughput_benchmark_prints_mfu():
-    out = run("train_throughput.py", "--presets", "tiny", "--dtypes", "float32", "--batch", "4", "--steps", "1")
+@pytest.mark.parametrize("step", ["pretrain", "finetune"])
+def test_train_throughput_benchmark_prints_mfu_and_memory(step):
+    out = run("train_throughput.py", "--step", step, "--presets", "tiny", "--dtypes", "float32", "--batch", "4",
+              "--steps", "1")
     row = [line for line in out.splitlines() if line.startswith("tiny")][0].split()
-    assert row[:4] == ["tiny", "float32", "4", "1"] and float(row[5]) > 0 and row[7].endswith("%")
+    assert f"{step} step" in out and row[:4] == ["tiny", "float32", "4", "1"] and float(row[5]) > 0
+    assert row[7].endswith("%") and float(row[9]) > 0.1  # peak RSS in GB
 
 
 def test_input_pipeline_benchmark_prints_rates():
@@ -36,10 +39,13 @@ def test_input_pipeline_benchmark_prints_rates():
     assert "examples/s" in out and "pre-training" in out and "3 folders mixed" in out
 
 
-def test_torch_reference_benchmark_prints_the_same_columns():
-    out = run("torch_reference.py", "--presets", "tiny", "--batch", "2", "--steps", "1", "--threads", "1")
+@pytest.mark.parametrize("step", ["pretrain", "finetune"])
+def test_torch_reference_benchmark_prints_the_same_columns(step):
+    out = run("torch_reference.py", "--step", step, "--presets", "tiny", "--batch", "2", "--steps", "1",
+              "--threads", "1")
     row = [line for line in out.splitlines() if line.startswith("tiny")][0].split()
-    assert row[:2] == ["tiny", "2"] and float(row[3]) > 0 and float(row[4]) > 0
+    assert f"{step} step" in out and row[:2] == ["tiny", "2"] and float(row[3]) > 0 and float(row[4]) > 0
+    assert float(row[5]) > 0.1  # peak RSS in GB
 
 
 def test_fault_injection_kills_preparation_and_the_rerun_gives_the_same_shards():

@@ -15,6 +15,7 @@ from stmem_jax.model_dir import load_model, save_model
 from stmem_jax.data.pipeline import InputConfig, make_dataset
 from stmem_jax.models import create_model, init_variables, pretrained_encoder
 from stmem_jax.core.leads import parse_leads
+from stmem_jax.data.tasks import resolve_task
 from stmem_jax.train import checkpoints, downstream, linprobe, loop
 from stmem_jax.train.config import downstream as downstream_config, load_config
 from stmem_jax.mesh import make_mesh
@@ -125,7 +126,15 @@ def test_linear_probe_keeps_the_encoder_and_caches_features(finetuned, synthetic
     for a, b in zip(leaves, jax.tree.leaves(after["params"]["encoder"])):
         assert np.array_equal(np.asarray(a), np.asarray(b))
     cache = sorted(os.listdir(tmp_path / "first" / "features"))
-    assert [name.split("-")[0] for name in cache] == ["train", "validation"]
+    assert [name.split("-")[0] for name in cache] == ["test", "train", "validation"]
+    # the test predictions come from cached features: they are the saved classifier's on the test split
+    model, variables = load_model(str(tmp_path / "first" / "model"))
+    task = resolve_task(synthetic_shards, config.data.task, config.data.leads)
+    direct = infer.predict(infer.probabilities_fn(model, task.lead_ids, task.multilabel), variables["params"],
+                           task.input(config, "test", False, config.eval.batch_size), make_mesh(1))
+    saved = np.load(tmp_path / "first" / "test_predictions.npz")
+    np.testing.assert_array_equal(saved["record_id"], direct["record_id"])
+    np.testing.assert_allclose(saved["probs"], direct["outputs"], atol=1e-5)
 
     original, calls = infer.predict, []
 
@@ -136,7 +145,7 @@ def test_linear_probe_keeps_the_encoder_and_caches_features(finetuned, synthetic
     monkeypatch.setattr(infer, "predict", counting)
     config.data.feature_cache = str(tmp_path / "first" / "features")
     again = downstream.train(config, str(tmp_path / "second"))
-    assert calls == ["test"]  # train and validation features came from the cache
+    assert calls == []  # train, validation and test features came from the cache
     assert again["test"] == record["test"]
 
 

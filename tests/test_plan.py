@@ -36,7 +36,7 @@ def test_fine_tuning_step_compiles_with_fsdp_and_linear_probing_is_refused(devic
     config.model.preset = "tiny"
     config.mesh.fsdp = 2
     step = plan.compile_step(config, devices, 8)
-    assert step.global_batch == 32 and step.compiled_flops > 0
+    assert step.global_batch == 32 and 0.7 < step.compiled_flops / step.analytic_flops < 1.5
     config.mode = "linprobe"
     with pytest.raises(ValueError, match="nothing to plan"):
         plan.compile_step(config, devices, 8)

@@ -38,7 +38,9 @@ batches.
 With a task, every process first reads the labels of the whole split (cached per process): they
 give the label arrays, the usable examples and the label-fraction subset, so the examples per
 process are known exactly. The shuffle buffer holds serialised examples (about 60 kB each for 12
-leads x 2500 samples). The band filter acts on the stored window (data_prep filters whole records).
+leads x 2500 samples); a folder's share that fits in it whole (a label-fraction subset) is read
+once, kept in memory and shuffled whole each pass. The band filter acts on the stored window
+(data_prep filters whole records).
 """
 
 from __future__ import annotations
@@ -206,6 +208,10 @@ def make_dataset(config: InputConfig, *, process_index: int | None = None, proce
             if drawn and not size:
                 raise ValueError(f"process {index} has no examples of split {config.split!r} of {split.directory}")
         buffers = [max(1, math.ceil(config.shuffle_buffer * drawn / (steps * batch))) for drawn in draws]
+        # a share the shuffle buffer holds whole (a label-fraction subset) is read once and kept in
+        # memory: else every pass would read and filter the whole split for it
+        kept = [_read(split, tf.constant(files, tf.int64), mask).cache() if 0 < size <= buffer else None
+                for split, (files, mask), size, buffer in zip(splits, shares, sizes, buffers)]
 
         @tf.autograph.experimental.do_not_convert
         def epoch(e):
@@ -217,8 +223,10 @@ def make_dataset(config: InputConfig, *, process_index: int | None = None, proce
 
                 def one_pass(r):
                     fold = functools.partial(_fold, i=i, r=r)
-                    order = tf.random.experimental.stateless_shuffle(tf.constant(files, tf.int64), fold(file_key))
                     seed = tf.random.stateless_uniform([], fold(shuffle_key), None, None, dtype=tf.int64)
+                    if kept[i] is not None:
+                        return kept[i].shuffle(sizes[i], seed=seed)
+                    order = tf.random.experimental.stateless_shuffle(tf.constant(files, tf.int64), fold(file_key))
                     return _read(split, order, mask).shuffle(buffers[i], seed=seed)
 
                 return tf.data.Dataset.range(-(-draws[i] // sizes[i]) if draws[i] else 0).flat_map(

@@ -125,8 +125,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             f.write(config.to_json(indent=2))
     has_val = any(config.data.val_split in m["splits"] for m in read_manifests(task.data_dir).values())
     run = linprobe.train_head if config.mode == "linprobe" else train_end_to_end
-    params, selected, val = run(config, workdir, task, model, encoder_params, mesh, has_val)
-    return _finish(config, workdir, task, model, params, selected, val, mesh, leak)
+    params, selected, val, test = run(config, workdir, task, model, encoder_params, mesh, has_val)
+    return _finish(config, workdir, task, model, params, selected, val, test, mesh, leak)
 
 
 def pretraining_overlap(config: ml_collections.ConfigDict, task) -> tuple[dict[str, Any] | None, frozenset]:
@@ -170,7 +170,8 @@ def _train_batch(config: ml_collections.ConfigDict, examples: int) -> int:
 
 
 def train_end_to_end(config, workdir, task, model, encoder_params, mesh, has_val):
-    """finetune / scratch: the whole classifier trains on augmented random crops."""
+    """finetune / scratch: the whole classifier trains on augmented random crops; returns (params,
+    selected step, validation metrics, None: the test split is predicted by ``_finish``)."""
     train_input = task.input(config, config.data.train_split, True, config.train.batch_size,
                              config.data.label_fraction)
     batch = _train_batch(config, _num_examples(train_input))
@@ -195,8 +196,10 @@ def train_end_to_end(config, workdir, task, model, encoder_params, mesh, has_val
         step_fn = loop.jit_step(make_train_step(model, tx, task.multilabel, task.lead_ids), target,
                                 [meshlib.batch_sharding(mesh)] * 2, mesh)
 
+        validated = {}  # step -> validation metrics of this process's run (a resumed run recomputes the selected)
+
         def validate(state, step):
-            val = validation(task, infer.predict(probs_fn, state.params, val_input, mesh))
+            val = validated[step] = validation(task, infer.predict(probs_fn, state.params, val_input, mesh))
             reporter.write(step, scalars_of(val), prefix="validation")
             checkpoints.save_best(step, state, {"val_score": score(config, val)})
 
@@ -208,16 +211,18 @@ def train_end_to_end(config, workdir, task, model, encoder_params, mesh, has_val
                                   hooks=[loop.Hook(eval_interval(config, schedule), validate)] if has_val else [],
                                   sources=mixture_names(train_input))
         state, selected = loop.restore_best(checkpoints, state, target, step)
-    val = validation(task, infer.predict(probs_fn, state.params, val_input, mesh)) if has_val else None
-    return state.params, selected, val
+    val = None if not has_val else validated.get(selected) or validation(
+        task, infer.predict(probs_fn, state.params, val_input, mesh))
+    return state.params, selected, val, None
 
 
-def _finish(config, workdir, task, model, params, selected, val, mesh, leak) -> dict[str, Any]:
-    """Test predictions of the selected parameters (on the mesh); writes the model (all processes take
-    part), the predictions and the metrics (process 0)."""
+def _finish(config, workdir, task, model, params, selected, val, predictions, mesh, leak) -> dict[str, Any]:
+    """Test predictions of the selected parameters (on the mesh) unless the trainer gave them; writes
+    the model (all processes take part), the predictions and the metrics (process 0)."""
     test_input = task.input(config, config.data.test_split, False, config.eval.batch_size)
-    predictions = infer.predict(infer.probabilities_fn(model, task.lead_ids, task.multilabel), params, test_input,
-                                mesh)
+    if predictions is None:
+        predictions = infer.predict(infer.probabilities_fn(model, task.lead_ids, task.multilabel), params,
+                                    test_input, mesh)
     test = validation(task, predictions)
     record = {"task": task.name, "mode": config.mode, "init": config.init, "data_dir": task.data_dir,
               "leads": config.data.leads, "label_fraction": config.data.label_fraction, "seed": config.train.seed,

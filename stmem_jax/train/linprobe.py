@@ -4,7 +4,7 @@ The pooled features of the evaluation crops of every example are computed once a
 ``.npz`` (``<workdir>/features`` unless ``data.feature_cache`` is set); the head trains on every
 crop of the training examples, with the downstream optimizer settings (no augmentation), in the
 same loop as the other trainers: checkpoints, resume, the non-finite guard and model selection on
-the validation split.
+the validation split. The test predictions are the head on the cached test features.
 """
 
 from __future__ import annotations
@@ -82,7 +82,8 @@ def _feature_batches(x: np.ndarray, y: np.ndarray, batch: int, per_epoch: int, s
 
 
 def train_head(config, workdir, task, model, encoder_params, mesh, has_val):
-    """The head trained on cached features of the frozen encoder (every process the same)."""
+    """The head trained on cached features of the frozen encoder (every process the same); returns
+    (classifier params, selected step, validation metrics, test predictions)."""
     encoder = model.clone(num_classes=0)
     features = {split: cached_features(config, workdir, task, encoder, encoder_params, mesh, split, fraction)
                 for split, fraction in [(config.data.train_split, config.data.label_fraction)]
@@ -109,10 +110,12 @@ def train_head(config, workdir, task, model, encoder_params, mesh, has_val):
 
     probs_fn = jax.jit(lambda head, feats: infer.crop_probabilities(head_logits(head, feats), task.multilabel))
 
+    def predictions(state, split):
+        return {**features[split], "outputs": np.asarray(probs_fn(jax.device_get(state.params)["head"],
+                                                                  features[split]["outputs"]))}
+
     def validate_head(state):
-        val_set = features[config.data.val_split]
-        probs = np.asarray(probs_fn(jax.device_get(state.params)["head"], val_set["outputs"]))
-        return validation(task, {**val_set, "outputs": probs})
+        return validation(task, predictions(state, config.data.val_split))
 
     with checkpoints_for(config, workdir, has_val) as checkpoints, \
             Reporter(workdir, schedule.total_steps, schedule.steps_per_epoch, batch) as reporter:
@@ -132,5 +135,8 @@ def train_head(config, workdir, task, model, encoder_params, mesh, has_val):
             hooks=[loop.Hook(eval_interval(config, schedule), validate)] if has_val else [])
         state, selected = loop.restore_best(checkpoints, state, target, step)
     val = validate_head(state) if has_val else None
+    features[config.data.test_split] = cached_features(config, workdir, task, encoder, encoder_params, mesh,
+                                                       config.data.test_split)
     params = {"encoder": jax.device_get(encoder_params), "head": jax.device_get(state.params)["head"]}
-    return jax.device_put(params, meshlib.replicated(mesh)), selected, val
+    return (jax.device_put(params, meshlib.replicated(mesh)), selected, val,
+            predictions(state, config.data.test_split))
