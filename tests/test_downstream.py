@@ -18,7 +18,7 @@ from stmem_jax.core.leads import parse_leads
 from stmem_jax.data.tasks import resolve_task
 from stmem_jax.train import checkpoints, downstream, linprobe, loop
 from stmem_jax.train.config import downstream as downstream_config, load_config
-from stmem_jax.mesh import make_mesh
+from stmem_jax.mesh import make_mesh, replicated
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(ROOT, "configs", "downstream")
@@ -130,8 +130,10 @@ def test_linear_probe_keeps_the_encoder_and_caches_features(finetuned, synthetic
     # the test predictions come from cached features: they are the saved classifier's on the test split
     model, variables = load_model(str(tmp_path / "first" / "model"))
     task = resolve_task(synthetic_shards, config.data.task, config.data.leads)
-    direct = infer.predict(infer.probabilities_fn(model, task.lead_ids, task.multilabel), variables["params"],
-                           task.input(config, "test", False, config.eval.batch_size), make_mesh(1))
+    mesh = make_mesh(1)
+    direct = infer.predict(infer.probabilities_fn(model, task.lead_ids, task.multilabel),
+                           jax.device_put(variables["params"], replicated(mesh)),
+                           task.input(config, "test", False, config.eval.batch_size), mesh)
     saved = np.load(tmp_path / "first" / "test_predictions.npz")
     np.testing.assert_array_equal(saved["record_id"], direct["record_id"])
     np.testing.assert_allclose(saved["probs"], direct["outputs"], atol=1e-5)
