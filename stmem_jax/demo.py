@@ -67,11 +67,11 @@ def run_demo(workdir: str, *, records: int = 3000, pretrain_steps: int = 100, do
     returns the results table, the verdict and the figure paths. ``encoder``: a saved pre-training
     model (default the shipped one) or ``"fresh"``; the 6- and 1-lead runs use the first
     ``lead_seeds`` seeds."""
-    from stmem_jax import api, plots
+    from stmem_jax import api, models, plots
     from stmem_jax.cli import synthetic_dataset, use_compilation_cache
     from stmem_jax.embed import embed_split
     from stmem_jax.grid import run_grid, write_results
-    from stmem_jax.infer import load_encoder, load_pretraining_model
+    from stmem_jax.infer import load_pretraining_model
     from stmem_jax.train import pretrain
     from stmem_jax.train.config import load_config
 
@@ -120,7 +120,8 @@ def run_demo(workdir: str, *, records: int = 3000, pretrain_steps: int = 100, do
     order = {("finetune", "12"): 0, ("linprobe", "12"): 1, ("scratch", "12"): 2, ("finetune", "limb"): 3}
     rows.sort(key=lambda r: order.get((r["mode"], r["leads"]), 4))
     results = write_results(rows, seeds, downstream_dir)  # every grid's runs in one results.md, runs.csv
-    print(f"\n{results}\n{verdict(rows, fraction)}\n", flush=True)
+    judged = verdict(rows, fraction)
+    print(f"\n{results}\n{judged}\n", flush=True)
     stage("downstream")
 
     print("== 4/4 figures", flush=True)
@@ -128,7 +129,7 @@ def run_demo(workdir: str, *, records: int = 3000, pretrain_steps: int = 100, do
     model, variables = load_pretraining_model(init)
     ecg = api.read_ecg(_test_record(os.path.join(workdir, "data", "native")))
     reconstruction = api.reconstruct(model, variables, ecg.signal, fs=ecg.fs, leads=ecg.leads, seed=0)
-    encoder_model, encoder_vars = load_encoder(init)
+    encoder_model, encoder_vars = models.classification_encoder(model, variables)
     embedded = embed_split(encoder_model, encoder_vars, data_dir, "test", task="st_mem")
     paths = {
         "reconstruction": api.plot_reconstruction(reconstruction, os.path.join(figures, "reconstruction.png")),
@@ -142,7 +143,7 @@ def run_demo(workdir: str, *, records: int = 3000, pretrain_steps: int = 100, do
                                              title="ST-MEM encoder, synthetic test ECGs (PCA)"),
     }
     stage("figures")
-    summary = {"table": results, "verdict": verdict(rows, fraction), "encoder": init, "figures": paths,
+    summary = {"table": results, "verdict": judged, "encoder": init, "figures": paths,
                "seconds": stages, "minutes": round((time.time() - start) / 60, 1)}
     with open(os.path.join(workdir, "demo_summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
