@@ -7,8 +7,8 @@
 Times the jitted train step of ``stmem_jax.train.pretrain`` (``--step pretrain``: masking, encoder
 on the kept patches, lead-wise decoder) or of ``stmem_jax.train.downstream`` (``--step finetune``:
 the 12-lead classifier on every patch, drop-path 0.1, 5 classes), AdamW, donated state, on random
-input already on the device, after two warm-up steps; pre-training in as many micro-batches as
-training uses (``micro``: ``train.grad_accum_steps``, automatic by default). MFU = analytic model
+input already on the device, after two warm-up steps; in as many micro-batches as training
+uses (``micro``: ``train.grad_accum_steps``, automatic by default). MFU = analytic model
 FLOPs (3 x forward, ``stmem_jax.flops``) / measured time / the device's peak; "of matmul" relates
 the same rate to a large square matmul timed on the same device, the practical ceiling. Peak RSS
 is this process's so far (``resource.getrusage``): give one preset and dtype for a step's own.
@@ -26,10 +26,11 @@ import optax
 from stmem_jax.flops import forward_flops, peak_flops
 from stmem_jax.models import create_model, family
 from stmem_jax import mesh as meshlib
+from stmem_jax import microbatch
 from stmem_jax.train.optim import adamw
 from stmem_jax.train.loop import TrainState
 from stmem_jax.train import downstream
-from stmem_jax.train.pretrain import make_train_step, micro_batches
+from stmem_jax.train.pretrain import make_train_step
 
 
 def matmul_rate(dtype: str, n: int = 4096, repeats: int = 5) -> float:
@@ -54,19 +55,18 @@ def measure(preset: str, dtype: str, batch: int, steps: int, remat: bool = False
     series = jax.device_put(jax.random.normal(jax.random.key(2), (batch, 12, 2250)), meshlib.batch_sharding(mesh))
     if kind == "pretrain":
         model = create_model("st_mem", preset, dtype=jnp.dtype(dtype), remat=remat)
-        accum = micro_batches(batch, accum, mesh)
         inputs = (series,)
     else:
         model = create_model(family("st_mem").classifier, preset, dtype=jnp.dtype(dtype), remat=remat,
                              num_classes=5, drop_path=0.1)
-        accum = 1
         inputs = (series, jax.device_put(jnp.arange(batch) % 5, meshlib.batch_sharding(mesh)))
     params = jax.jit(lambda: model.init(keys, jnp.zeros((1, 12, model.seq_len)), leads=leads))()["params"]
     tx = adamw(optax.constant_schedule(1e-4), params)
     state = TrainState(jnp.zeros((), jnp.int32), params, tx.init(params), jnp.full((), -1, jnp.int32))
     state = jax.device_put(state, meshlib.replicated(mesh))
+    accum = microbatch.count(batch, accum, mesh.devices.flat)
     step = make_train_step(model, tx, 0.75, accum, leads) if kind == "pretrain" else \
-        downstream.make_train_step(model, tx, False, leads)
+        downstream.make_train_step(model, tx, False, leads, accum)
     step = jax.jit(step, donate_argnums=0)
     key = jax.random.key(3)
     for _ in range(2):

@@ -18,6 +18,7 @@ first usable window is used (as ``stmem-embed --files`` does).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -88,7 +89,7 @@ def reconstruct(model, variables: dict[str, Any], ecg: np.ndarray, fs: float, le
     series = prepare(ecg, fs, recipe=recipe, crop_samples=model.seq_len, crops=1, leads=leads)[:, 0]
     lead_ids = lead_indices(leads, series.shape[1])
     noise = jax.random.uniform(jax.random.key(seed), model.noise_shape(series.shape))
-    out = model.apply(variables, series, mask_ratio=mask_ratio, noise=noise, leads=lead_ids)
+    out = jax.jit(functools.partial(model.apply, mask_ratio=mask_ratio, leads=lead_ids))(variables, series, noise=noise)
     return {"series": series[0], "pred": np.asarray(out["pred"][0], np.float32), "mask": np.asarray(out["mask"][0]),
             "loss": float(out["loss"]), "lead_ids": lead_ids, "norm_pix_loss": model.norm_pix_loss}
 

@@ -24,7 +24,7 @@ from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 from stmem_jax import mesh as meshlib
-from stmem_jax import models
+from stmem_jax import microbatch, models
 from stmem_jax.convert import load_torch_checkpoint
 from stmem_jax.core.ecgfile import list_files, read_ecg
 from stmem_jax.core.leads import LEAD_NAMES, lead_indices
@@ -65,9 +65,12 @@ def load_pretraining_model(path: str) -> tuple[nn.Module, dict[str, Any]]:
 
 
 def crop_outputs(model: nn.Module, params: Any, series: jax.Array, lead_ids: tuple[int, ...]) -> jax.Array:
-    """The model on every crop of (B, crops, C, T): (B, crops, K) logits, or features without a head."""
+    """The model on every crop of (B, crops, C, T): (B, crops, K) logits, or features without a head
+    (in micro-batches on CPU, ``stmem_jax.microbatch``)."""
     batch, crops = series.shape[:2]
-    out = model.apply({"params": params}, series.reshape(batch * crops, *series.shape[2:]), leads=lead_ids)
+    flat = series.reshape(batch * crops, *series.shape[2:])
+    out = microbatch.apply(lambda x: model.apply({"params": params}, x, leads=lead_ids), flat,
+                           microbatch.count(len(flat)))
     return out.reshape(batch, crops, -1)
 
 

@@ -29,7 +29,7 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh
 
-from stmem_jax import flops
+from stmem_jax import flops, microbatch
 from stmem_jax import mesh as meshlib
 from stmem_jax.core.leads import lead_indices
 from stmem_jax.train import loop
@@ -91,10 +91,10 @@ def _step_and_inputs(config: ml_collections.ConfigDict, mesh: Mesh, global_batch
     batch_sharding = meshlib.batch_sharding(mesh)
     series = jax.ShapeDtypeStruct((global_batch, channels, crop), jnp.float32, sharding=batch_sharding)
     example = jnp.zeros((1, channels, crop), jnp.float32)
+    accum_steps = microbatch.count(global_batch, config.train.grad_accum_steps, mesh.devices.flat)
     if "mode" not in config:  # pre-training
         from stmem_jax.train import pretrain
 
-        accum_steps = pretrain.micro_batches(global_batch, config.train.grad_accum_steps, mesh)
         model = pretrain.build_model(config, lead_ids)
         params = jax.eval_shape(lambda: model.init({"params": jax.random.key(0), "masking": jax.random.key(0)},
                                                    example, leads=lead_ids)["params"])
@@ -114,7 +114,7 @@ def _step_and_inputs(config: ml_collections.ConfigDict, mesh: Mesh, global_batch
                                                    example, leads=lead_ids)["params"])
         layer_decay = config.train.layer_decay if config.mode == "finetune" else 1.0
         tx = optimizer(config.train, schedule.learning_rate, params, layer_decay=layer_decay, depth=model.depth)
-        step = downstream.make_train_step(model, tx, False, lead_ids)
+        step = downstream.make_train_step(model, tx, False, lead_ids, accum_steps)
         batch = [series, jax.ShapeDtypeStruct((global_batch,), jnp.int32, sharding=batch_sharding)]
         analytic = 3 * flops.forward_flops(model, channels) * global_batch
     abstract = jax.eval_shape(lambda p: loop.TrainState.create(p, tx), params)

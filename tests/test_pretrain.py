@@ -10,7 +10,6 @@ import optax
 import pytest
 
 from stmem_jax.model_dir import load_model
-from stmem_jax import mesh as meshlib
 from stmem_jax.models import create_model
 from stmem_jax.train import loop, pretrain
 from stmem_jax.train.optim import adamw
@@ -99,14 +98,6 @@ def test_accumulated_micro_batches_equal_one_big_batch():
     for a, b, p in zip(jax.tree.leaves(one.params), jax.tree.leaves(four.params), jax.tree.leaves(params)):
         grad_one, grad_four = np.asarray(p - a), np.asarray(p - b)
         np.testing.assert_allclose(grad_four, grad_one, rtol=1e-4, atol=1e-4 * np.abs(grad_one).max() + 1e-9)
-
-
-def test_automatic_micro_batches_keep_16_examples_per_cpu_device_and_honour_a_setting():
-    mesh = meshlib.make_mesh()  # one CPU device
-    assert [pretrain.micro_batches(b, 0, mesh) for b in (8, 16, 64, 24, 17)] == [1, 1, 4, 2, 17]
-    assert pretrain.micro_batches(64, 2, mesh) == 2
-    with pytest.raises(ValueError, match="batch_size 64 is not divisible by grad_accum_steps 3"):
-        pretrain.micro_batches(64, 3, mesh)
 
 
 @pytest.mark.parametrize("on", ["kernels", "all"])

@@ -53,6 +53,8 @@ def _common(preset: str, sizes: tuple[str, ...]) -> ml_collections.ConfigDict:
     config.train = ml_collections.ConfigDict(dict(
         seed=0,
         batch_size=64,                 # global, per optimizer step
+        grad_accum_steps=0,            # micro-batches per step (memory), same result as one big batch;
+                                       # 0: automatic (1, or micro-batches of 16 per device on CPU)
         epochs=100,
         num_steps=0,                   # > 0 overrides epochs
         warmup_epochs=5,
@@ -84,8 +86,6 @@ def pretraining(preset: str = "vit_base") -> ml_collections.ConfigDict:
     config.data.update(split="train", val_split="validation")
     config.train.update(
         batch_size=512,
-        grad_accum_steps=0,            # micro-batches per step (memory), same result as one big batch;
-                                       # 0: automatic (1, or micro-batches of 16 per device on CPU)
         epochs=800,
         max_steps_per_run=0,           # > 0: stop (with a checkpoint) after this many steps; rerun to go on
         warmup_epochs=40,

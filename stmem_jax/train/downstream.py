@@ -35,7 +35,7 @@ from jax.experimental import multihost_utils
 
 from stmem_jax import infer, overlap
 from stmem_jax import mesh as meshlib
-from stmem_jax import models
+from stmem_jax import microbatch, models
 from stmem_jax.cli import run_config_command
 from stmem_jax.core.shards import read_manifests
 from stmem_jax.data.pipeline import InputConfig, global_batches, mixture_names, model_recipe, steps_per_epoch
@@ -83,16 +83,21 @@ def build_classifier(config: ml_collections.ConfigDict, num_classes: int, lead_i
 
 
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation, multilabel: bool,
-                    lead_ids: tuple[int, ...]):
-    """One optimizer step; dropout / drop-path keys from ``fold_in(key, step)``."""
+                    lead_ids: tuple[int, ...], accum_steps: int = 1):
+    """One optimizer step, as ``accum_steps`` micro-batches whose gradients are averaged
+    (``stmem_jax.microbatch``); dropout / drop-path keys from ``fold_in(key, step)`` (and the
+    micro-batch's number)."""
 
     def step(state: loop.TrainState, series: jax.Array, labels: jax.Array, key: jax.Array):
-        def loss_fn(params):
-            logits = model.apply({"params": params}, series, leads=lead_ids, train=True,
-                                 rngs={"dropout": jax.random.fold_in(key, state.step)})
-            return classification_loss(logits, labels, multilabel)
+        step_key = jax.random.fold_in(key, state.step)
 
-        loss, grads = jax.value_and_grad(loss_fn)(state.params)
+        def grad_fn(params, micro, index):
+            rng = step_key if index is None else jax.random.fold_in(step_key, index)
+            return jax.value_and_grad(lambda p: classification_loss(
+                model.apply({"params": p}, micro[0], leads=lead_ids, train=True, rngs={"dropout": rng}),
+                micro[1], multilabel))(params)
+
+        loss, grads = microbatch.mean_gradients(grad_fn, state.params, (series, labels), accum_steps)
         return loop.guarded_update(state, tx, loss, grads)
 
     return step
@@ -193,7 +198,8 @@ def train_end_to_end(config, workdir, task, model, encoder_params, mesh, has_val
             Reporter(workdir, schedule.total_steps, schedule.steps_per_epoch, batch) as reporter:
         state, start, target = loop.init_or_restore(lambda e: loop.TrainState.create(init_params(e), tx), mesh,
                                                     checkpoints, encoder_params)
-        step_fn = loop.jit_step(make_train_step(model, tx, task.multilabel, task.lead_ids), target,
+        accum_steps = microbatch.count(batch, config.train.grad_accum_steps, mesh.devices.flat)
+        step_fn = loop.jit_step(make_train_step(model, tx, task.multilabel, task.lead_ids, accum_steps), target,
                                 [meshlib.batch_sharding(mesh)] * 2, mesh)
 
         validated = {}  # step -> validation metrics of this process's run (a resumed run recomputes the selected)

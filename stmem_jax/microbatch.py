@@ -1,0 +1,63 @@
+"""Micro-batches: a step's batch cut into equal parts along each device's rows and run one after
+the other, inside one jitted step. On CPU the activations of a micro-batch of at most 16 examples
+per device stay in the cache (training about 1.1-1.3x faster, inference 1.8x for the small demo
+model); gradients are averaged, so the result is that of one batch. On accelerators a step is one
+batch unless ``train.grad_accum_steps`` asks for micro-batches (memory)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+CPU_MICRO_BATCH = 16  # most examples per CPU device in one micro-batch
+MIN_MICRO_BATCH = 4   # fewer per device than this (a prime batch): one batch instead
+
+
+def count(batch_size: int, accum_steps: int = 0, devices: Sequence[jax.Device] | None = None) -> int:
+    """Micro-batches per step: ``accum_steps``, or with 0 (automatic) 1 on accelerators, and on CPU
+    the fewest equal ones with at most ``CPU_MICRO_BATCH`` examples per device in each (1 when they
+    would hold fewer than ``MIN_MICRO_BATCH``). ``devices``: those the batch is split over (all)."""
+    if accum_steps < 0 or (accum_steps and batch_size % accum_steps):
+        raise ValueError(f"batch_size {batch_size} is not divisible by grad_accum_steps {accum_steps}")
+    if accum_steps:
+        return accum_steps
+    devices = jax.devices() if devices is None else list(devices)
+    if devices[0].platform != "cpu" or batch_size % len(devices):
+        return 1
+    per_device = batch_size // len(devices)
+    k = next(k for k in range(1, per_device + 1) if per_device % k == 0 and per_device // k <= CPU_MICRO_BATCH)
+    return k if per_device // k >= MIN_MICRO_BATCH else 1
+
+
+def split(x: jax.Array, k: int) -> jax.Array:
+    """(B, ...) -> (k, B / k, ...): micro-batch i takes rows i, i + k, i + 2k, ... (each device keeps its rows)."""
+    return x.reshape(x.shape[0] // k, k, *x.shape[1:]).swapaxes(0, 1)
+
+
+def merge(x: jax.Array) -> jax.Array:
+    """The inverse of :func:`split`: (k, B / k, ...) -> (B, ...) in the original row order."""
+    return x.swapaxes(0, 1).reshape(-1, *x.shape[2:])
+
+
+def apply(fn: Callable[[jax.Array], jax.Array], x: jax.Array, k: int) -> jax.Array:
+    """``fn(x)`` computed over ``k`` micro-batches of ``x`` in turn (``fn`` maps rows to rows)."""
+    return fn(x) if k == 1 else merge(jax.lax.map(fn, split(x, k)))
+
+
+def mean_gradients(grad_fn: Callable, params: Any, batch: Sequence[jax.Array], k: int) -> tuple[jax.Array, Any]:
+    """(loss, gradients) of ``grad_fn(params, micro_batch, index)`` averaged over ``k`` micro-batches of
+    ``batch`` (arrays with the batch as leading axis); ``index`` is the micro-batch's number, None when
+    ``k`` is 1 (for example to draw its own dropout key)."""
+    if k == 1:
+        return grad_fn(params, tuple(batch), None)
+
+    def body(carry, micro):
+        index, rows = micro
+        return jax.tree.map(jnp.add, carry, grad_fn(params, rows, index)), None
+
+    zero = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, params))
+    total, _ = jax.lax.scan(body, zero, (jnp.arange(k), tuple(split(x, k) for x in batch)))
+    return jax.tree.map(lambda x: x / k, total)
