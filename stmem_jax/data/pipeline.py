@@ -45,6 +45,7 @@ once, kept in memory and shuffled whole each pass. The band filter acts on the s
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import functools
 import math
@@ -305,8 +306,20 @@ def global_batches(config: InputConfig, mesh, *, data_axis: str | tuple[str, ...
     return _background(batches(), prefetch)
 
 
+_closing: set[threading.Thread] = set()  # input threads still tearing down their tf.data iterators
+
+
+@atexit.register
+def _join_closing() -> None:
+    """At exit, before TensorFlow is torn down: waits for the input threads still closing."""
+    for thread in list(_closing):
+        thread.join()
+
+
 def _background(iterator: Iterator, size: int) -> Iterator:
-    """Runs ``iterator`` in a daemon thread, ``size`` items ahead; re-raises its errors here."""
+    """Runs ``iterator`` in a daemon thread, ``size`` items ahead; re-raises its errors here. Closing
+    it stops the thread, which then closes ``iterator`` itself: a tf.data iterator's teardown can
+    wait tens of seconds for its own threads, and the next run need not wait for it (exit does)."""
     items: queue.Queue = queue.Queue(size)
     stop, end = threading.Event(), object()
 
@@ -319,25 +332,31 @@ def _background(iterator: Iterator, size: int) -> Iterator:
                 pass
         return False
 
-    def work():
+    def work(source):
         try:
-            for item in iterator:
+            for item in source:
                 if not put(item):
                     return
             put(end)
         except BaseException as e:  # noqa: BLE001 - handed to the consumer
             put(e)
+        finally:
+            getattr(source, "close", lambda: None)()
 
-    thread = threading.Thread(target=work, daemon=True)
+    thread = threading.Thread(target=work, args=(iterator,), daemon=True)
     thread.start()
+    del iterator  # the thread's alone, so that it is torn down there
     try:
         while (item := items.get()) is not end:
             if isinstance(item, BaseException):
                 raise item
             yield item
-    finally:  # closing the iterator stops the thread before TensorFlow can be torn down under it
+    finally:
         stop.set()
-        thread.join()
+        thread.join(timeout=1.0)
+        if thread.is_alive():
+            _closing.difference_update([t for t in _closing if not t.is_alive()])
+            _closing.add(thread)
 
 
 def _explain(config: InputConfig, error: tf.errors.OpError) -> Exception:
