@@ -35,7 +35,6 @@ import argparse
 import datetime
 import json
 import math
-import multiprocessing
 import shutil
 from pathlib import Path
 from xml.sax.saxutils import escape, quoteattr
@@ -45,6 +44,7 @@ import pandas as pd
 from scipy.signal import resample_poly
 from tqdm import tqdm
 
+from data_prep.writer import worker_pool
 from stmem_jax.core.leads import LEAD_NAMES
 
 WFDB_LEADS = ("I", "II", "III", "AVR", "AVL", "AVF", "V1", "V2", "V3", "V4", "V5", "V6")  # PTB-XL's spelling
@@ -407,7 +407,7 @@ def write_ptbxl(output_dir, num_records: int, seed: int = 0, workers: int = 1, p
     rows = []
     with tqdm(total=num_records, unit="rec", desc="synthetic PTB-XL", disable=not progress) as bar:
         if workers > 1:
-            with multiprocessing.get_context("spawn").Pool(workers) as pool:
+            with worker_pool(workers) as pool:
                 for chunk in pool.imap_unordered(_write_chunk, tasks):
                     rows += chunk
                     bar.update(len(chunk))

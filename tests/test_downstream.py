@@ -149,6 +149,10 @@ def test_linear_probe_keeps_the_encoder_and_caches_features(finetuned, synthetic
     again = downstream.train(config, str(tmp_path / "second"))
     assert calls == []  # train, validation and test features came from the cache
     assert again["test"] == record["test"]
+    # another seed of a label-fraction grid computes only its own training subset's features
+    config.train.seed, config.data.label_fraction = 1, 0.5
+    downstream.train(config, str(tmp_path / "third"))
+    assert calls == ["train"]
 
 
 def test_linear_probe_stopped_by_a_signal_resumes_to_the_same_result(finetuned, synthetic_shards, tmp_path,

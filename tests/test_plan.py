@@ -44,8 +44,13 @@ def test_fine_tuning_step_compiles_with_fsdp_and_linear_probing_is_refused(devic
         plan.topology_devices("v9z:1x1")
 
 
-def test_jax_on_the_cpu_is_unchanged_with_libtpu_installed():
-    code = "import jax, jax.numpy as jnp; print(jax.default_backend(), float(jnp.arange(4.0) @ jnp.arange(4.0)))"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                         env={k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"})
+@pytest.mark.parametrize("imports", ["jax", "stmem_jax, jax", "jax, stmem_jax"])
+def test_jax_on_the_cpu_is_unchanged_with_libtpu_installed(imports):
+    """Plain JAX falls back to the CPU; with stmem_jax imported (before or after jax), libtpu is not
+    even started on this host without TPU chips: none of its start-up errors on stderr."""
+    code = f"import {imports}, jax.numpy as jnp; print(jax.default_backend(), float(jnp.arange(4.0) @ jnp.arange(4.0)))"
+    env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"} | {"ALLOW_MULTIPLE_LIBTPU_LOAD": "1"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
     assert out.returncode == 0 and out.stdout.split() == ["cpu", "14.0"], out.stderr[-2000:]
+    if "stmem_jax" in imports:
+        assert "TPU" not in out.stderr, out.stderr[-2000:]

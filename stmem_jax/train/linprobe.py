@@ -43,7 +43,9 @@ def cached_features(config, workdir: str, task: Task, encoder: nn.Module, encode
     """Pooled features (N, crops, W) of every evaluation crop of ``split``, with labels and ids; read from
     the cache when an earlier run computed them with the same encoder weights and data settings."""
     input_config = task.input(config, split, False, config.eval.batch_size, label_fraction)
-    key = json.dumps({"input": dataclasses.asdict(input_config), "encoder": model_config(encoder),
+    # an evaluation input's seed draws only its label-fraction subset: the seeds of a grid share the rest
+    keyed = input_config if label_fraction < 1 else dataclasses.replace(input_config, seed=0)
+    key = json.dumps({"input": dataclasses.asdict(keyed), "encoder": model_config(encoder),
                       "weights": _encoder_checksum(encoder_params)}, sort_keys=True,
                      default=lambda v: sorted(v) if isinstance(v, frozenset) else str(v))
     directory = config.data.feature_cache or os.path.join(workdir, "features")
