@@ -10,9 +10,9 @@ __version__ = "0.1.0"
 
 def _skip_absent_tpu() -> None:
     """With libtpu installed (the [tpu] extra) on a host with neither a TPU chip nor an NVIDIA GPU,
-    JAX's first use would start libtpu, which prints start-up errors and takes seconds before JAX
-    falls back to the CPU; such a host runs on the CPU directly, unless ``JAX_PLATFORMS`` says
-    otherwise. Ahead-of-time compilation for TPU topologies (``stmem-plan``) loads libtpu itself."""
+    JAX's first use would start libtpu, which prints start-up errors (and takes the lock file
+    /tmp/libtpu_lockfile) before JAX falls back to the CPU; such a host runs on the CPU directly,
+    unless ``JAX_PLATFORMS`` says otherwise. Ahead-of-time compilation for TPU topologies (``stmem-plan``) loads libtpu itself."""
     if os.environ.get("JAX_PLATFORMS") or importlib.util.find_spec("libtpu") is None:
         return
     google = "0x1ae0"  # the PCI vendor of TPU chips

@@ -1,5 +1,6 @@
 """The benchmark scripts run (tiny settings) and print their tables."""
 
+import json
 import os
 import subprocess
 import sys
@@ -53,3 +54,22 @@ def test_fault_injection_kills_preparation_and_the_rerun_gives_the_same_shards()
     trials = [line.split() for line in out if line.split()[:1] in (["0"], ["1"])]
     assert [t[1:3] for t in trials] == [["prepare", "SIGKILL"], ["prepare", "SIGTERM"]]
     assert all(t[-1] == "same" for t in trials) and out[-1] == "2 trial(s), 0 mismatch(es)"
+
+
+def test_plan_table_fits_each_cell_from_its_two_cached_compiles(tmp_path):
+    """The table's arithmetic on compiles already in the cache (none is redone): memory affine in the
+    batch, the largest per-chip batch under the chip's HBM."""
+    gib, cache = 2 ** 30, tmp_path / "plan.jsonl"
+    totals = {False: (3 * gib, 5 * gib), True: (2 * gib, 3 * gib)}  # at 32 and 64 per chip
+    with open(cache, "w") as f:
+        for remat, pair in totals.items():
+            for batch, total in zip((32, 64), pair):
+                f.write(json.dumps({"key": ["v5e", "pretrain", remat, 1, batch], "total": total, "hbm": 16 * gib,
+                                    "seconds": 1.0}) + "\n")
+    out = run("plan_table.py", "--generations", "v5e", "--steps", "pretrain", "--fsdp", "1", "--cache", str(cache))
+    rows = [line.split("|")[1:-1] for line in out.splitlines() if line.startswith("| v5e")]
+    # no remat: 1 GiB fixed + 1/16 GiB per example -> 240; remat: 1 GiB + 1/32 GiB -> 480
+    assert [[c.strip() for c in r] for r in rows] == [
+        ["v5e (16 GiB)", "pretrain", "no", "1", "1.07", "67", "240"],
+        ["v5e (16 GiB)", "pretrain", "yes", "1", "1.07", "34", "480"]], out
+    assert "0 compiled now" in out
