@@ -2,13 +2,13 @@
 
 1. generates synthetic 12-lead ECGs in PTB-XL's layout (synthetic seed 1: patients the shipped
    encoder never saw) and prepares shards;
-2. pre-trains the same small model (width 64, depth 2) from scratch for a few hundred steps on
+2. pre-trains the same small model (width 64, depth 2) from scratch for 100 steps on
    them: the loop, its log and its reconstruction figure, not a useful encoder yet;
 3. on the ST-MEM protocol task (5 superclasses), with 1% of the labels and over the seeds, fine-tunes
    the *shipped* encoder (``stmem_jax/pretrained/synthetic-w64``: pre-trained on 20,000 other
    synthetic ECGs by the command its README gives) with 12, 6 (limb) and 1 (lead I) leads,
    linear-probes it and trains from scratch (12 leads), each mode at the learning rate
-   ``benchmarks/downstream_synthetic.py`` found best on validation;
+   ``benchmarks/downstream_synthetic.py`` found best on validation, each run testing its last state;
 4. prints the results table in the paper's format and a line saying whether fine-tuning beat
    training from scratch beyond the spread of the seeds, and writes the figures (the shipped
    model's masked reconstruction of a test ECG, the fresh pre-training's curve, the embedding map).
