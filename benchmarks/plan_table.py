@@ -1,16 +1,18 @@
-"""README's TPU table: the largest per-chip batch of ``vit_base`` pre-training and fine-tuning on each
+"""README's TPU table: the largest per-device batch of ``vit_base`` pre-training and fine-tuning on each
 TPU generation, with and without remat and FSDP, from ahead-of-time compilation on this host.
 
     python benchmarks/plan_table.py [--generations v5e,v4,v6e,v5p] [--steps pretrain,finetune] [--fsdp 1,4]
-                                    [--batches 32,64] [--check] [--cache plan_table.jsonl]
+                                    [--batches 32,64] [--check] [--cache F] [--cached-only]
 
 Each cell compiles the config's exact train step (``stmem_jax.plan.compile_step``; bfloat16, 4 chips,
-mesh data x fsdp) at the two per-chip ``--batches``. Per-device memory is close to affine in the
+mesh data x fsdp) at the two per-device ``--batches`` (a v4 device is one of its chip's 2
+TensorCores, with half its HBM; the other generations' are whole chips). Per-device memory is close to affine in the
 batch (parameters and optimizer state, plus activations per example), so the line through the two
-totals estimates the largest batch under the chip's HBM; ``--check`` compiles each cell at that
+totals estimates the largest batch under the device's HBM; ``--check`` compiles each cell at that
 batch too and prints its total. Every compile (2.5-5 minutes of both cores here for ``vit_base``)
-is appended to ``--cache`` and reused by a rerun, so the table can be built over several sittings.
-Needs the [tpu] extra.
+is appended to ``--cache`` (``benchmarks/plan_table.jsonl``, committed) and reused by a rerun, so
+the table grows over several sittings; ``--cached-only`` prints the cells done so far. Needs the
+[tpu] extra.
 """
 
 import argparse
@@ -25,7 +27,7 @@ CONFIGS = {"pretrain": ("pretrain/st_mem.py", "vit_base"), "finetune": ("downstr
 
 
 def compile_total(generation: str, step: str, remat: bool, fsdp: int, batch: int, devices: dict) -> dict:
-    """Per-device bytes, HBM bytes and compile seconds of one cell's step at ``batch`` per chip."""
+    """Per-device bytes, HBM bytes and compile seconds of one cell's step at ``batch`` per device."""
     from stmem_jax import plan
     from stmem_jax.train.config import load_config
 
@@ -36,7 +38,7 @@ def compile_total(generation: str, step: str, remat: bool, fsdp: int, batch: int
     if generation not in devices:
         devices[generation] = plan.topology_devices(TOPOLOGIES[generation])
     result = plan.compile_step(config, devices[generation], batch)
-    return {"total": result.total_bytes, "hbm": plan.hbm_bytes(devices[generation][0]), "seconds": result.compile_s}
+    return {"total": result.total_bytes, "hbm": plan.hbm_bytes(devices[generation]), "seconds": result.compile_s}
 
 
 def main():
@@ -44,9 +46,11 @@ def main():
     parser.add_argument("--generations", default="v5e,v4,v6e,v5p")
     parser.add_argument("--steps", default="pretrain,finetune")
     parser.add_argument("--fsdp", default="1,4", help="mesh.fsdp values (4 chips)")
-    parser.add_argument("--batches", default="32,64", help="the two per-chip batches of the fit")
+    parser.add_argument("--batches", default="32,64", help="the two per-device batches of the fit")
     parser.add_argument("--check", action="store_true", help="also compile each cell at its largest batch")
-    parser.add_argument("--cache", default="plan_table.jsonl", help="compiles done so far (reused)")
+    parser.add_argument("--cache", default=os.path.join(REPO, "benchmarks", "plan_table.jsonl"),
+                        help="compiles done so far (reused; the README table's are committed)")
+    parser.add_argument("--cached-only", action="store_true", help="compile nothing: only the cells in the cache")
     args = parser.parse_args()
     low, high = map(int, args.batches.split(","))
     cells = list(itertools.product(args.generations.split(","), args.steps.split(","), (False, True),
@@ -55,6 +59,10 @@ def main():
     if os.path.isfile(args.cache):
         with open(args.cache) as f:
             cache = {tuple(r["key"]): r for r in map(json.loads, f)}
+    if args.cached_only and args.check:
+        parser.error("--check compiles: it cannot go with --cached-only")
+    if args.cached_only:
+        cells = [c for c in cells if all((*c, b) in cache for b in (low, high))]
     devices, start, done = {}, time.time(), 0
     todo = 2 * len(cells) - sum((*c, b) in cache for c in cells for b in (low, high))
     todo += len(cells) if args.check else 0
@@ -72,7 +80,7 @@ def main():
                   f"{cache[key]['total'] / 1e9:.2f} GB, compiled in {cache[key]['seconds']:.0f} s", flush=True)
         return cache[key]
 
-    lines = ["| chip (HBM) | step | remat | FSDP | GB fixed | MB per example | largest per-chip batch |"
+    lines = ["| device (HBM) | step | remat | FSDP | GB fixed | MB per example | largest per-device batch |"
              + (" checked |" if args.check else ""), "|---|---|---|---|---|---|---|" + ("---|" if args.check else "")]
     for cell in cells:
         generation, step, remat, fsdp = cell

@@ -31,4 +31,16 @@ def _skip_absent_tpu() -> None:
         os.environ["JAX_PLATFORMS"] = "cpu"
 
 
+def _memory_scheduled_cpu() -> None:
+    """XLA:CPU orders a step's operations for concurrency by default, which keeps many more
+    activations alive: the ViT-B fine-tuning step at batch 32 needs 8.7 GB of temporaries that way
+    and 6.6 GB in the memory-minimising order, at the same speed (tiny pre-training too). Set here,
+    before JAX starts its CPU client; an ``XLA_FLAGS`` that names the flag is left as it is."""
+    flag = "--xla_cpu_enable_concurrency_optimized_scheduler"
+    flags = os.environ.get("XLA_FLAGS", "")
+    if flag not in flags:
+        os.environ["XLA_FLAGS"] = f"{flags} {flag}=false".strip()
+
+
 _skip_absent_tpu()
+_memory_scheduled_cpu()

@@ -9,8 +9,8 @@ The exact step of the config (the trainer's own step function and optimizer; mes
 ``mesh.fsdp``; ``model.dtype``, ``model.remat``, ``train.grad_accum_steps``) is lowered with
 abstract inputs sharded over the topology's devices and compiled by XLA for TPU. It prints per
 device: arguments (parameters, optimizer state, batch), temporaries and their total against the
-chip's HBM; the compiled FLOPs per step against the analytic count; and with ``--max_batch`` the
-largest per-chip batch that fits (bisection). A fine-tuning step has the same shape from any
+device's HBM; the compiled FLOPs per step against the analytic count; and with ``--max_batch`` the
+largest per-device batch that fits (bisection). A fine-tuning step has the same shape from any
 ``init``, so none is loaded; ``--num_classes`` sets the head (linear probing trains only a head:
 nothing to plan). Exit status 0, 1 when the step does not fit, 2 on a usage error.
 """
@@ -36,7 +36,7 @@ from stmem_jax.train import loop
 from stmem_jax.train.checkpoints import abstract_with_shardings
 from stmem_jax.train.optim import from_config as optimizer
 
-# HBM per device (GiB) by device kind; v4 and v5p expose one device per chip (megacore)
+# HBM per chip (GiB) by device kind; a v4 topology's devices are its TensorCores, 2 per chip
 HBM_GIB = {"TPU v4": 32, "TPU v5 lite": 16, "TPU v5": 95, "TPU v6 lite": 32}
 TPU_HINT = "ahead-of-time TPU compilation needs libtpu: pip install -e '.[tpu]'"
 
@@ -75,11 +75,18 @@ def topology_devices(name: str) -> list:
                          f"v6e:2x2") from None
 
 
-def hbm_bytes(device) -> int | None:
-    """HBM of one device by its kind (the longest matching name: "TPU v5 lite" before "TPU v5")."""
-    kind = getattr(device, "device_kind", "")
+def devices_per_chip(devices: list) -> int:
+    """Devices that share a chip (its TensorCores, when the topology exposes each as a device)."""
+    chips = {tuple(getattr(d, "coords", (d.id,))) for d in devices}
+    return len(devices) // len(chips)
+
+
+def hbm_bytes(devices: list) -> int | None:
+    """HBM of one of ``devices``: its chip's (by kind, the longest matching name: "TPU v5 lite" before
+    "TPU v5"), shared by the devices on that chip."""
+    kind = getattr(devices[0], "device_kind", "")
     names = sorted((k for k in HBM_GIB if kind.startswith(k)), key=len)
-    return HBM_GIB[names[-1]] * 2 ** 30 if names else None
+    return HBM_GIB[names[-1]] * 2 ** 30 // devices_per_chip(devices) if names else None
 
 
 def _step_and_inputs(config: ml_collections.ConfigDict, mesh: Mesh, global_batch: int, num_classes: int
@@ -145,14 +152,14 @@ def compile_step(config: ml_collections.ConfigDict, devices: list, batch_per_chi
 
 
 def largest_batch(config, devices, limit: int, capacity: int, num_classes: int) -> tuple[int, Plan | None]:
-    """The largest per-chip batch in 1..``limit`` whose step fits in ``capacity`` bytes (bisection;
+    """The largest per-device batch in 1..``limit`` whose step fits in ``capacity`` bytes (bisection;
     memory grows with the batch), and its plan; (0, None) when not even 1 fits."""
     low, high, best = 0, limit, None
     while low < high:
         middle = (low + high + 1) // 2
         plan = compile_step(config, devices, middle, num_classes)
         verdict = "fits" if plan.total_bytes <= capacity else "too big"
-        print(f"  per-chip batch {middle}: {_gb(plan.total_bytes)} -> {verdict}", flush=True)
+        print(f"  per-device batch {middle}: {_gb(plan.total_bytes)} -> {verdict}", flush=True)
         if plan.total_bytes <= capacity:
             low, best = middle, plan
         else:
@@ -166,7 +173,7 @@ def _gb(n: float) -> str:
 
 def describe(plan: Plan, capacity: int | None) -> list[str]:
     fits = "" if capacity is None else (" -> fits" if plan.total_bytes <= capacity else " -> does NOT fit")
-    lines = [f"per-chip batch {plan.batch_per_chip} (global {plan.global_batch}), per device: arguments "
+    lines = [f"per-device batch {plan.batch_per_chip} (global {plan.global_batch}), per device: arguments "
              f"{_gb(plan.argument_bytes)}, temporaries {_gb(plan.temp_bytes)}, outputs {_gb(plan.output_bytes)} "
              f"(aliased {_gb(plan.alias_bytes)}); total {_gb(plan.total_bytes)}"
              + ("" if capacity is None else f" of {_gb(capacity)} HBM") + fits]
@@ -181,10 +188,11 @@ def plan(config: ml_collections.ConfigDict, topology: str, batch_per_chip: int |
          max_batch: int | None = None, num_classes: int = 5) -> int:
     """Prints the plan of ``config`` on ``topology``; returns the exit status (1: does not fit)."""
     devices = topology_devices(topology)
-    capacity = hbm_bytes(devices[0])
+    capacity = hbm_bytes(devices)
+    shared = devices_per_chip(devices)
     per_chip = batch_per_chip or max(1, math.ceil(config.train.batch_size / len(devices)))
     m = config.model
-    print(f"{topology}: {len(devices)} x {devices[0].device_kind}"
+    print(f"{topology}: {len(devices)} x {devices[0].device_kind}{f' ({shared} per chip)' if shared > 1 else ''}"
           f"{'' if capacity is None else f' ({capacity / 2 ** 30:.0f} GiB HBM each)'}; mesh data "
           f"{len(devices) // config.mesh.fsdp} x fsdp {config.mesh.fsdp}; {m.kind} {m.preset} {m.dtype}, remat "
           f"{m.remat}, grad_accum_steps {config.train.get('grad_accum_steps', 1)} (0: automatic, one batch on TPU)",
@@ -194,7 +202,7 @@ def plan(config: ml_collections.ConfigDict, topology: str, batch_per_chip: int |
         print(line, flush=True)
     if max_batch and capacity:
         best, _ = largest_batch(config, devices, max_batch, capacity, num_classes)
-        print(f"largest per-chip batch that fits: {best}" + (" (the --max_batch limit)" if best == max_batch else ""),
+        print(f"largest per-device batch that fits: {best}" + (" (the --max_batch limit)" if best == max_batch else ""),
               flush=True)
     return 0 if capacity is None or result.total_bytes <= capacity else 1
 
@@ -209,7 +217,7 @@ def main(argv: list[str] | None = None) -> None:
                                     "configs/pretrain/st_mem.py:vit_base", lock_config=True)
     flags.DEFINE_string("topology", None, "TPU topology, e.g. v5e:4x4, v4:2x2x2, v5p:4x4x4, v6e:8x8")
     flags.DEFINE_integer("batch_per_chip", None, "examples per device (default: train.batch_size over the devices)")
-    flags.DEFINE_integer("max_batch", None, "also find the largest per-chip batch up to this that fits")
+    flags.DEFINE_integer("max_batch", None, "also find the largest per-device batch up to this that fits")
     flags.DEFINE_integer("num_classes", 5, "fine-tuning: classes of the head")
     flags.mark_flags_as_required(["config", "topology"])
 

@@ -73,3 +73,10 @@ def test_plan_table_fits_each_cell_from_its_two_cached_compiles(tmp_path):
         ["v5e (16 GiB)", "pretrain", "no", "1", "1.07", "67", "240"],
         ["v5e (16 GiB)", "pretrain", "yes", "1", "1.07", "34", "480"]], out
     assert "0 compiled now" in out
+    with open(cache, "a") as f:  # a cell with one of its two compiles: left out, not compiled
+        f.write(json.dumps({"key": ["v4", "pretrain", False, 1, 32], "total": gib, "hbm": 16 * gib,
+                            "seconds": 1.0}) + "\n")
+    out = run("plan_table.py", "--generations", "v5e,v4", "--steps", "pretrain", "--fsdp", "1", "--cache", str(cache),
+              "--cached-only")
+    assert [line.split("|")[1].strip() for line in out.splitlines() if line.startswith("| v")] == ["v5e (16 GiB)"] * 2
+    assert "2 cells, 0 compiled now" in out

@@ -72,3 +72,37 @@ def test_the_same_on_eight_devices():
     result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__,
                              "-k", "micro_batched"], env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert result.returncode == 0 and "2 passed" in result.stdout, result.stdout[-3000:] + result.stderr[-2000:]
+
+
+STEP_MEMORY = """
+import jax, jax.numpy as jnp, optax
+import stmem_jax
+from stmem_jax.models import create_model
+from stmem_jax.train import downstream, loop
+from stmem_jax.train.optim import adamw
+model = create_model("st_mem_classifier", "tiny", num_classes=5)
+leads = tuple(range(12))
+params = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 12, 2250)), leads=leads))["params"]
+tx = adamw(optax.constant_schedule(1e-4), params)
+state = jax.eval_shape(lambda p: loop.TrainState.create(p, tx), params)
+step = jax.jit(downstream.make_train_step(model, tx, False, leads, 1))
+compiled = step.lower(state, jax.ShapeDtypeStruct((16, 12, 2250), jnp.float32),
+                      jax.ShapeDtypeStruct((16,), jnp.int32), jax.random.key(1)).compile()
+print(compiled.memory_analysis().temp_size_in_bytes)
+"""
+
+
+def test_cpu_steps_keep_fewer_activations_alive_unless_xla_flags_say_otherwise():
+    """Importing stmem_jax has XLA:CPU order a step's operations to save memory, not for concurrency
+    (the ViT-B fine-tuning step at batch 32: 6.6 instead of 8.7 GB of temporaries); a user's
+    XLA_FLAGS that names the flag wins."""
+    def temporaries(xla_flags):
+        env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"} | {"JAX_PLATFORMS": "cpu"}
+        env |= {"XLA_FLAGS": xla_flags} if xla_flags else {}
+        out = subprocess.run([sys.executable, "-c", STEP_MEMORY], capture_output=True, text=True, timeout=300,
+                             env=env, cwd=ROOT)
+        assert out.returncode == 0, out.stderr[-2000:]
+        return int(out.stdout.split()[-1])
+
+    concurrent = temporaries("--xla_cpu_enable_concurrency_optimized_scheduler=true")
+    assert temporaries("") < 0.9 * concurrent

@@ -23,12 +23,18 @@ def devices():
 def test_tiny_pretraining_step_compiles_for_v5e_and_fits(devices, capsys):
     config = load_config(os.path.join(ROOT, "configs", "pretrain", "st_mem.py"), "tiny")
     assert len(devices) == 4 and devices[0].device_kind == "TPU v5 lite"
-    assert plan.hbm_bytes(devices[0]) == 16 * 2 ** 30
+    assert plan.hbm_bytes(devices) == 16 * 2 ** 30
     assert plan.plan(config, "v5e:2x2", batch_per_chip=8) == 0
     out = capsys.readouterr().out
     assert "4 x TPU v5 lite (16 GiB HBM each)" in out and "(global 32)" in out and "-> fits" in out
     ratio = float(out.split("(ratio ")[1].split(")")[0])
     assert 0.7 < ratio < 1.5  # XLA's FLOP count against the analytic one
+
+
+def test_a_v4_device_is_a_tensorcore_with_half_its_chips_hbm(devices):
+    v4 = plan.topology_devices("v4:2x2x1")  # 4 chips of 2 TensorCores, 32 GiB each
+    assert len(v4) == 8 and plan.devices_per_chip(v4) == 2 and plan.hbm_bytes(v4) == 16 * 2 ** 30
+    assert plan.devices_per_chip(devices) == 1
 
 
 def test_fine_tuning_step_compiles_with_fsdp_and_linear_probing_is_refused(devices):
