@@ -4,15 +4,15 @@
                                           [--dtypes float32,bfloat16] [--batch 16] [--steps 5] [--remat]
                                           [--accum 0] [--peak-tflops X]
 
-Times the jitted train step of ``stmem_jax.train.pretrain`` (``--step pretrain``: masking, encoder
-on the kept patches, lead-wise decoder) or of ``stmem_jax.train.downstream`` (``--step finetune``:
+Times the jitted train step of ``stmem_jax.train.steps``, the trainers' own: pre-training (``--step
+pretrain``: masking, encoder on the kept patches, lead-wise decoder) or fine-tuning (``--step finetune``:
 the 12-lead classifier on every patch, drop-path 0.1, 5 classes), AdamW, donated state, on random
 input already on the device, after two warm-up steps; in as many micro-batches as training
 uses (``micro``: ``train.grad_accum_steps``, automatic by default). MFU = analytic model
 FLOPs (3 x forward, ``stmem_jax.flops``) / measured time / the device's peak; "of matmul" relates
 the same rate to a large square matmul timed on the same device, the practical ceiling. Peak RSS
 is this process's so far (``resource.getrusage``): give one preset and dtype for a step's own.
-Runs unchanged on CPU, GPU and TPU.
+Runs unchanged on CPU, GPU and TPU, and imports nothing of TensorFlow (a GPU host may lack it).
 """
 
 import argparse
@@ -29,8 +29,7 @@ from stmem_jax import mesh as meshlib
 from stmem_jax import microbatch
 from stmem_jax.train.optim import adamw
 from stmem_jax.train.loop import TrainState
-from stmem_jax.train import downstream
-from stmem_jax.train.pretrain import make_train_step
+from stmem_jax.train import steps as train_steps
 
 
 def matmul_rate(dtype: str, n: int = 4096, repeats: int = 5) -> float:
@@ -65,8 +64,8 @@ def measure(preset: str, dtype: str, batch: int, steps: int, remat: bool = False
     state = TrainState(jnp.zeros((), jnp.int32), params, tx.init(params), jnp.full((), -1, jnp.int32))
     state = jax.device_put(state, meshlib.replicated(mesh))
     accum = microbatch.count(batch, accum, mesh.devices.flat)
-    step = make_train_step(model, tx, 0.75, accum, leads) if kind == "pretrain" else \
-        downstream.make_train_step(model, tx, False, leads, accum)
+    step = train_steps.pretrain_step(model, tx, 0.75, accum, leads) if kind == "pretrain" else \
+        train_steps.classifier_step(model, tx, False, leads, accum)
     step = jax.jit(step, donate_argnums=0)
     key = jax.random.key(3)
     for _ in range(2):

@@ -32,7 +32,7 @@ from jax.sharding import Mesh
 from stmem_jax import flops, microbatch
 from stmem_jax import mesh as meshlib
 from stmem_jax.core.leads import lead_indices
-from stmem_jax.train import loop
+from stmem_jax.train import loop, steps
 from stmem_jax.train.checkpoints import abstract_with_shardings
 from stmem_jax.train.optim import from_config as optimizer
 
@@ -106,7 +106,7 @@ def _step_and_inputs(config: ml_collections.ConfigDict, mesh: Mesh, global_batch
         params = jax.eval_shape(lambda: model.init({"params": jax.random.key(0), "masking": jax.random.key(0)},
                                                    example, leads=lead_ids)["params"])
         tx = optimizer(config.train, schedule.learning_rate, params)
-        step = pretrain.make_train_step(model, tx, config.model.mask_ratio, accum_steps, lead_ids)
+        step = steps.pretrain_step(model, tx, config.model.mask_ratio, accum_steps, lead_ids)
         batch = [series]
         analytic = 3 * flops.forward_flops(model, channels, config.model.mask_ratio) * global_batch
     else:
@@ -121,7 +121,7 @@ def _step_and_inputs(config: ml_collections.ConfigDict, mesh: Mesh, global_batch
                                                    example, leads=lead_ids)["params"])
         layer_decay = config.train.layer_decay if config.mode == "finetune" else 1.0
         tx = optimizer(config.train, schedule.learning_rate, params, layer_decay=layer_decay, depth=model.depth)
-        step = downstream.make_train_step(model, tx, False, lead_ids, accum_steps)
+        step = steps.classifier_step(model, tx, False, lead_ids, accum_steps)
         batch = [series, jax.ShapeDtypeStruct((global_batch,), jnp.int32, sharding=batch_sharding)]
         analytic = 3 * flops.forward_flops(model, channels) * global_batch
     abstract = jax.eval_shape(lambda p: loop.TrainState.create(p, tx), params)

@@ -10,10 +10,10 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def run(script, *args):
+def run(script, *args, **env):
     result = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", script), *args], cwd=ROOT,
                             capture_output=True, text=True, timeout=600,
-                            env=dict(os.environ, JAX_PLATFORMS="cpu"))
+                            env=dict(os.environ, JAX_PLATFORMS="cpu", **env))
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout
 
@@ -27,9 +27,12 @@ def test_prepare_benchmark_prints_records_per_second(source, records):
 
 
 @pytest.mark.parametrize("step", ["pretrain", "finetune"])
-def test_train_throughput_benchmark_prints_mfu_and_memory(step):
+def test_train_throughput_benchmark_prints_mfu_and_memory_without_tensorflow(step, tmp_path):
+    for package in ("tensorflow", "tensorflow_datasets"):  # as on a GPU host that has no TensorFlow
+        os.makedirs(tmp_path / package)
+        (tmp_path / package / "__init__.py").write_text("raise ImportError('no TensorFlow on this host')\n")
     out = run("train_throughput.py", "--step", step, "--presets", "tiny", "--dtypes", "float32", "--batch", "4",
-              "--steps", "1")
+              "--steps", "1", PYTHONPATH=str(tmp_path))
     row = [line for line in out.splitlines() if line.startswith("tiny")][0].split()
     assert f"{step} step" in out and row[:4] == ["tiny", "float32", "4", "1"] and float(row[5]) > 0
     assert row[7].endswith("%") and float(row[9]) > 0.1  # peak RSS in GB

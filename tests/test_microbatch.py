@@ -10,7 +10,7 @@ import pytest
 from stmem_jax import infer, microbatch
 from stmem_jax import mesh as meshlib
 from stmem_jax.models import create_model, init_variables
-from stmem_jax.train import downstream, loop
+from stmem_jax.train import loop, steps
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZES = dict(width=64, depth=1, heads=1, mlp_dim=128)
@@ -59,8 +59,8 @@ def test_micro_batched_classifier_step_equals_one_batch():
     inputs = [jax.device_put(x, meshlib.batch_sharding(mesh)) for x in
               (jax.random.normal(jax.random.key(1), (batch, 12, 2250)), np.arange(batch) % 3)]
     key = jax.random.key(2)
-    one, m1 = jax.jit(downstream.make_train_step(model, tx, False, LEADS, 1))(state, *inputs, key)
-    four, m4 = jax.jit(downstream.make_train_step(model, tx, False, LEADS, 4))(state, *inputs, key)
+    one, m1 = jax.jit(steps.classifier_step(model, tx, False, LEADS, 1))(state, *inputs, key)
+    four, m4 = jax.jit(steps.classifier_step(model, tx, False, LEADS, 4))(state, *inputs, key)
     np.testing.assert_allclose(m4["loss"], m1["loss"], rtol=1e-6)
     for a, b, p in zip(jax.tree.leaves(one.params), jax.tree.leaves(four.params), jax.tree.leaves(params)):
         grad_one, grad_four = np.asarray(p - a), np.asarray(p - b)
@@ -78,14 +78,14 @@ STEP_MEMORY = """
 import jax, jax.numpy as jnp, optax
 import stmem_jax
 from stmem_jax.models import create_model
-from stmem_jax.train import downstream, loop
+from stmem_jax.train import loop, steps
 from stmem_jax.train.optim import adamw
 model = create_model("st_mem_classifier", "tiny", num_classes=5)
 leads = tuple(range(12))
 params = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 12, 2250)), leads=leads))["params"]
 tx = adamw(optax.constant_schedule(1e-4), params)
 state = jax.eval_shape(lambda p: loop.TrainState.create(p, tx), params)
-step = jax.jit(downstream.make_train_step(model, tx, False, leads, 1))
+step = jax.jit(steps.classifier_step(model, tx, False, leads, 1))
 compiled = step.lower(state, jax.ShapeDtypeStruct((16, 12, 2250), jnp.float32),
                       jax.ShapeDtypeStruct((16,), jnp.int32), jax.random.key(1)).compile()
 print(compiled.memory_analysis().temp_size_in_bytes)

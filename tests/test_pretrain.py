@@ -11,7 +11,7 @@ import pytest
 
 from stmem_jax.model_dir import load_model
 from stmem_jax.models import create_model
-from stmem_jax.train import loop, pretrain
+from stmem_jax.train import loop, pretrain, steps
 from stmem_jax.train.optim import adamw
 from tests.data_fixtures import write_dataset
 
@@ -91,8 +91,8 @@ def test_accumulated_micro_batches_equal_one_big_batch():
     series = jax.random.normal(jax.random.key(1), (8, 12, 2250))
     key = jax.random.key(2)
     leads = tuple(range(12))
-    one, m1 = jax.jit(pretrain.make_train_step(model, tx, 0.75, 1, leads))(state, series, key)
-    four, m4 = jax.jit(pretrain.make_train_step(model, tx, 0.75, 4, leads))(state, series, key)
+    one, m1 = jax.jit(steps.pretrain_step(model, tx, 0.75, 1, leads))(state, series, key)
+    four, m4 = jax.jit(steps.pretrain_step(model, tx, 0.75, 4, leads))(state, series, key)
     np.testing.assert_allclose(m1["loss"], m4["loss"], rtol=1e-6)
     np.testing.assert_allclose(m1["grad_norm"], m4["grad_norm"], rtol=1e-5)
     for a, b, p in zip(jax.tree.leaves(one.params), jax.tree.leaves(four.params), jax.tree.leaves(params)):
@@ -130,7 +130,7 @@ def test_non_finite_guard_keeps_parameters_and_names_the_step(synthetic_shards, 
     tx = adamw(optax.constant_schedule(1e-3), params)
     state = loop.TrainState(jnp.full((), 4, jnp.int32), params, tx.init(params), jnp.full((), -1, jnp.int32))
     poisoned = jnp.ones((2, 12, 2250)).at[0, 3, 100].set(jnp.nan)
-    new, _ = jax.jit(pretrain.make_train_step(model, tx, 0.75, 1, tuple(range(12))))(state, poisoned, jax.random.key(0))
+    new, _ = jax.jit(steps.pretrain_step(model, tx, 0.75, 1, tuple(range(12))))(state, poisoned, jax.random.key(0))
     assert int(new.bad_step) == 4 and int(new.step) == 5
     for a, b in zip(jax.tree.leaves(new.params), jax.tree.leaves(params)):
         np.testing.assert_array_equal(a, b)

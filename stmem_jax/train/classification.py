@@ -1,27 +1,16 @@
-"""What the downstream trainers (end to end and linear probe) share: the classification loss,
-the validation metrics, the model-selection score and the run's checkpoints."""
+"""What the downstream trainers (end to end and linear probe) share: the validation metrics, the
+model-selection score and the run's checkpoints (the loss is in ``stmem_jax.train.steps``)."""
 
 from __future__ import annotations
 
 import math
 
-import jax
-import jax.numpy as jnp
 import ml_collections
-import optax
 
 from stmem_jax import metrics as metrics_lib
 from stmem_jax.data.tasks import Task
 from stmem_jax.train import loop
 from stmem_jax.train.checkpoints import Checkpoints
-
-
-def classification_loss(logits: jax.Array, labels: jax.Array, multilabel: bool) -> jax.Array:
-    """Sigmoid binary cross-entropy (multi-label) or softmax cross-entropy (class indices)."""
-    logits = logits.astype(jnp.float32)
-    if multilabel:
-        return optax.sigmoid_binary_cross_entropy(logits, labels).mean()
-    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
 
 def validation(task: Task, predictions: dict) -> dict:

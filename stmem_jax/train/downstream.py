@@ -41,9 +41,8 @@ from stmem_jax.core.shards import read_manifests
 from stmem_jax.data.pipeline import InputConfig, global_batches, mixture_names, model_recipe, steps_per_epoch
 from stmem_jax.data.tasks import resolve_task
 from stmem_jax.model_dir import save_model
-from stmem_jax.train import linprobe, loop
-from stmem_jax.train.classification import (checkpoints_for, classification_loss, eval_interval, scalars_of,
-                                             score, validation)
+from stmem_jax.train import linprobe, loop, steps
+from stmem_jax.train.classification import checkpoints_for, eval_interval, scalars_of, score, validation
 from stmem_jax.train.config import ENCODER_SIZES
 from stmem_jax.train.optim import from_config as optimizer
 from stmem_jax.train.reporting import Reporter
@@ -80,27 +79,6 @@ def build_classifier(config: ml_collections.ConfigDict, num_classes: int, lead_i
         raise ValueError(f"the encoder takes {model.seq_len}-sample inputs but data.crop_samples is "
                          f"{config.data.crop_samples}")
     return model, encoder_params
-
-
-def make_train_step(model: nn.Module, tx: optax.GradientTransformation, multilabel: bool,
-                    lead_ids: tuple[int, ...], accum_steps: int = 1):
-    """One optimizer step, as ``accum_steps`` micro-batches whose gradients are averaged
-    (``stmem_jax.microbatch``); dropout / drop-path keys from ``fold_in(key, step)`` (and the
-    micro-batch's number)."""
-
-    def step(state: loop.TrainState, series: jax.Array, labels: jax.Array, key: jax.Array):
-        step_key = jax.random.fold_in(key, state.step)
-
-        def grad_fn(params, micro, index):
-            rng = step_key if index is None else jax.random.fold_in(step_key, index)
-            return jax.value_and_grad(lambda p: classification_loss(
-                model.apply({"params": p}, micro[0], leads=lead_ids, train=True, rngs={"dropout": rng}),
-                micro[1], multilabel))(params)
-
-        loss, grads = microbatch.mean_gradients(grad_fn, state.params, (series, labels), accum_steps)
-        return loop.guarded_update(state, tx, loss, grads)
-
-    return step
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -199,7 +177,7 @@ def train_end_to_end(config, workdir, task, model, encoder_params, mesh, has_val
         state, start, target = loop.init_or_restore(lambda e: loop.TrainState.create(init_params(e), tx), mesh,
                                                     checkpoints, encoder_params)
         accum_steps = microbatch.count(batch, config.train.grad_accum_steps, mesh.devices.flat)
-        step_fn = loop.jit_step(make_train_step(model, tx, task.multilabel, task.lead_ids, accum_steps), target,
+        step_fn = loop.jit_step(steps.classifier_step(model, tx, task.multilabel, task.lead_ids, accum_steps), target,
                                 [meshlib.batch_sharding(mesh)] * 2, mesh)
 
         validated = {}  # step -> validation metrics of this process's run (a resumed run recomputes the selected)

@@ -27,8 +27,8 @@ from stmem_jax import mesh as meshlib
 from stmem_jax.data.tasks import Task
 from stmem_jax.models import model_config
 from stmem_jax.train import loop
-from stmem_jax.train.classification import (checkpoints_for, classification_loss, eval_interval, scalars_of,
-                                            score, validation)
+from stmem_jax.train.classification import checkpoints_for, eval_interval, scalars_of, score, validation
+from stmem_jax.train.steps import classification_loss
 from stmem_jax.train.optim import from_config as optimizer
 from stmem_jax.train.reporting import Reporter
 

@@ -32,7 +32,7 @@ from stmem_jax.data.pipeline import (InputConfig, global_batches, lead_indices_f
 from stmem_jax.model_dir import save_model
 from stmem_jax.ops import patch_errors, patchify
 from stmem_jax.plots import reconstruction_figure
-from stmem_jax.train import loop
+from stmem_jax.train import loop, steps
 from stmem_jax.train.checkpoints import Checkpoints
 from stmem_jax.train.config import DECODER_SIZES, ENCODER_SIZES
 from stmem_jax.train.optim import from_config as optimizer
@@ -48,26 +48,6 @@ def build_model(config: ml_collections.ConfigDict, lead_ids: tuple[int, ...]):
                                      remat=m.remat, **overrides)
     models.check_leads(model, lead_ids, config.data.leads)
     return model
-
-
-def make_train_step(model, tx: optax.GradientTransformation, mask_ratio: float, accum_steps: int,
-                    leads: tuple[int, ...]):
-    """One optimizer step over a global batch, as ``accum_steps`` micro-batches whose gradients are
-    averaged (``stmem_jax.microbatch``). Masking noise comes from ``fold_in(key, step)`` for the whole
-    batch; the update is the loop's guarded one."""
-
-    def grad_fn(params, micro, index):
-        del index
-        series, noise = micro
-        return jax.value_and_grad(lambda p: model.apply({"params": p}, series, mask_ratio=mask_ratio, noise=noise,
-                                                        leads=leads)["loss"])(params)
-
-    def step(state: loop.TrainState, series: jax.Array, key: jax.Array):
-        noise = jax.random.uniform(jax.random.fold_in(key, state.step), model.noise_shape(series.shape))
-        loss, grads = microbatch.mean_gradients(grad_fn, state.params, (series, noise), accum_steps)
-        return loop.guarded_update(state, tx, loss, grads)
-
-    return step
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -105,7 +85,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         if jax.process_index() == 0:
             with open(os.path.join(workdir, "config.json"), "w") as f:
                 f.write(config.to_json(indent=2))
-        step_fn = loop.jit_step(make_train_step(model, tx, config.model.mask_ratio, accum_steps, lead_ids), target,
+        step_fn = loop.jit_step(steps.pretrain_step(model, tx, config.model.mask_ratio, accum_steps, lead_ids), target,
                                 [meshlib.batch_sharding(mesh)], mesh)
         evaluator = _Evaluator(config, model, mesh, data_dir, lead_ids, workdir)
 
