@@ -17,10 +17,10 @@ SIZES = dict(width=64, depth=1, heads=1, mlp_dim=128)
 LEADS = tuple(range(12))
 
 
-def test_automatic_micro_batches_keep_16_examples_per_cpu_device_and_honour_a_setting():
+def test_automatic_micro_batches_keep_8_examples_per_cpu_device_and_honour_a_setting():
     one = jax.devices()[:1]
-    assert [microbatch.count(b, 0, one) for b in (8, 16, 64, 24, 21, 17)] == [1, 1, 4, 2, 3, 1]  # 17: one batch
-    assert [microbatch.count(b, 0, one * 8) for b in (64, 256, 20)] == [1, 2, 1]  # per device; 20 does not split
+    assert [microbatch.count(b, 0, one) for b in (8, 16, 64, 24, 21, 17)] == [1, 2, 8, 3, 3, 1]  # 17: one batch
+    assert [microbatch.count(b, 0, one * 8) for b in (64, 256, 20)] == [1, 4, 1]  # per device; 20 does not split
     assert microbatch.count(64, 2, one) == 2
     with pytest.raises(ValueError, match="batch_size 64 is not divisible by grad_accum_steps 3"):
         microbatch.count(64, 3, one)
@@ -41,6 +41,8 @@ def test_micro_batched_inference_equals_one_pass(monkeypatch):
     params = jax.device_put(init_variables(model, jax.random.key(0))["params"], meshlib.replicated(mesh))
     series = jax.random.normal(jax.random.key(1), (8 * jax.device_count(), 2, 12, 2250))
     series = jax.device_put(series, meshlib.batch_sharding(mesh))
+    monkeypatch.setattr(microbatch, "CPU_MICRO_BATCH", 16)
+    assert microbatch.count(series.shape[0] * 2) == 1
     whole = jax.jit(lambda p, s: infer.crop_outputs(model, p, s, LEADS))(params, series)
     monkeypatch.setattr(microbatch, "CPU_MICRO_BATCH", 4)
     assert microbatch.count(series.shape[0] * 2) == 4
