@@ -29,22 +29,48 @@ def _blocks(tokens: int, sequences: int, width: int, heads: int, mlp_dim: int, d
     return depth * sequences * (dense + attention)
 
 
+def encoder_tokens(model, channels: int, mask_ratio: float = 0.75) -> int:
+    """Tokens of one example's encoder sequence: a classifier's sees every patch of the ``channels``
+    leads, a pre-training model's the patches that ``mask_ratio`` keeps (with each lead's SEP tokens,
+    or the class token)."""
+    if isinstance(model, STMEMClassifier):
+        return channels * (model.num_patches + 2)
+    if isinstance(model, BaselineClassifier):
+        return model.num_tokens + 1
+    if isinstance(model, STMEM):
+        return channels * (num_kept(model.num_patches, mask_ratio) + 2)
+    if isinstance(model, BaselineMAE):
+        return num_kept(model.num_tokens, mask_ratio) + 1
+    raise TypeError(f"no token count for {type(model).__name__}")
+
+
+def encoder_activation(model, channels: int, mask_ratio: float = 0.75) -> int:
+    """Elements of one example's encoder activation: its tokens x the encoder's width."""
+    return encoder_tokens(model, channels, mask_ratio) * model.width
+
+
+def _encoder(model, channels: int, mask_ratio: float) -> float:
+    """Forward FLOPs of the encoder's blocks over one example's sequence."""
+    return _blocks(encoder_tokens(model, channels, mask_ratio), 1, model.width, model.heads, model.mlp_dim,
+                   model.depth)
+
+
 def forward_flops(model, channels: int, mask_ratio: float = 0.75) -> float:
     """Forward FLOPs per example of a pre-training model or a classifier (matmuls only; a training
     step is ~3x). A classifier's encoder sees every patch of the ``channels`` leads."""
     if isinstance(model, STMEMClassifier):
         n = model.num_patches
         return float(2 * channels * n * model.patch_size * model.width + 2 * model.width * model.num_classes
-                     + _blocks(channels * (n + 2), 1, model.width, model.heads, model.mlp_dim, model.depth))
+                     + _encoder(model, channels, mask_ratio))
     if isinstance(model, BaselineClassifier):
         tokens = model.num_tokens
         features = model.patch_size * channels if model.token_axis == "time" else model.seq_len
         return float(2 * tokens * features * model.width + 2 * model.width * model.num_classes
-                     + _blocks(tokens + 1, 1, model.width, model.heads, model.mlp_dim, model.depth))
+                     + _encoder(model, channels, mask_ratio))
     if isinstance(model, STMEM):
         n, kept = model.num_patches, num_kept(model.num_patches, mask_ratio)
         embed = 2 * channels * n * model.patch_size * model.width
-        encoder = _blocks(channels * (kept + 2), 1, model.width, model.heads, model.mlp_dim, model.depth)
+        encoder = _encoder(model, channels, mask_ratio)
         tokens_d = channels * (n + 2)
         decoder = 2 * channels * (kept + 2) * model.width * model.decoder_width + \
             _blocks(n + 2, channels, model.decoder_width, model.decoder_heads, 4 * model.decoder_width,
@@ -54,7 +80,7 @@ def forward_flops(model, channels: int, mask_ratio: float = 0.75) -> float:
         tokens, features = model.num_tokens, model.patch_size * channels if model.token_axis == "time" else model.seq_len
         kept = num_kept(tokens, mask_ratio)
         embed = 2 * tokens * features * model.width
-        encoder = _blocks(kept + 1, 1, model.width, model.heads, model.mlp_dim, model.depth)
+        encoder = _encoder(model, channels, mask_ratio)
         decoder = 2 * (kept + 1) * model.width * model.decoder_width + \
             _blocks(tokens + 1, 1, model.decoder_width, model.decoder_heads, 4 * model.decoder_width,
                     model.decoder_depth) + 2 * (tokens + 1) * model.decoder_width * features

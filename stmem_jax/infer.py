@@ -24,7 +24,7 @@ from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 from stmem_jax import mesh as meshlib
-from stmem_jax import microbatch, models
+from stmem_jax import flops, microbatch, models
 from stmem_jax.convert import load_torch_checkpoint
 from stmem_jax.core.ecgfile import list_files, read_ecg
 from stmem_jax.core.leads import LEAD_NAMES, lead_indices
@@ -69,8 +69,8 @@ def crop_outputs(model: nn.Module, params: Any, series: jax.Array, lead_ids: tup
     (in micro-batches on CPU, ``stmem_jax.microbatch``)."""
     batch, crops = series.shape[:2]
     flat = series.reshape(batch * crops, *series.shape[2:])
-    out = microbatch.apply(lambda x: model.apply({"params": params}, x, leads=lead_ids), flat,
-                           microbatch.count(len(flat)))
+    k = microbatch.count(len(flat), per_example=flops.encoder_activation(model, len(lead_ids)))
+    out = microbatch.apply(lambda x: model.apply({"params": params}, x, leads=lead_ids), flat, k)
     return out.reshape(batch, crops, -1)
 
 

@@ -34,7 +34,7 @@ from jax.experimental import multihost_utils
 
 from stmem_jax import infer, overlap
 from stmem_jax import mesh as meshlib
-from stmem_jax import microbatch, models
+from stmem_jax import flops, microbatch, models
 from stmem_jax.cli import run_config_command
 from stmem_jax.core.shards import read_manifests
 from stmem_jax.data.pipeline import InputConfig, global_batches, mixture_names, model_recipe, steps_per_epoch
@@ -175,7 +175,8 @@ def train_end_to_end(config, workdir, task, model, encoder_params, mesh, has_val
             Reporter(workdir, schedule.total_steps, schedule.steps_per_epoch, batch) as reporter:
         state, start, target = loop.init_or_restore(lambda e: loop.TrainState.create(init_params(e), tx), mesh,
                                                     checkpoints, encoder_params)
-        accum_steps = microbatch.count(batch, config.train.grad_accum_steps, mesh.devices.flat)
+        accum_steps = microbatch.count(batch, config.train.grad_accum_steps, mesh.devices.flat,
+                                       flops.encoder_activation(model, len(task.lead_ids)))
         step_fn = loop.jit_step(steps.classifier_step(model, tx, task.multilabel, task.lead_ids, accum_steps), target,
                                 [meshlib.batch_sharding(mesh)] * 2, mesh)
 

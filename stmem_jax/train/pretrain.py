@@ -23,7 +23,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from stmem_jax import mesh as meshlib
-from stmem_jax import microbatch, models
+from stmem_jax import flops, microbatch, models
 from stmem_jax.cli import run_config_command
 from stmem_jax.core.shards import read_manifests
 from stmem_jax.data.pipeline import (InputConfig, global_batches, lead_indices_for, mixture_names, parse_weights,
@@ -67,7 +67,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     lead_ids = lead_indices_for(input_config)
     model = build_model(config, lead_ids)
     schedule = loop.Schedule.of(config.train, config.train.batch_size, steps_per_epoch(input_config))
-    accum_steps = microbatch.count(config.train.batch_size, config.train.grad_accum_steps, mesh.devices.flat)
+    accum_steps = microbatch.count(config.train.batch_size, config.train.grad_accum_steps, mesh.devices.flat,
+                                   flops.encoder_activation(model, len(lead_ids), config.model.mask_ratio))
     init_key, mask_key = jax.random.split(jax.random.key(config.train.seed))
     example = jnp.zeros((1, len(lead_ids), config.data.crop_samples), jnp.float32)
 
