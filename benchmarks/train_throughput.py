@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from stmem_jax.flops import encoder_activation, forward_flops, peak_flops
+from stmem_jax.flops import activation, forward_flops, peak_flops
 from stmem_jax.models import create_model, family
 from stmem_jax import mesh as meshlib
 from stmem_jax import microbatch
@@ -63,7 +63,7 @@ def measure(preset: str, dtype: str, batch: int, steps: int, remat: bool = False
     tx = adamw(optax.constant_schedule(1e-4), params)
     state = TrainState(jnp.zeros((), jnp.int32), params, tx.init(params), jnp.full((), -1, jnp.int32))
     state = jax.device_put(state, meshlib.replicated(mesh))
-    accum = microbatch.count(batch, accum, mesh.devices.flat, encoder_activation(model, 12))
+    accum = microbatch.count(batch, accum, mesh.devices.flat, activation(model, 12))
     step = train_steps.pretrain_step(model, tx, 0.75, accum, leads) if kind == "pretrain" else \
         train_steps.classifier_step(model, tx, False, leads, accum)
     step = jax.jit(step, donate_argnums=0)

@@ -44,9 +44,15 @@ def encoder_tokens(model, channels: int, mask_ratio: float = 0.75) -> int:
     raise TypeError(f"no token count for {type(model).__name__}")
 
 
-def encoder_activation(model, channels: int, mask_ratio: float = 0.75) -> int:
-    """Elements of one example's encoder activation: its tokens x the encoder's width."""
-    return encoder_tokens(model, channels, mask_ratio) * model.width
+def activation(model, channels: int, mask_ratio: float = 0.75) -> int:
+    """Elements of one example's activation (one block's output): the encoder's tokens x its width,
+    plus for a pre-training model the decoder's, every patch of every lead x the decoder width."""
+    elements = encoder_tokens(model, channels, mask_ratio) * model.width
+    if isinstance(model, STMEM):
+        elements += channels * (model.num_patches + 2) * model.decoder_width
+    elif isinstance(model, BaselineMAE):
+        elements += (model.num_tokens + 1) * model.decoder_width
+    return elements
 
 
 def _encoder(model, channels: int, mask_ratio: float) -> float:

@@ -69,7 +69,7 @@ def crop_outputs(model: nn.Module, params: Any, series: jax.Array, lead_ids: tup
     (in micro-batches on CPU, ``stmem_jax.microbatch``)."""
     batch, crops = series.shape[:2]
     flat = series.reshape(batch * crops, *series.shape[2:])
-    k = microbatch.count(len(flat), per_example=flops.encoder_activation(model, len(lead_ids)))
+    k = microbatch.count(len(flat), per_example=flops.activation(model, len(lead_ids)))
     out = microbatch.apply(lambda x: model.apply({"params": params}, x, leads=lead_ids), flat, k)
     return out.reshape(batch, crops, -1)
 

@@ -1,12 +1,13 @@
 """Micro-batches: a step's batch cut into equal parts along each device's rows and run one after
 the other, inside one jitted step. On CPU the activations of a micro-batch stay in the cache when
-it holds at most 8 examples per device and at most about 1.2 M elements of encoder activation
-(tokens x width: 4 examples of ViT-B fine-tuning, 384 tokens x 768). On a 2-core Xeon, against one
-batch of 16, micro-batches of 8 ran ViT-B pre-training 1.12x faster with 16% less peak memory and
-the ``tiny`` steps 1.02x (pre-training) and 1.16x (fine-tuning) faster; for ViT-B fine-tuning,
-micro-batches of 4 ran 1.10-1.13x faster than 8 with 28% less peak memory, its forward pass 1.06x.
-Gradients are averaged, so the result is that of one batch. On accelerators a step is one batch
-unless ``train.grad_accum_steps`` asks for micro-batches (memory)."""
+it holds at most 8 examples per device and at most about 1.2 M elements of activation (tokens x
+width, the encoder's plus the decoder's: 4 examples of ViT-B fine-tuning, 384 tokens x 768). On a
+2-core Xeon, against one batch of 16, micro-batches of 8 ran ViT-B pre-training 1.12x faster with
+16% less peak memory and the ``tiny`` steps 1.02x (pre-training) and 1.16x (fine-tuning) faster;
+against 8, micro-batches of 4 ran ViT-B fine-tuning 1.10-1.13x faster with 28% less peak memory,
+its forward pass 1.06x and its pre-training 1.03-1.04x faster. Gradients are averaged, so the
+result is that of one batch. On accelerators a step is one batch unless ``train.grad_accum_steps``
+asks for micro-batches (memory)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 CPU_MICRO_BATCH = 8   # most examples per CPU device in one micro-batch
-CPU_MICRO_ELEMENTS = 1_200_000  # and most elements of encoder activation (tokens x width) in it
+CPU_MICRO_ELEMENTS = 1_200_000  # and most elements of activation (tokens x width, flops.activation) in it
 MIN_MICRO_BATCH = 4   # fewer per device than this (a prime batch): one batch instead
 
 
@@ -25,7 +26,7 @@ def count(batch_size: int, accum_steps: int = 0, devices: Sequence[jax.Device] |
           per_example: int = 0) -> int:
     """Micro-batches per step: ``accum_steps``, or with 0 (automatic) 1 on accelerators, and on CPU
     the fewest equal ones with at most ``CPU_MICRO_BATCH`` examples per device in each and, given
-    ``per_example`` (elements of one example's encoder activation, ``flops.encoder_activation``), at
+    ``per_example`` (elements of one example's activation, ``flops.activation``), at
     most ``CPU_MICRO_ELEMENTS`` of them (but ``MIN_MICRO_BATCH`` examples); 1 when they would hold
     fewer than ``MIN_MICRO_BATCH``. ``devices``: those the batch is split over (all)."""
     if accum_steps < 0 or (accum_steps and batch_size % accum_steps):

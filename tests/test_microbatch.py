@@ -22,13 +22,13 @@ def test_automatic_micro_batches_on_cpu_hold_at_most_8_examples_and_1_2_m_activa
     assert [microbatch.count(b, 0, one) for b in (8, 16, 64, 24, 21, 17)] == [1, 2, 8, 3, 3, 1]  # 17: one batch
     assert [microbatch.count(b, 0, one * 8) for b in (64, 256, 20)] == [1, 4, 1]  # per device; 20 does not split
     assert microbatch.count(64, 2, one) == 2
-    # at most ~1.2 M elements of encoder activation: ViT-B fine-tuning (384 tokens x 768) 4 per micro-batch,
-    # its pre-training (108 kept tokens) and tiny fine-tuning (width 128) still 8, and never fewer than 4
-    per_example = {name: flops.encoder_activation(create_model(kind, preset), 12) for name, kind, preset in
+    # at most ~1.2 M elements of activation: ViT-B fine-tuning (384 tokens x 768) and pre-training (108 kept
+    # tokens x 768 + 384 x 256 in the decoder) 4 per micro-batch, tiny (width 128) 8, and never fewer than 4
+    per_example = {name: flops.activation(create_model(kind, preset), 12) for name, kind, preset in
                    [("vit_ft", "st_mem_classifier", "vit_base"), ("vit_pre", "st_mem", "vit_base"),
-                    ("tiny_ft", "st_mem_classifier", "tiny")]}
+                    ("tiny_ft", "st_mem_classifier", "tiny"), ("tiny_pre", "st_mem", "tiny")]}
     assert {name: microbatch.count(16, 0, one, n) for name, n in per_example.items()} == \
-        {"vit_ft": 4, "vit_pre": 2, "tiny_ft": 2}
+        {"vit_ft": 4, "vit_pre": 4, "tiny_ft": 2, "tiny_pre": 2}
     assert microbatch.count(16, 0, one, 10 ** 7) == 4 and microbatch.count(16, 2, one, 10 ** 7) == 2
     with pytest.raises(ValueError, match="batch_size 64 is not divisible by grad_accum_steps 3"):
         microbatch.count(64, 3, one)

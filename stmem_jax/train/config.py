@@ -54,7 +54,7 @@ def _common(preset: str, sizes: tuple[str, ...]) -> ml_collections.ConfigDict:
         seed=0,
         batch_size=64,                 # global, per optimizer step
         grad_accum_steps=0,            # micro-batches per step (memory), same result as one big batch;
-                                       # 0: automatic (1; on CPU at most 8 per device, 4 for ViT-B fine-tuning)
+                                       # 0: automatic (1; on CPU at most 8 per device, 4 for ViT-B)
         epochs=100,
         num_steps=0,                   # > 0 overrides epochs
         warmup_epochs=5,

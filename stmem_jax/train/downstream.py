@@ -176,7 +176,7 @@ def train_end_to_end(config, workdir, task, model, encoder_params, mesh, has_val
         state, start, target = loop.init_or_restore(lambda e: loop.TrainState.create(init_params(e), tx), mesh,
                                                     checkpoints, encoder_params)
         accum_steps = microbatch.count(batch, config.train.grad_accum_steps, mesh.devices.flat,
-                                       flops.encoder_activation(model, len(task.lead_ids)))
+                                       flops.activation(model, len(task.lead_ids)))
         step_fn = loop.jit_step(steps.classifier_step(model, tx, task.multilabel, task.lead_ids, accum_steps), target,
                                 [meshlib.batch_sharding(mesh)] * 2, mesh)
 

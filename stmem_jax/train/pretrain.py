@@ -68,7 +68,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     model = build_model(config, lead_ids)
     schedule = loop.Schedule.of(config.train, config.train.batch_size, steps_per_epoch(input_config))
     accum_steps = microbatch.count(config.train.batch_size, config.train.grad_accum_steps, mesh.devices.flat,
-                                   flops.encoder_activation(model, len(lead_ids), config.model.mask_ratio))
+                                   flops.activation(model, len(lead_ids), config.model.mask_ratio))
     init_key, mask_key = jax.random.split(jax.random.key(config.train.seed))
     example = jnp.zeros((1, len(lead_ids), config.data.crop_samples), jnp.float32)
 
