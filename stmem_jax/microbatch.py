@@ -26,9 +26,9 @@ def count(batch_size: int, accum_steps: int = 0, devices: Sequence[jax.Device] |
           per_example: int = 0) -> int:
     """Micro-batches per step: ``accum_steps``, or with 0 (automatic) 1 on accelerators, and on CPU
     the fewest equal ones with at most ``CPU_MICRO_BATCH`` examples per device in each and, given
-    ``per_example`` (elements of one example's activation, ``flops.activation``), at
-    most ``CPU_MICRO_ELEMENTS`` of them (but ``MIN_MICRO_BATCH`` examples); 1 when they would hold
-    fewer than ``MIN_MICRO_BATCH``. ``devices``: those the batch is split over (all)."""
+    ``per_example`` (elements of one example's activation, ``flops.activation``), at most
+    ``CPU_MICRO_ELEMENTS`` of them (but ``MIN_MICRO_BATCH`` examples); 1 when they would hold fewer
+    than ``MIN_MICRO_BATCH``. ``devices``: those the batch is split over (all)."""
     if accum_steps < 0 or (accum_steps and batch_size % accum_steps):
         raise ValueError(f"batch_size {batch_size} is not divisible by grad_accum_steps {accum_steps}")
     if accum_steps:
