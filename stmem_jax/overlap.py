@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from stmem_jax.core import fingerprint
-from stmem_jax.core.shards import MANIFEST, data_dirs, read_manifests, shard_name
+from stmem_jax.core.shards import MANIFEST, check_scale, data_dirs, read_manifests, shard_files
 
 CSV_COLUMNS = ("b_folder", "b_split", "b_record_id", "b_window", "b_patient_id",
                "a_folder", "a_split", "a_record_id", "a_window", "a_patient_id")
@@ -46,13 +46,11 @@ def folder_table(directory: str, manifest: dict) -> dict[str, np.ndarray]:
             "window": tf.io.FixedLenFeature([], tf.int64)}
     shape = (len(manifest["leads"]), manifest["window_samples"])
     columns = defaultdict(list)
-    for split, info in (manifest.get("splits") or {}).items():
-        count = len(info["shard_lengths"])
-        for i in range(count):
-            shard = os.path.join(directory, shard_name(split, i, count))
-            for ex in tf.data.TFRecordDataset(shard).map(lambda s: tf.io.parse_single_example(s, spec)) \
-                    .as_numpy_iterator():
-                window = np.frombuffer(ex["signal"], "<i2").reshape(shape).astype(np.float32) * np.float32(ex["scale"])
+    for split in manifest.get("splits") or {}:
+        for shard, _ in shard_files(directory, manifest, split):
+            for index, ex in enumerate(_examples(shard, spec)):
+                scale = np.float32(check_scale(float(ex["scale"]), shard, index))
+                window = np.frombuffer(ex["signal"], "<i2").reshape(shape).astype(np.float32) * scale
                 columns["split"].append(split)
                 columns["record_id"].append(ex["record_id"].decode())
                 columns["patient_id"].append(ex["patient_id"].decode())
@@ -63,6 +61,16 @@ def folder_table(directory: str, manifest: dict) -> dict[str, np.ndarray]:
     return {"split": np.array(columns["split"], str), "record_id": np.array(columns["record_id"], str),
             "patient_id": np.array(columns["patient_id"], str), "window": np.array(columns["window"], np.int32),
             "profile": np.stack(columns["profile"])}
+
+
+def _examples(shard: str, spec: dict):
+    """The parsed examples of a shard; a ValueError naming it when it cannot be read."""
+    import tensorflow as tf
+
+    try:
+        yield from tf.data.TFRecordDataset(shard).map(lambda s: tf.io.parse_single_example(s, spec)).as_numpy_iterator()
+    except tf.errors.OpError as error:
+        raise ValueError(f"cannot read shard {shard}: {error.message}") from None
 
 
 def _side(value) -> dict[str, np.ndarray]:

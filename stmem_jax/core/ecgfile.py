@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from stmem_jax.core import cardiosoft, wfdb
+from stmem_jax.core.fileio import file_problem, walk
 from stmem_jax.core.leads import LEAD_NAMES, canonical_lead_name, lead_indices
 from stmem_jax.core.signal import RecordError, Signal
 
@@ -88,8 +89,9 @@ def read_ecg(path: str, record_id: str | None = None) -> ECG:
 
 
 def _read(path: str) -> tuple[Signal, dict[str, Any]]:
-    if not os.path.isfile(path):
-        raise RecordError("no such file")
+    problem = file_problem(path)
+    if problem:
+        raise RecordError("no such file" if problem == "missing" else f"file {problem}")
     if path.endswith(".hea"):
         header = wfdb.read_header(path[:-4])
         return wfdb.read_signal(path[:-4]), {"format": "WFDB", "patient_id": header.comments.get("patient", "")}
@@ -182,23 +184,23 @@ def _standard_leads(path: str, signal: Signal, metadata: dict[str, Any]) -> tupl
     return np.stack([rows[name] for name in names]).astype(np.float32), names
 
 
-def list_files(folder: str, pattern: str | None = None, exclude: Sequence[str] = ()) -> list[str]:
-    """Paths (relative to ``folder``, sorted) of the files under it, recursively, whose name or
-    relative path matches ``pattern`` (a glob); hidden files, files in ``exclude`` and the signal
-    files of WFDB headers (``.dat``/``.mat`` beside a ``.hea``) are left out."""
-    folder = os.path.abspath(folder)
+def list_files(folder: str, pattern: str | None = None, exclude: Sequence[str] = (),
+               skipped: list[tuple[str, str]] | None = None) -> list[str]:
+    """Paths (relative to ``folder``, sorted) of the files under it, recursively (``fileio.walk``:
+    each real folder once, regular files only), whose name or relative path matches ``pattern`` (a
+    glob); hidden files, files in ``exclude`` and the signal files of WFDB headers (``.dat``/``.mat``
+    beside a ``.hea``) are left out. ``(relative path, reason)`` of the entries the walk left out
+    (not regular files, links leading outside) are appended to ``skipped`` when given."""
+    found, left_out = walk(folder)
+    present = set(found)
     skip = {os.path.abspath(p) for p in exclude}
-    found = []
-    for root, dirs, files in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        names = set(files)
-        for name in sorted(files):
-            stem, ext = os.path.splitext(name)
-            if name.startswith(".") or (ext.lower() in _COMPANIONS and stem + ".hea" in names):
-                continue
-            full = os.path.join(root, name)
-            relpath = os.path.relpath(full, folder)
-            if full in skip or (pattern and not (fnmatch.fnmatch(name, pattern) or fnmatch.fnmatch(relpath, pattern))):
-                continue
-            found.append(relpath)
-    return sorted(found)
+
+    def wanted(relpath: str) -> bool:
+        stem, ext = os.path.splitext(relpath)
+        return not (ext.lower() in _COMPANIONS and stem + ".hea" in present) \
+            and os.path.abspath(os.path.join(folder, relpath)) not in skip \
+            and (not pattern or fnmatch.fnmatch(os.path.basename(relpath), pattern) or fnmatch.fnmatch(relpath, pattern))
+
+    if skipped is not None:
+        skipped.extend((relpath, reason) for relpath, reason in left_out if wanted(relpath))
+    return [relpath for relpath in found if wanted(relpath)]

@@ -15,12 +15,12 @@ edges at once); a candidate is confirmed when every block of every common lead a
 
 from __future__ import annotations
 
-import os
 from collections import defaultdict
 from typing import Any
 
 import numpy as np
 
+from stmem_jax.core.fileio import atomic_path
 from stmem_jax.core.leads import LEAD_NAMES, lead_indices
 
 FILE = "fingerprints.npz"
@@ -49,9 +49,8 @@ def profile(window: np.ndarray, leads) -> np.ndarray:
 def save(path: str, columns: dict[str, np.ndarray]) -> None:
     """Writes the fingerprint table (``split``, ``record_id``, ``patient_id``, ``window``,
     ``profile``; one row per example in split and shard order) atomically."""
-    tmp = f"{path}.tmp-{os.getpid()}.npz"
-    np.savez_compressed(tmp, **columns)
-    os.replace(tmp, path)
+    with atomic_path(path, ".npz") as tmp:
+        np.savez_compressed(tmp, **columns)
 
 
 def load(path: str) -> dict[str, np.ndarray]:

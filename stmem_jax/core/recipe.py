@@ -197,7 +197,8 @@ def make_windows(sig: Signal, wanted: Sequence[str], recipe: Recipe
 
     Gaps of non-finite samples up to ``recipe.max_gap_s`` are interpolated and kept. Longer gaps
     are bridged by a straight line for resampling and filtering only (a zero fill would ring
-    through the filter into the windows around it) and the windows they touch are dropped.
+    through the filter into the windows around it) and the windows they touch are dropped, as are
+    windows whose values overflow float32.
     Returns ``([(window index, float32 (leads, window_samples)), ...], windows dropped for gaps)``.
     Raises RecordError for unusable records (missing, non-finite or flat leads, too short, bad rate).
     """
@@ -220,10 +221,12 @@ def make_windows(sig: Signal, wanted: Sequence[str], recipe: Recipe
     windows, dropped = [], 0
     for w in range(resampled.shape[1] // length):
         start = int(round(w * recipe.window_s * sig.fs))
-        if missing[start:start + native].any():
+        with np.errstate(over="ignore"):
+            window = resampled[:, w * length:(w + 1) * length].astype(np.float32)
+        if missing[start:start + native].any() or not np.isfinite(window).all():  # gaps, or beyond float32
             dropped += 1
             continue
-        windows.append((w, resampled[:, w * length:(w + 1) * length].astype(np.float32)))
+        windows.append((w, window))
     return windows, dropped
 
 
@@ -233,7 +236,7 @@ def window_inputs(sig: Signal, wanted: Sequence[str], recipe: Recipe, *, crop_sa
     window, or of every window with ``per_window``, as stmem-prepare cuts them (:func:`make_windows`)."""
     windows, _ = make_windows(sig, wanted, recipe)
     if not windows:
-        raise RecordError("no window without NaN")
+        raise RecordError("no window without NaN or infinite samples")
     return [(index, zscore(crops(window, crop_samples or recipe.crop_samples, count or recipe.eval_crops)))
             for index, window in (windows if per_window else windows[:1])]
 

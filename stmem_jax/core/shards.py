@@ -21,11 +21,14 @@ Features of one example:
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+
+from stmem_jax.core.fileio import OutsideFolder, atomic_path, inside
 
 MANIFEST = "manifest.json"
 INT16_MAX = 32767
@@ -53,9 +56,15 @@ def features_dict(num_leads: int, window_samples: int, tasks: Sequence[str]):
 
 
 def quantize(signal: np.ndarray) -> tuple[np.ndarray, float]:
-    """float signal -> (int16 array, scale) with ``signal ~= int16 * scale``; scale 1 for all-zero."""
+    """float signal -> (int16 array, scale) with ``signal ~= int16 * scale``; scale 1 for all-zero
+    (or too small for a float32 scale). A NaN or infinite sample is a ValueError: the stored scale
+    is always finite."""
     peak = float(np.max(np.abs(signal))) if signal.size else 0.0
-    scale = peak / INT16_MAX if peak > 0 else 1.0
+    if not math.isfinite(peak):
+        raise ValueError("a signal with NaN or infinite samples cannot be stored")
+    scale = peak / INT16_MAX
+    if not np.float32(scale) > 0:
+        return np.zeros(np.shape(signal), np.int16), 1.0
     return np.round(signal / scale).astype(np.int16), np.float32(scale).item()
 
 
@@ -128,14 +137,12 @@ def write_shard(path: str | os.PathLike, serialized: Iterable[bytes]) -> tuple[i
     """Writes serialised examples to ``path`` as a TFRecord file, atomically (temporary name, then
     rename), without loading TensorFlow. Returns (examples, bytes)."""
     path = os.fspath(path)
-    tmp = f"{path}.tmp-{os.getpid()}"
     count = 0
-    with open(tmp, "wb") as f:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
         for record in serialized:
             length = len(record).to_bytes(8, "little")
             f.write(length + _masked_crc(length) + record + _masked_crc(record))
             count += 1
-    os.replace(tmp, path)
     return count, os.path.getsize(path)
 
 
@@ -157,14 +164,15 @@ def count_records(path: str | os.PathLike) -> int:
 
 
 def write_tfds_metadata(directory: str | os.PathLike, features, shard_lengths: Mapping[str, Sequence[int]],
-                        description: str = "") -> None:
-    """Writes TFDS's metadata so ``tfds.builder_from_directory(directory)`` reads the shards."""
+                        description: str = "", name: str | None = None) -> None:
+    """Writes TFDS's metadata so ``tfds.builder_from_directory(directory)`` reads the shards; the
+    dataset's ``name`` defaults to the folder's."""
     import tensorflow_datasets as tfds
 
     directory = os.fspath(directory)
     template = tfds.core.ShardedFileTemplate(data_dir=directory, template=SHARD_TEMPLATE,
-                                             dataset_name=os.path.basename(os.path.normpath(directory)) or "ecg",
-                                             filetype_suffix="tfrecord")
+                                             dataset_name=name or os.path.basename(os.path.normpath(directory))
+                                             or "ecg", filetype_suffix="tfrecord")
     splits = []
     for split, lengths in shard_lengths.items():
         size = sum(os.path.getsize(os.path.join(directory, shard_name(split, i, len(lengths))))
@@ -174,6 +182,34 @@ def write_tfds_metadata(directory: str | os.PathLike, features, shard_lengths: M
     tfds.folder_dataset.write_metadata(data_dir=directory, features=features, split_infos=splits,
                                        filename_template=template, description=description,
                                        check_data=False)
+
+
+def shard_files(directory: str | os.PathLike, manifest: Mapping[str, Any], split: str) -> list[tuple[str, int]]:
+    """``(path, examples)`` of each shard of ``split`` of a prepared folder, as its manifest lists them;
+    a ValueError naming the manifest when the entry is malformed or a shard's name leads outside
+    the folder."""
+    directory = os.fspath(directory)
+    where = os.path.join(directory, MANIFEST)
+    entry = (manifest.get("splits") or {}).get(split)
+    lengths = entry.get("shard_lengths") if isinstance(entry, dict) else None
+    if not isinstance(lengths, list) or not all(type(n) is int and n >= 0 for n in lengths):
+        raise ValueError(f"{where}: split {split!r} has no list of shard lengths")
+    files = []
+    for i, length in enumerate(lengths):
+        name = shard_name(split, i, len(lengths))
+        try:
+            inside(directory, name)
+        except OutsideFolder as error:
+            raise ValueError(f"{where}: shard of split {split!r}: {error}") from None
+        files.append((os.path.join(directory, name), length))
+    return files
+
+
+def check_scale(scale: float, shard: str, index: int) -> float:
+    """``scale`` of example ``index`` of ``shard`` when finite, else a ValueError naming the shard."""
+    if not math.isfinite(scale):
+        raise ValueError(f"shard {shard}: example {index} has a non-finite scale ({scale}); the shard is damaged")
+    return scale
 
 
 def data_dirs(value: str | os.PathLike | Sequence[str]) -> tuple[str, ...]:
@@ -210,12 +246,19 @@ def read_manifests(value: str | os.PathLike | Sequence[str]) -> dict[str, dict[s
 
 
 def read_manifest(directory: str | os.PathLike) -> dict[str, Any]:
-    """The manifest of a prepared dataset, with a clear error when there is none."""
+    """The manifest of a prepared dataset, with a clear error naming it when there is none or it is
+    unreadable."""
     path = os.path.join(os.fspath(directory), MANIFEST)
     if not os.path.isdir(os.fspath(directory)):
         raise FileNotFoundError(f"data directory {directory} does not exist")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{directory} is not a prepared dataset: {MANIFEST} is missing "
                                 f"(write one with `stmem-prepare`)")
-    with open(path) as f:
-        return json.load(f)
+    try:
+        with open(path, "rb") as f:
+            manifest = json.loads(f.read())
+    except ValueError as error:  # empty, truncated, random bytes
+        raise ValueError(f"{path}: not a readable manifest ({error})") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("splits", {}), dict):
+        raise ValueError(f"{path}: not a manifest (a JSON object with a 'splits' object)")
+    return manifest

@@ -9,13 +9,14 @@ Other formats fall back to the ``wfdb`` package.
 from __future__ import annotations
 
 import dataclasses
-import glob
 import os
 import re
+import struct
 
 import numpy as np
 import wfdb
 
+from stmem_jax.core.fileio import file_problem, inside, walk
 from stmem_jax.core.label_table import lookup, read_label_table
 from stmem_jax.core.signal import RecordError, Signal
 
@@ -41,11 +42,14 @@ class Header:
 def read_header(record_path: str) -> Header:
     """The header of ``record_path`` (path without extension)."""
     path = record_path + ".hea"
+    problem = file_problem(path)
+    if problem:
+        raise RecordError(f"header file {problem}")
     try:
         with open(path, encoding="latin-1") as f:
             lines = [line.strip() for line in f]
     except OSError as error:
-        raise RecordError(f"header file missing or unreadable ({error.strerror})") from error
+        raise RecordError(f"header file unreadable ({error.strerror})") from error
     try:
         return _parse_header(lines)
     except (ValueError, IndexError) as error:
@@ -87,10 +91,13 @@ def _parse_header(lines: list[str]) -> Header:
 
 
 def read_signal(record_path: str) -> Signal:
-    """The physical signal in mV, (leads, samples), with the header's lead names and rate."""
+    """The physical signal in mV, (leads, samples), with the header's lead names and rate. The
+    signal files the header names must be regular files inside the header's folder."""
     header = read_header(record_path)
-    if len(set(header.files)) == 1 and set(header.formats) == {"16"} and len(set(header.offsets)) == 1:
-        digital = _read_format16(os.path.join(os.path.dirname(record_path), header.files[0]), header)
+    folder = os.path.dirname(record_path) or "."
+    files = {name: signal_file(folder, name) for name in header.files}
+    if len(files) == 1 and set(header.formats) == {"16"} and len(set(header.offsets)) == 1:
+        digital = _read_format16(files[header.files[0]], header.files[0], header)
     else:
         try:
             digital = np.asarray(wfdb.rdrecord(record_path, physical=False).d_signal, dtype=np.float64).T
@@ -102,19 +109,49 @@ def read_signal(record_path: str) -> Signal:
     return Signal((digital - baselines) / gains * scale, header.fs, list(header.names))
 
 
-def _read_format16(path: str, header: Header) -> np.ndarray:
-    nsig = len(header.names)
+def signal_file(folder: str, name: str) -> str:
+    """The real path of the signal file ``name`` a header in ``folder`` names; RecordError when it
+    leads outside the folder or is not a regular file."""
+    path = inside(folder, name, "signal file")
+    problem = file_problem(path)
+    if problem:
+        raise RecordError(f"signal file {name} {problem}")
+    return path
+
+
+def _read_format16(path: str, name: str, header: Header) -> np.ndarray:
+    nsig, offset = len(header.names), header.offsets[0]
     try:
-        raw = np.fromfile(path, dtype="<i2", offset=header.offsets[0])
+        if name.lower().endswith(".mat"):
+            _check_mat(path, name, nsig, header.sig_len, offset)
+        raw = np.fromfile(path, dtype="<i2", offset=offset)
     except (OSError, ValueError) as error:
-        raise RecordError(f"unreadable signal file {os.path.basename(path)} ({error})") from error
+        raise RecordError(f"unreadable signal file {name} ({error})") from error
     expected = header.sig_len * nsig if header.sig_len else raw.size - raw.size % nsig
     if raw.size < expected or expected == 0:
-        raise RecordError(f"unreadable signal: {os.path.basename(path)} is truncated "
+        raise RecordError(f"unreadable signal: {name} is truncated "
                           f"({raw.size // max(nsig, 1)} of {header.sig_len} samples)")
     digital = raw[:expected].reshape(-1, nsig).T.astype(np.float64)
     digital[digital == -32768] = np.nan  # WFDB's invalid-sample value in format 16
     return digital
+
+
+def _check_mat(path: str, name: str, nsig: int, samples: int, offset: int) -> None:
+    """A ``.mat`` signal file must be the MATLAB (v4, or v5 as wfdb writes it) int16 matrix of
+    ``nsig`` rows and ``samples`` columns (if known) whose values start at ``offset``, as its header says."""
+    with open(path, "rb") as f:
+        head = f.read(max(offset, 20))
+    if len(head) < max(offset, 20):
+        ok = False
+    elif head.startswith(b"MATLAB 5.0"):  # v5: the values' tag (type miINT16, byte count) precedes them
+        kind, size = struct.unpack("<2I", head[offset - 8:offset]) if offset >= 136 else (0, 0)
+        ok = head[126:128] == b"IM" and kind == 3 and (not samples or size == 2 * nsig * samples)
+    else:  # v4: type 30 (little-endian int16), rows, columns, no imaginary part, then the name
+        kind, rows, columns, imaginary, name_length = struct.unpack("<5i", head[:20])
+        ok = (kind, rows, imaginary, 20 + name_length) == (30, nsig, 0, offset) and (not samples or columns == samples)
+    if not ok:
+        raise RecordError(f"unreadable signal: {name} is not the MATLAB matrix its header describes "
+                          f"({nsig} x {samples or '?'} int16 values from byte {offset})")
 
 
 @dataclasses.dataclass
@@ -130,25 +167,27 @@ class FolderRecord:
 
 def list_folder(folder: str, labels_csv: str | None = None
                 ) -> tuple[list[FolderRecord], list[tuple[str, str, str]]]:
-    """Every WFDB record under ``folder`` (recursively, sorted), and ``(record_id, path, reason)`` of
-    those left out (unreadable header, no row in the labels CSV). A CSV row matches a record by its
-    relative path or its file name."""
+    """Every WFDB record under ``folder`` (recursively, sorted; ``fileio.walk``), and ``(record_id,
+    path, reason)`` of those left out (unreadable header, no row in the labels CSV, not a regular
+    file). A CSV row matches a record by its relative path or its file name."""
     table = read_label_table(labels_csv, "record") if labels_csv else None
-    records, skipped = [], []
-    for header_path in sorted(glob.glob(os.path.join(folder, "**", "*.hea"), recursive=True)):
-        base = header_path[:-4]
-        record_id = os.path.relpath(base, folder)
+    headers, left_out = walk(folder, "*.hea")
+    skipped = [(relpath, os.path.join(folder, relpath), reason) for relpath, reason in left_out]
+    records = []
+    for relpath in headers:
+        base = os.path.join(folder, relpath[:-4])
+        record_id = relpath[:-4]
         try:
             header = read_header(base)
         except RecordError as error:
-            skipped.append((record_id, header_path, str(error)))
+            skipped.append((record_id, base + ".hea", str(error)))
             continue
         if table is None:
             labels = [c.strip() for c in header.comments.get("dx", "").split(",") if c.strip()]
         else:
             row = lookup(table, record_id)
             if row is None:
-                skipped.append((record_id, header_path, "no row in the labels CSV"))
+                skipped.append((record_id, base + ".hea", "no row in the labels CSV"))
                 continue
             labels = row[0]
         records.append(FolderRecord(record_id, base, header, labels))

@@ -362,18 +362,23 @@ def _background(iterator: Iterator, size: int) -> Iterator:
 def _explain(config: InputConfig, error: tf.errors.OpError) -> Exception:
     """A ValueError naming the first shard of the split that fails to read or parse, else ``error``."""
     manifests, splits = _load(config)
-    spec = _spec(next(iter(manifests.values())), ("signal",))
+    spec = _spec(next(iter(manifests.values())), ("signal", "scale"))
     for split in splits:
         manifest = manifests[split.directory]
         shape = (len(manifest["leads"]), manifest["window_samples"])
+
+        def parse(serialized):
+            example = tf.io.parse_single_example(serialized, spec)
+            return tf.reshape(tf.io.decode_raw(example["signal"], tf.int16), shape), example["scale"]
+
         for path in split.files:
             try:
-                for _ in tf.data.TFRecordDataset(path).map(
-                        lambda s: tf.reshape(tf.io.decode_raw(tf.io.parse_single_example(s, spec)["signal"], tf.int16),
-                                             shape)):
-                    pass
+                for index, (_, scale) in enumerate(tf.data.TFRecordDataset(path).map(parse)):
+                    fmt.check_scale(float(scale), path, index)
             except tf.errors.OpError as e:
                 return ValueError(f"cannot read shard {path}: {e.message}")
+            except ValueError as e:
+                return e
     return error
 
 
@@ -404,6 +409,10 @@ def _transform(config: InputConfig, manifests: dict[str, dict], splits: list[_Sp
                for s in splits]
     spec = _spec(first, ("signal", "scale", "record_id", "window"))
     starts = tf.constant([s.offset for s in splits[1:]], tf.int64)
+    shard_paths = tf.constant([path for s in splits for path in s.files])
+    shard_lengths = np.array(sum((s.lengths for s in splits), ()), np.int64)
+    shard_ends = np.concatenate([s.offset + np.cumsum(s.lengths) for s in splits]).astype(np.int64)
+    shard_starts, shard_ends = tf.constant(shard_ends - shard_lengths), tf.constant(shard_ends)
     labels = None if splits[0].labels is None else tf.constant(np.concatenate([s.labels for s in splits]))
 
     def decode(signal, layout):
@@ -419,7 +428,11 @@ def _transform(config: InputConfig, manifests: dict[str, dict], splits: list[_Sp
             x = decode(example["signal"], layouts[0])
         else:
             x = tf.switch_case(source, [functools.partial(decode, example["signal"], layout) for layout in layouts])
-        x = tf.cast(x, tf.float32) * example["scale"]
+        shard = tf.searchsorted(shard_ends, tf.reshape(g, [1]), side="right")[0]
+        finite = tf.debugging.Assert(tf.math.is_finite(example["scale"]), [
+            "non-finite scale in shard", tf.gather(shard_paths, shard), "example", g - tf.gather(shard_starts, shard)])
+        with tf.control_dependencies([finite]):  # a damaged shard is an error naming it, never NaN inputs
+            x = tf.cast(x, tf.float32) * example["scale"]
         if config.bandpass:
             x = band_filter(x, band)
         if config.training:
@@ -486,10 +499,10 @@ def _load(config: InputConfig) -> tuple[dict[str, dict], list[_Split]]:
 
 def _load_split(config: InputConfig, directory: str, manifest: dict, task: tuple[list[str], bool] | None,
                 offset: int) -> _Split:
-    lengths = tuple(manifest["splits"][config.split]["shard_lengths"])
+    shards = fmt.shard_files(directory, manifest, config.split)
+    files, lengths = tuple(path for path, _ in shards), tuple(length for _, length in shards)
     if not sum(lengths):
         raise ValueError(f"split {config.split!r} of {directory} has no examples")
-    files = tuple(os.path.join(directory, fmt.shard_name(config.split, i, len(lengths))) for i in range(len(lengths)))
     missing = [f for f in files if not os.path.isfile(f)]
     if missing:
         raise FileNotFoundError(f"shard(s) listed in the manifest are missing: {', '.join(missing)}")
