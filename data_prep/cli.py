@@ -75,41 +75,11 @@ def main(argv: list[str] | None = None) -> int:
 def _main(argv: list[str] | None) -> int:
     args = parser().parse_args(argv)
     try:
-        recipe = Recipe(fs=args.fs, window_s=args.window_s, filter_order=args.filter_order, max_gap_s=args.max_gap_s,
-                        highpass_hz=None if args.no_filter else args.highpass,
-                        lowpass_hz=None if args.no_filter else args.lowpass)
-    except ValueError as error:
-        print(f"stmem-prepare: error: {error}", file=sys.stderr)
-        return 1
-    name = args.source
-    input_dir = args.input
-    if name == "synthetic":
-        from data_prep.synthetic import write_ptbxl
-
-        input_dir = input_dir or args.output.rstrip("/") + "-native"
-        try:
-            write_ptbxl(input_dir, args.records, seed=args.seed, workers=args.workers, progress=not args.quiet,
-                        overwrite=args.overwrite)
-        except FileExistsError as error:
-            print(f"stmem-prepare: error: {error}", file=sys.stderr)
-            return 1
-        name = "ptbxl"
-    if not input_dir or not os.path.isdir(input_dir):
-        print(f"stmem-prepare: input folder {input_dir!r} does not exist", file=sys.stderr)
-        return 1
-    options = {"split_scheme": args.split_scheme, "resolution": args.resolution} if name == "ptbxl" else \
-        {"subsets": args.subsets.split(",") if args.subsets else None, "split_mode": args.split_mode} \
-        if name == "challenge2021" else {"labels": args.labels} if name == "wfdb" else \
-        {"labels": args.labels, "pattern": args.pattern} if name == "files" else {}
-    source = SOURCES[name](input_dir, options)
-    source.workers, source.progress = args.workers, not args.quiet
-    try:
-        manifest = prepare(source, args.output, recipe, workers=args.workers, overwrite=args.overwrite,
-                           strict=args.strict, seed=args.seed, shard_windows=args.shard_windows,
-                           progress=not args.quiet, args=vars(args))
-    except (PrepareError, FileNotFoundError, FileExistsError, ValueError) as error:
-        print(f"stmem-prepare: error: {error}", file=sys.stderr)
-        return 1
+        manifest = _prepare(args)
+    except (PrepareError, ValueError) as error:
+        return _error(error)
+    except OSError as error:  # a read-only or full disk, a missing file: the message names the file
+        return _error(f"{error.filename}: {error.strerror}" if error.filename else error)
     for split, info in manifest["splits"].items():
         print(f"{split:>10}: {info['examples']} windows from {info['records']} records in "
               f"{len(info['shard_lengths'])} shard(s), {info['bytes'] / 1e6:.1f} MB")
@@ -117,3 +87,35 @@ def _main(argv: list[str] | None) -> int:
           f"rms {manifest['storage']['rms_error_uv']:.3f} uV")
     print(f"skipped records: {manifest['skipped_count']} (reasons in {os.path.join(args.output, 'manifest.json')})")
     return EXIT_SKIPPED if manifest["skipped_count"] else 0
+
+
+def _error(message) -> int:
+    """A user error: one line, exit status 1."""
+    print(f"stmem-prepare: error: {message}", file=sys.stderr)
+    return 1
+
+
+def _prepare(args: argparse.Namespace) -> dict:
+    """The run the arguments ask for; its manifest."""
+    recipe = Recipe(fs=args.fs, window_s=args.window_s, filter_order=args.filter_order, max_gap_s=args.max_gap_s,
+                    highpass_hz=None if args.no_filter else args.highpass,
+                    lowpass_hz=None if args.no_filter else args.lowpass)
+    name = args.source
+    input_dir = args.input
+    if name == "synthetic":
+        from data_prep.synthetic import write_ptbxl
+
+        input_dir = input_dir or args.output.rstrip("/") + "-native"
+        write_ptbxl(input_dir, args.records, seed=args.seed, workers=args.workers, progress=not args.quiet,
+                    overwrite=args.overwrite)
+        name = "ptbxl"
+    if not input_dir or not os.path.isdir(input_dir):
+        raise PrepareError(f"{input_dir}: the input folder does not exist")
+    options = {"split_scheme": args.split_scheme, "resolution": args.resolution} if name == "ptbxl" else \
+        {"subsets": args.subsets.split(",") if args.subsets else None, "split_mode": args.split_mode} \
+        if name == "challenge2021" else {"labels": args.labels} if name == "wfdb" else \
+        {"labels": args.labels, "pattern": args.pattern} if name == "files" else {}
+    source = SOURCES[name](input_dir, options)
+    source.workers, source.progress = args.workers, not args.quiet
+    return prepare(source, args.output, recipe, workers=args.workers, overwrite=args.overwrite, strict=args.strict,
+                   seed=args.seed, shard_windows=args.shard_windows, progress=not args.quiet, args=vars(args))

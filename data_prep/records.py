@@ -8,7 +8,6 @@ import math
 from typing import Any
 
 
-
 @dataclasses.dataclass
 class Record:
     """One native record: where it is, who it belongs to, and its labels."""
@@ -46,6 +45,20 @@ def parse_age(value: Any) -> float:
     except (TypeError, ValueError):
         return math.nan
     return age if 0 <= age < 130 else math.nan
+
+
+def parse_int(value: Any) -> int | None:
+    """A whole number from a CSV cell (``7``, ``7.0``), None for anything else (empty, NaN, text)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return int(number) if math.isfinite(number) and number == int(number) else None
+
+
+def parse_flag(value: Any) -> bool:
+    """A CSV cell as a truth value: ``True``, ``1``, ``1.0`` (any case) are true; anything else false."""
+    return str(value).strip().lower() in ("true", "1", "1.0")
 
 
 def parse_sex(value: Any) -> str:

@@ -3,7 +3,9 @@ atomically, resume, and assemble the manifest and TFDS metadata."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import hashlib
 import json
 import multiprocessing
@@ -25,17 +27,22 @@ from data_prep.splits import SPLITS, assign_splits
 from stmem_jax import __version__
 from stmem_jax.core import fingerprint
 from stmem_jax.core import shards as fmt
+from stmem_jax.core.fileio import TEMPORARY, atomic_path
 from stmem_jax.core.recipe import Recipe, make_windows
 from stmem_jax.core.signal import RecordError
 
 PROGRESS_DIR = ".progress"
 PLAN_FILE = "plan.json"
-_OWN_FILE = re.compile(r"^((train|validation|test)-\d{5}-of-\d{5}(\.tmp-\d+)?|manifest\.json|dataset_info\.json|"
-                       r"features\.json|fingerprints\.npz(\.tmp-\d+\.npz)?|\.progress)$")
+_OWN_FILE = re.compile(r"^((train|validation|test)-\d{5}-of-\d{5}|manifest\.json|dataset_info\.json|features\.json|"
+                       rf"fingerprints\.npz|\.progress)({TEMPORARY})?$")
 
 
 class PrepareError(Exception):
     """The run cannot go on (strict mode, unusable output folder); the message names the file."""
+
+
+class NothingUsable(PrepareError):
+    """Every record was unusable: no example to write."""
 
 
 @dataclasses.dataclass
@@ -92,21 +99,79 @@ def _signal_files(path: str) -> list[str]:
     return [path] + [p for p in (path[:-4] + ".dat", path[:-4] + ".mat") if os.path.exists(p)]
 
 
-def _prepare_output(output: str, overwrite: bool) -> None:
-    if os.path.exists(output) and not os.path.isdir(output):
-        raise PrepareError(f"{output} is a file; --output names the folder to write the shards to")
-    if os.path.exists(os.path.join(output, fmt.MANIFEST)) and not overwrite:
+@contextlib.contextmanager
+def _lock(output: str):
+    """Holds ``.<name>.stmem-prepare.lock`` in the output's parent while the run lasts, so that a
+    second run on the same output fails at once (the lock dies with its process: no stale lock)."""
+    parent, name = os.path.split(output)
+    os.makedirs(parent, exist_ok=True)
+    path = os.path.join(parent, f".{name}.stmem-prepare.lock")
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip()
+            os.close(fd)
+            raise PrepareError(f"{path}: another stmem-prepare (pid {holder or '?'}) is writing {output}") from None
+        try:
+            if os.path.samestat(os.fstat(fd), os.stat(path)):
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)  # the run that held it removed it meanwhile: lock the new one
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.remove(path)
+        os.close(fd)
+
+
+def _sibling(output: str, role: str) -> str:
+    parent, name = os.path.split(output)
+    return os.path.join(parent, f".{name}.stmem-prepare-{role}")
+
+
+def _check_own(folder: str) -> None:
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise PrepareError(f"{folder} is a file; --output names the folder to write the shards to")
+    foreign = [e for e in sorted(os.listdir(folder)) if not _OWN_FILE.match(e)] if os.path.isdir(folder) else []
+    if foreign:
+        raise PrepareError(f"{folder} is not empty and not a preparation output (found {foreign[0]!r})")
+
+
+def _work_folder(output: str, overwrite: bool) -> str:
+    """The folder the run writes: ``output``, or, when ``output`` holds a finished dataset that
+    ``overwrite`` replaces, a sibling swapped in once the new dataset is complete (the old one is
+    kept until then)."""
+    _check_own(output)
+    if not os.path.exists(os.path.join(output, fmt.MANIFEST)):
+        return output
+    if not overwrite:
         raise PrepareError(f"{output} already holds a prepared dataset; pass --overwrite to replace it")
-    if os.path.isdir(output):
-        entries = os.listdir(output)
-        foreign = [e for e in entries if not _OWN_FILE.match(e)]
-        if foreign:
-            raise PrepareError(f"{output} is not empty and not a preparation output (found {foreign[0]!r})")
-        if overwrite:
-            for entry in entries:
-                path = os.path.join(output, entry)
-                shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
-    os.makedirs(os.path.join(output, PROGRESS_DIR), exist_ok=True)
+    staging = _sibling(output, "new")
+    _check_own(staging)
+    return staging
+
+
+def _clear(folder: str) -> None:
+    """Removes this tool's files from ``folder`` (``_check_own`` has found no others)."""
+    for entry in os.listdir(folder):
+        path = os.path.join(folder, entry)
+        shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+
+
+def _swap(staging: str, output: str) -> None:
+    """Puts the finished ``staging`` folder in the place of ``output``, then deletes the old dataset."""
+    old = _sibling(output, "old")
+    if os.path.exists(old):
+        shutil.rmtree(old)
+    os.rename(output, old)
+    os.rename(staging, output)
+    shutil.rmtree(old)
 
 
 def _check_plan(output: str, plan: dict[str, Any]) -> None:
@@ -122,10 +187,8 @@ def _check_plan(output: str, plan: dict[str, Any]) -> None:
 
 
 def _write_json(path: str, content: Any) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
+    with atomic_path(path) as tmp, open(tmp, "w") as f:
         json.dump(content, f, indent=1, sort_keys=True, default=float)
-    os.replace(tmp, path)
 
 
 def run_job(job: Job, source: Source, recipe: Recipe, output: str, tasks: list[str], strict: bool) -> dict:
@@ -147,9 +210,10 @@ def run_job(job: Job, source: Source, recipe: Recipe, output: str, tasks: list[s
                              for w in caught if not issubclass(w.category, DeprecationWarning))
                 windows, dropped = make_windows(signal, source.leads, recipe)
                 if dropped:
-                    skipped.append(Skip(record.record_id, record.path, f"{dropped} window(s) with NaN dropped").as_dict())
+                    skipped.append(Skip(record.record_id, record.path,
+                                        f"{dropped} window(s) with NaN or infinite samples dropped").as_dict())
                 if not windows:
-                    raise RecordError("no window without NaN")
+                    raise RecordError("no window without NaN or infinite samples")
             except RecordError as error:
                 if strict:
                     raise PrepareError(f"{record.path}: {error}") from error
@@ -222,15 +286,39 @@ def worker_pool(workers: int):
 def prepare(source: Source, output: str, recipe: Recipe, *, workers: int = 1, overwrite: bool = False,
             strict: bool = False, seed: int = 0, shard_windows: int = 2000, progress: bool = True,
             args: dict | None = None) -> dict[str, Any]:
-    """Prepares ``source`` into ``output``; resumes an unfinished run of the same plan.
-    Returns the manifest."""
+    """Prepares ``source`` into ``output``; resumes an unfinished run of the same plan. One run per
+    output at a time (a lock file beside it); an existing dataset is replaced (``overwrite``) only
+    once the new one is complete. Returns the manifest."""
     output = os.path.abspath(output)
-    _prepare_output(output, overwrite)
-    records, listing_skips = source.list_records()
-    if strict and listing_skips:
-        raise PrepareError(f"{listing_skips[0].path}: {listing_skips[0].reason}")
-    if not records:
-        raise PrepareError(f"no usable records found in {source.input_dir}")
+    with _lock(output):
+        work = _work_folder(output, overwrite)
+        records, listing_skips = source.list_records()
+        if strict and listing_skips:
+            raise PrepareError(f"{listing_skips[0].path}: {listing_skips[0].reason}")
+        if not records:
+            raise PrepareError(f"no usable records found in {source.input_dir}")
+        created = not os.path.isdir(work)
+        if overwrite and not created:
+            _clear(work)
+        os.makedirs(os.path.join(work, PROGRESS_DIR), exist_ok=True)
+        try:
+            manifest = _run(source, work, recipe, records, listing_skips, workers=workers, strict=strict, seed=seed,
+                            shard_windows=shard_windows, progress=progress, args=args,
+                            name=os.path.basename(output))
+        except NothingUsable:
+            _clear(work)
+            if created or work != output:
+                os.rmdir(work)
+            raise
+        if work != output:
+            _swap(work, output)
+    return manifest
+
+
+def _run(source: Source, output: str, recipe: Recipe, records: list[Record], listing_skips: list[Skip], *,
+         workers: int, strict: bool, seed: int, shard_windows: int, progress: bool, args: dict | None,
+         name: str) -> dict[str, Any]:
+    """Plans, writes (or resumes) the shards of ``records`` in ``output`` and finishes it."""
     if source.pretraining:
         for record in records:
             record.split = "train"
@@ -261,14 +349,19 @@ def prepare(source: Source, output: str, recipe: Recipe, *, workers: int = 1, ov
             run_job(*item)
             bar.update(len(item[0].records))
     bar.close()
-    return _finish(output, source, recipe, jobs, tasks, listing_skips, inputs, settings, args)
+    return _finish(output, source, recipe, jobs, tasks, listing_skips, inputs, settings, args, name)
 
 
-def _finish(output, source, recipe, jobs, tasks, listing_skips, inputs, settings, args) -> dict[str, Any]:
+def _finish(output, source, recipe, jobs, tasks, listing_skips, inputs, settings, args, name) -> dict[str, Any]:
     results = []
     for job in jobs:
         with open(os.path.join(output, PROGRESS_DIR, job.name + ".json")) as f:
             results.append(json.load(f))
+    skipped = [s.as_dict() for s in listing_skips] + [s for r in results for s in r["skipped"]]
+    if not sum(r["examples"] for r in results):
+        first = next((s for s in skipped if "window(s)" not in s["reason"]), skipped[0])
+        raise NothingUsable(f"{source.input_dir}: no record gave a window to store (the first of "
+                            f"{len(skipped)} skipped: {first['path']}: {first['reason']})")
     splits: dict[str, dict[str, Any]] = {}
     for split in SPLITS:
         own = [r for r in results if r["split"] == split]
@@ -281,7 +374,6 @@ def _finish(output, source, recipe, jobs, tasks, listing_skips, inputs, settings
         splits[split] = {"examples": sum(r["examples"] for r in own), "records": sum(r["records"] for r in own),
                          "bytes": sum(r["bytes"] for r in own), "shard_lengths": [r["examples"] for r in own],
                          "classes": {t: dict(sorted(c.items())) for t, c in sorted(classes.items())}}
-    skipped = [s.as_dict() for s in listing_skips] + [s for r in results for s in r["skipped"]]
     prints = fingerprint.concatenate([fingerprint.load(_fingerprint_file(output, job)) for job in jobs])
     fingerprint.save(os.path.join(output, fingerprint.FILE), prints)
     error_n = sum(r["error_n"] for r in results)
@@ -300,10 +392,10 @@ def _finish(output, source, recipe, jobs, tasks, listing_skips, inputs, settings
     written = {s: info["shard_lengths"] for s, info in splits.items() if info["examples"]}
     if written:
         fmt.write_tfds_metadata(output, fmt.features_dict(len(source.leads), recipe.window_samples, tasks), written,
-                                description=f"ECG windows prepared by stmem-prepare from {source.name}")
+                                description=f"ECG windows prepared by stmem-prepare from {source.name}", name=name)
     _write_json(os.path.join(output, fmt.MANIFEST), manifest)
     shutil.rmtree(os.path.join(output, PROGRESS_DIR))
     for entry in os.listdir(output):  # partial files of workers killed in an earlier, interrupted run
-        if re.search(r"\.tmp-\d+(\.npz)?$", entry):
+        if re.search(TEMPORARY + "$", entry):
             os.remove(os.path.join(output, entry))
     return manifest

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import abc
 import os
+from collections.abc import Sequence
 from typing import Any
 
+import pandas as pd
+
 from data_prep.records import Record, Skip
+from stmem_jax.core.fileio import file_problem
 from stmem_jax.core.leads import LEAD_NAMES
 from stmem_jax.core.signal import Signal
 
@@ -46,6 +50,27 @@ class Source(abc.ABC):
 
     def relpath(self, path: str) -> str:
         return os.path.relpath(path, self.input_dir)
+
+
+def read_csv(path: str, required: Sequence[str] = (), hint: str = "", **kwargs) -> pd.DataFrame:
+    """An index CSV (``kwargs`` go to ``pandas.read_csv``). Errors name the file: FileNotFoundError
+    when it is missing (``hint`` follows), ValueError when it is not a regular file, is empty, binary
+    or malformed, lacks a ``required`` column or has no row."""
+    problem = file_problem(path)
+    if problem == "missing":
+        raise FileNotFoundError(f"{path} not found{hint}")
+    if problem:
+        raise ValueError(f"{path}: the file {problem}")
+    try:
+        table = pd.read_csv(path, **kwargs)
+    except (OSError, ValueError) as error:  # pandas' parser and empty-file errors are ValueErrors
+        raise ValueError(f"{path}: not a readable CSV ({error})") from None
+    missing = [c for c in required if c not in table.columns]
+    if missing:
+        raise ValueError(f"{path}: missing column(s) {', '.join(missing)}")
+    if table.empty:
+        raise ValueError(f"{path}: no rows")
+    return table
 
 
 def vocabulary(records: list[Record], task: str) -> list[str]:

@@ -3,12 +3,12 @@
 
 from __future__ import annotations
 
-import glob
 import os
 
 from data_prep.records import Record, Skip, parse_age, parse_sex
 from data_prep.sources.base import Source, vocabulary
 from data_prep.sources.cpsc2018 import CPSC_TASKS, cpsc_labels
+from stmem_jax.core.fileio import walk
 from stmem_jax.core.signal import RecordError
 from stmem_jax.core.wfdb import read_header, read_signal
 
@@ -43,7 +43,9 @@ class Challenge2021(Source):
     def list_records(self) -> tuple[list[Record], list[Skip]]:
         records, skipped = [], []
         for subset, folder in self.subsets().items():
-            for header_path in sorted(glob.glob(os.path.join(folder, "**", "*.hea"), recursive=True)):
+            headers, left_out = walk(folder, "*.hea")
+            skipped += [Skip(f"{subset}/{rel}", os.path.join(folder, rel), reason) for rel, reason in left_out]
+            for header_path in (os.path.join(folder, rel) for rel in headers):
                 base = header_path[:-4]
                 record_id = f"{subset}/{os.path.basename(base)}"
                 try:

@@ -3,15 +3,14 @@ at 400 Hz, zero-padded equally on both sides; ``exam_id`` (n,))."""
 
 from __future__ import annotations
 
-import glob
 import os
 
 import h5py
 import numpy as np
-import pandas as pd
 
-from data_prep.records import Record, Skip, parse_age
-from data_prep.sources.base import Source
+from data_prep.records import Record, Skip, parse_age, parse_flag, parse_int
+from data_prep.sources.base import Source, read_csv
+from stmem_jax.core.fileio import walk
 from stmem_jax.core.signal import RecordError, Signal
 
 FLAGS = ("1dAVb", "RBBB", "LBBB", "SB", "ST", "AF")
@@ -31,11 +30,11 @@ class CODE15(Source):
 
     def list_records(self) -> tuple[list[Record], list[Skip]]:
         csv_path = os.path.join(self.input_dir, "exams.csv")
-        if not os.path.isfile(csv_path):
-            raise FileNotFoundError(f"{csv_path} not found: is {self.input_dir} the CODE-15% folder?")
-        exams = pd.read_csv(csv_path).set_index("exam_id")
-        records, skipped = [], []
-        for path in sorted(glob.glob(os.path.join(self.input_dir, "exams_part*.hdf5"))):
+        exams, skipped = self._exams(csv_path)
+        records = []
+        parts, left_out = walk(self.input_dir, "exams_part*.hdf5")
+        skipped += [Skip(rel, os.path.join(self.input_dir, rel), reason) for rel, reason in left_out if os.sep not in rel]
+        for path in (os.path.join(self.input_dir, rel) for rel in parts if os.sep not in rel):
             try:
                 with h5py.File(path, "r") as f:
                     ids = np.asarray(f["exam_id"][:])
@@ -49,17 +48,37 @@ class CODE15(Source):
                 if exam_id == 0:
                     skipped.append(Skip(f"{os.path.basename(path)}[{row}]", path, "padding row (exam_id 0)"))
                     continue
-                if exam_id not in exams.index:
-                    skipped.append(Skip(record_id, path, "exam_id not in exams.csv"))
+                info = exams.get(int(exam_id))
+                if not isinstance(info, dict):
+                    skipped.append(Skip(record_id, path, "exam_id not in exams.csv") if info is None
+                                   else Skip(record_id, csv_path, info))
                     continue
-                info = exams.loc[exam_id]
-                flags = [flag for flag in FLAGS if bool(info[flag])]
+                flags = [flag for flag in FLAGS if parse_flag(info[flag])]
                 records.append(Record(
-                    record_id=record_id, patient_id=str(int(info["patient_id"])), source=self.name, path=path,
+                    record_id=record_id, patient_id=info["patient_id"], source=self.name, path=path,
                     locator=(path, row), codes=flags, code_weights=[1.0] * len(flags), labels={"code15": flags},
-                    age=parse_age(info["age"]), sex="M" if bool(info["is_male"]) else "F", split="train"))
+                    age=parse_age(info["age"]), sex="M" if parse_flag(info["is_male"]) else "F", split="train"))
         self.tasks = {"code15": {"classes": list(FLAGS), "multilabel": True}}
         return records, skipped
+
+    def _exams(self, csv_path: str) -> tuple[dict[int, dict | str], list[Skip]]:
+        """exam_id -> its row of exams.csv (patient_id as a whole number's text), or the reason it is
+        unusable; and the rows without a usable exam_id."""
+        table = read_csv(csv_path, ("exam_id", "patient_id", "age", "is_male") + FLAGS,
+                         f": is {self.input_dir} the CODE-15% folder?", dtype=str, keep_default_na=False)
+        exams, skipped = {}, []
+        for line, row in enumerate(table.to_dict("records"), start=2):
+            exam, patient = parse_int(row["exam_id"]), parse_int(row["patient_id"])
+            if exam is None:
+                skipped.append(Skip(f"exams.csv[{line}]", csv_path, f"line {line}: exam_id is not a number "
+                                                                     f"({row['exam_id']!r})"))
+            elif exam in exams:
+                exams[exam] = f"line {line}: exam_id {exam} listed twice"
+            elif patient is None:
+                exams[exam] = f"line {line}: patient_id is not a number ({row['patient_id']!r})"
+            else:
+                exams[exam] = {**row, "patient_id": str(patient)}
+        return exams, skipped
 
     def load(self, record: Record) -> Signal:
         path, row = record.locator

@@ -3,15 +3,14 @@ at 500 Hz, ``sex``, ``age``) and ``REFERENCE.csv`` (``Recording,First_label,Seco
 
 from __future__ import annotations
 
-import glob
 import os
 
 import numpy as np
-import pandas as pd
 from scipy import io as sio
 
 from data_prep.records import Record, Skip, parse_age, parse_sex
-from data_prep.sources.base import Source
+from data_prep.sources.base import Source, read_csv
+from stmem_jax.core.fileio import walk
 from stmem_jax.core.leads import LEAD_NAMES
 from stmem_jax.core.signal import RecordError, Signal
 
@@ -31,22 +30,29 @@ class CPSC2018(Source):
     name = "cpsc2018"
 
     def _reference(self) -> str:
-        found = sorted(glob.glob(os.path.join(self.input_dir, "**", "REFERENCE.csv"), recursive=True))
+        found, _ = walk(self.input_dir, "REFERENCE.csv")
         if not found:
             raise FileNotFoundError(f"no REFERENCE.csv under {self.input_dir}: is it the CPSC2018 folder?")
-        return found[0]
+        return os.path.join(self.input_dir, found[0])
 
     def index_files(self) -> list[str]:
         return [self._reference()]
 
     def list_records(self) -> tuple[list[Record], list[Skip]]:
-        reference = pd.read_csv(self._reference(), dtype=str)
-        mats = {os.path.splitext(os.path.basename(p))[0]: p
-                for p in glob.glob(os.path.join(self.input_dir, "**", "*.mat"), recursive=True)}
-        records, skipped = [], []
-        for row in reference.itertuples(index=False):
+        csv_path = self._reference()
+        reference = read_csv(csv_path, ("Recording", "First_label"), dtype=str, keep_default_na=False)
+        found, left_out = walk(self.input_dir, "*.mat")
+        mats = {os.path.splitext(os.path.basename(p))[0]: os.path.join(self.input_dir, p) for p in found}
+        records, skipped = [], [Skip(rel, os.path.join(self.input_dir, rel), reason) for rel, reason in left_out]
+        seen = set()
+        for line, row in enumerate(reference.itertuples(index=False), start=2):
             name = str(row[0]).strip()
             path = mats.get(name, os.path.join(self.input_dir, name + ".mat"))
+            if not name or name in seen:
+                skipped.append(Skip(name or f"REFERENCE.csv[{line}]", csv_path,
+                                    f"line {line}: " + ("Recording listed twice" if name else "empty Recording")))
+                continue
+            seen.add(name)
             if name not in mats:
                 skipped.append(Skip(name, path, "signal file missing"))
                 continue

@@ -31,8 +31,10 @@ class Files(Source):
     def list_records(self) -> tuple[list[Record], list[Skip]]:
         labels_csv = self.options.get("labels")
         table = read_label_table(labels_csv, "file") if labels_csv else None
-        records, skips = [], []
-        for relpath in list_files(self.input_dir, self.options.get("pattern"), exclude=self.index_files()):
+        records, left_out = [], []
+        found = list_files(self.input_dir, self.options.get("pattern"), exclude=self.index_files(), skipped=left_out)
+        skips = [Skip(relpath, os.path.join(self.input_dir, relpath), reason) for relpath, reason in left_out]
+        for relpath in found:
             path = os.path.join(self.input_dir, relpath)
             labels, patient = [], ""
             if table is not None:

@@ -11,7 +11,9 @@ import os
 import pandas as pd
 
 from data_prep.records import Record, Skip
-from data_prep.sources.base import Source, vocabulary
+from data_prep.sources.base import Source, read_csv, vocabulary
+from stmem_jax.core.fileio import file_problem, inside
+from stmem_jax.core.signal import RecordError
 from stmem_jax.core.wfdb import read_signal
 
 RECORD_LIST, MEASUREMENTS = "record_list.csv", "machine_measurements.csv"
@@ -31,15 +33,9 @@ class MIMICIVECG(Source):
         return [path for path in paths if os.path.isfile(path)]
 
     def _read_csv(self, name: str, required: tuple[str, ...], **kwargs) -> pd.DataFrame:
-        path = os.path.join(self.input_dir, name)
-        try:
-            table = pd.read_csv(path, dtype=str, keep_default_na=False, **kwargs)
-        except (ValueError, pd.errors.ParserError) as error:  # empty, binary or malformed
-            raise ValueError(f"{path}: not a readable CSV ({error})") from None
-        missing = [c for c in required if c not in table.columns]
-        if missing:
-            raise ValueError(f"{path}: missing column(s) {', '.join(missing)}")
-        return table
+        return read_csv(os.path.join(self.input_dir, name), required,
+                        f": is {self.input_dir} the MIMIC-IV-ECG root folder?", dtype=str, keep_default_na=False,
+                        **kwargs)
 
     def _reports(self) -> dict[str, list[str]] | None:
         """study_id -> the non-empty statements in report order; None without the CSV."""
@@ -55,8 +51,6 @@ class MIMICIVECG(Source):
 
     def list_records(self) -> tuple[list[Record], list[Skip]]:
         csv_path = os.path.join(self.input_dir, RECORD_LIST)
-        if not os.path.isfile(csv_path):
-            raise FileNotFoundError(f"{csv_path} not found: is {self.input_dir} the MIMIC-IV-ECG root folder?")
         listing = self._read_csv(RECORD_LIST, ("subject_id", "study_id", "path"))
         reports = self._reports()
         records, skipped, seen = [], [], set()
@@ -71,9 +65,15 @@ class MIMICIVECG(Source):
                 reason = f"empty path (line {row + 2})" if not rel else f"study_id listed twice (line {row + 2})"
                 skipped.append(Skip(record_id, csv_path, reason))
                 continue
-            missing = next((base + ext for ext in (".hea", ".dat") if not os.path.isfile(base + ext)), None)
-            if missing:
-                skipped.append(Skip(record_id, missing, f"{os.path.basename(missing)} missing"))
+            try:
+                inside(self.input_dir, rel + ".hea", f"path (line {row + 2})")
+            except RecordError as error:
+                skipped.append(Skip(record_id, csv_path, str(error)))
+                continue
+            unusable = [(base + ext, problem) for ext in (".hea", ".dat") if (problem := file_problem(base + ext))]
+            if unusable:
+                path, problem = unusable[0]
+                skipped.append(Skip(record_id, path, f"{os.path.basename(path)} {problem}"))
                 continue
             seen.add(record_id)
             statements = [] if reports is None else reports.get(record_id, [])

@@ -3,13 +3,11 @@
 
 from __future__ import annotations
 
-import glob
 import os
 
-import pandas as pd
-
 from data_prep.records import Record, Skip
-from data_prep.sources.base import Source
+from data_prep.sources.base import Source, read_csv
+from stmem_jax.core.fileio import walk
 from stmem_jax.core.signal import Signal
 from stmem_jax.core.wfdb import read_signal
 
@@ -23,20 +21,22 @@ class PhysioNet2017(Source):
     leads = ("I",)
 
     def _reference(self) -> str:
-        found = sorted(glob.glob(os.path.join(self.input_dir, "**", "REFERENCE*.csv"), recursive=True))
+        found, _ = walk(self.input_dir, "REFERENCE*.csv")
         if not found:
             raise FileNotFoundError(f"no REFERENCE.csv under {self.input_dir}: is it the training2017 folder?")
-        return found[0]
+        return os.path.join(self.input_dir, found[0])
 
     def index_files(self) -> list[str]:
         return [self._reference()]
 
     def list_records(self) -> tuple[list[Record], list[Skip]]:
-        reference = pd.read_csv(self._reference(), header=None, names=["record", "label"], dtype=str)
-        headers = {os.path.basename(p)[:-4]: p[:-4]
-                   for p in glob.glob(os.path.join(self.input_dir, "**", "*.hea"), recursive=True)}
-        records, skipped = [], []
-        for name, label in zip(reference["record"].str.strip(), reference["label"].str.strip()):
+        reference = read_csv(self._reference(), header=None, names=["record", "label"], dtype=str,
+                             keep_default_na=False)
+        found, left_out = walk(self.input_dir, "*.hea")
+        headers = {os.path.basename(p)[:-4]: os.path.join(self.input_dir, p[:-4]) for p in found}
+        records, skipped = [], [Skip(rel, os.path.join(self.input_dir, rel), reason) for rel, reason in left_out]
+        for name, label in zip(reference["record"], reference["label"]):
+            name, label = str(name).strip(), str(label).strip()
             base = headers.get(name)
             if base is None:
                 skipped.append(Skip(name, os.path.join(self.input_dir, name + ".hea"), "header file missing"))

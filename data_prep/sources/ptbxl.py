@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import ast
-import math
 import os
 
 import pandas as pd
 
-from data_prep.records import Record, Skip, parse_age
-from data_prep.sources.base import Source, vocabulary
+from data_prep.records import Record, Skip, parse_age, parse_int
+from data_prep.sources.base import Source, read_csv, vocabulary
+from stmem_jax.core.fileio import inside
+from stmem_jax.core.signal import RecordError
 from stmem_jax.core.wfdb import read_signal
 
 # strat_fold -> split: the ST-MEM protocol (70/10/20) and the Strodthoff et al. benchmark.
@@ -31,17 +32,8 @@ class PTBXL(Source):
         return [os.path.join(self.input_dir, f) for f in ("ptbxl_database.csv", "scp_statements.csv")]
 
     def _read_csv(self, name: str, required: tuple[str, ...], **kwargs) -> pd.DataFrame:
-        path = os.path.join(self.input_dir, name)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"{path} not found: is {self.input_dir} the PTB-XL root folder?")
-        try:
-            table = pd.read_csv(path, **kwargs)
-        except (ValueError, UnicodeDecodeError, pd.errors.ParserError) as error:  # empty, binary or malformed
-            raise ValueError(f"{path}: not a readable CSV ({error})") from None
-        missing = [c for c in required if c not in table.columns]
-        if missing:
-            raise ValueError(f"{path}: missing column(s) {', '.join(missing)}")
-        return table
+        return read_csv(os.path.join(self.input_dir, name), required,
+                        f": is {self.input_dir} the PTB-XL root folder?", **kwargs)
 
     def list_records(self) -> tuple[list[Record], list[Skip]]:
         resolution = self.options.get("resolution", "hr")
@@ -51,17 +43,28 @@ class PTBXL(Source):
                                                            "diagnostic_subclass"), index_col=0)
         scheme = SPLIT_SCHEMES[self.options.get("split_scheme", "st_mem")]
         csv_path = os.path.join(self.input_dir, "ptbxl_database.csv")
-        records, skipped = [], []
+        records, skipped, seen = [], [], set()
         for line, row in enumerate(database.itertuples(index=False), start=2):
-            base = os.path.join(self.input_dir, str(getattr(row, f"filename_{resolution}")))
+            rel = getattr(row, f"filename_{resolution}")
+            base = os.path.join(self.input_dir, str(rel))
             path = base + ".hea"
-            ids = [_int(row.ecg_id), _int(row.patient_id), _int(row.strat_fold)]
+            ids = [parse_int(row.ecg_id), parse_int(row.patient_id), parse_int(row.strat_fold)]
             if None in ids:
                 name = ("ecg_id", "patient_id", "strat_fold")[ids.index(None)]
                 skipped.append(Skip(str(row.ecg_id), csv_path, f"line {line}: {name} is not a number "
                                                                f"({getattr(row, name)!r})"))
                 continue
             record_id, patient, fold = str(ids[0]), str(ids[1]), ids[2]
+            try:
+                if record_id in seen:
+                    raise RecordError(f"ecg_id {record_id} listed twice")
+                if not isinstance(rel, str) or not rel.strip():
+                    raise RecordError(f"empty filename_{resolution}")
+                inside(self.input_dir, rel + ".hea", f"filename_{resolution}")
+            except RecordError as error:
+                skipped.append(Skip(record_id, csv_path, f"line {line}: {error}"))
+                continue
+            seen.add(record_id)
             try:
                 scp = ast.literal_eval(row.scp_codes)
                 if not isinstance(scp, dict):
@@ -82,7 +85,7 @@ class PTBXL(Source):
                 record_id=record_id, patient_id=patient, source=self.name, path=path,
                 locator=base, codes=list(scp), code_weights=weights,
                 labels=_labels(list(scp), statements), age=parse_age(getattr(row, "age", None)),
-                sex={0: "M", 1: "F"}.get(_int(getattr(row, "sex", None)), ""), fold=fold, split=scheme[fold], duration_s=10.0))
+                sex={0: "M", 1: "F"}.get(parse_int(getattr(row, "sex", None)), ""), fold=fold, split=scheme[fold], duration_s=10.0))
         self.tasks = {task: {"classes": vocabulary(records, task), "multilabel": True} for task in BENCHMARK_TASKS}
         self.tasks["st_mem"] = {"classes": vocabulary(records, "st_mem"), "multilabel": False}
         self.split_task = "st_mem"
@@ -90,15 +93,6 @@ class PTBXL(Source):
 
     def load(self, record: Record):
         return read_signal(record.locator)
-
-
-def _int(value) -> int | None:
-    """A whole number from a CSV cell (``7``, ``7.0``), None for anything else."""
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return int(number) if math.isfinite(number) and number == int(number) else None
 
 
 def _labels(codes: list[str], statements: pd.DataFrame) -> dict[str, list[str]]:
