@@ -147,10 +147,14 @@ def test_a_link_loop_gives_each_record_once_and_a_link_outside_is_not_followed(t
     record(outside, "far")
     os.symlink("..", folder / "sub" / "up")
     os.symlink(outside, folder / "far")
+    os.symlink(outside / "far.hea", folder / "alias.hea")
+    os.symlink(folder / "gone.hea", folder / "broken.hea")
+    os.symlink("r0.hea", folder / "sub" / "same.hea")  # a link inside the folder is read like a file
     out = tmp_path / "out"
     assert main(["wfdb", "--input", str(folder), "--output", str(out), "--quiet", "--workers", "1"]) == 3
-    assert ids(out) == [(f"sub/r{i}", 0) for i in range(4)]
-    assert reasons(out) == {"far": "a link to a folder outside the input folder (not followed)"}
+    assert ids(out) == [(f"sub/r{i}", 0) for i in range(4)] + [("sub/same", 0)]
+    assert reasons(out) == {"far": "a link to a folder outside the input folder (not followed)",
+                            "alias.hea": "a link to a file outside the input folder", "broken.hea": "a broken link"}
 
     training = tmp_path / "training"
     for i in range(3):
@@ -289,7 +293,7 @@ def test_mat_signal_files_must_be_the_matrix_their_header_describes(tmp_path, mo
         assert "is not the MATLAB matrix its header describes (12 x 2500 int16 values from byte 24)" in reason
 
 
-def test_fifos_and_other_non_regular_files_are_skipped_not_read(tmp_path):
+def test_fifos_and_other_non_regular_files_are_skipped_not_read(tmp_path, capsys):
     folder = tmp_path / "input"
     record(folder, "good")
     record(folder, "piped")
@@ -297,9 +301,19 @@ def test_fifos_and_other_non_regular_files_are_skipped_not_read(tmp_path):
     os.mkfifo(folder / "piped.dat")  # a header naming a FIFO as its signal file
     os.mkfifo(folder / "fifo.hea")
     os.mkfifo(folder / "fifo.xml")
+    os.mkfifo(tmp_path / "labels.csv")
+    mimic = tmp_path / "mimic"
+    nf.write_mimic_iv_ecg(mimic, [{"subject_id": 10000001, "study_id": 40000001}], measurements=False)
+    os.mkfifo(mimic / "machine_measurements.csv")
     with deadline(30):
         assert main(["wfdb", "--input", str(folder), "--output", str(tmp_path / "a"), "--quiet"]) == 3
         assert main(["files", "--input", str(folder), "--output", str(tmp_path / "b"), "--quiet"]) == 3
+        capsys.readouterr()
+        assert main(["files", "--input", str(folder), "--output", str(tmp_path / "c"), "--quiet",
+                     "--labels", str(tmp_path / "labels.csv")]) == 1
+        one_line_error(capsys, f"{tmp_path / 'labels.csv'}: the labels CSV is not a regular file")
+        assert main(["mimic_iv_ecg", "--input", str(mimic), "--output", str(tmp_path / "d"), "--quiet"]) == 1
+        one_line_error(capsys, f"{mimic / 'machine_measurements.csv'}: the file is not a regular file")
     assert reasons(tmp_path / "a") == {"fifo.hea": "is not a regular file",
                                        "piped": "signal file piped.dat is not a regular file"}
     assert reasons(tmp_path / "b") == {"fifo.hea": "is not a regular file", "fifo.xml": "is not a regular file",

@@ -39,7 +39,7 @@ class MIMICIVECG(Source):
 
     def _reports(self) -> dict[str, list[str]] | None:
         """study_id -> the non-empty statements in report order; None without the CSV."""
-        if not os.path.isfile(os.path.join(self.input_dir, MEASUREMENTS)):
+        if file_problem(os.path.join(self.input_dir, MEASUREMENTS)) == "missing":
             return None
         table = self._read_csv(MEASUREMENTS, ("study_id",), usecols=lambda c: c == "study_id" or c in REPORT_COLUMNS)
         columns = [table[c] for c in REPORT_COLUMNS if c in table.columns]

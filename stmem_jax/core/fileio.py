@@ -84,7 +84,7 @@ def walk(folder: str, names: str | None = None) -> tuple[list[str], list[tuple[s
                 left_out(path, "a broken link")
             elif problem:
                 left_out(path, problem)
-            elif not _within(os.path.realpath(path), root):
+            elif os.path.islink(path) and not _within(os.path.realpath(path), root):  # walked folders are real
                 left_out(path, "a link to a file outside the input folder")
             else:
                 found.append(os.path.relpath(path, folder))

@@ -6,10 +6,15 @@ from __future__ import annotations
 import csv
 import os
 
+from stmem_jax.core.fileio import file_problem
+
 
 def read_label_table(path: str, key: str) -> dict[str, tuple[list[str], str]]:
     """``{key value: (labels, patient or "")}`` from a CSV with the columns ``key`` and ``label``
     and an optional ``patient``; errors name the file and the row."""
+    problem = file_problem(path)
+    if problem:
+        raise ValueError(f"{path}: the labels CSV {problem}")
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
             rows = list(csv.DictReader(f))
