@@ -48,10 +48,10 @@ def commands(tmp: str) -> dict:
     return {
         "prepare": lambda out: [sys.executable, "-m", "data_prep", "ptbxl", "--input", native, "--output", out,
                                 "--workers", "2", "--shard-windows", "10", "--quiet"],
-        "pretrain": lambda out: [sys.executable, "-m", "stmem_jax.train.pretrain",
+        "pretrain": lambda out: [sys.executable, "-m", "stmem_jax.cli", "pretrain",
                                  f"--config={ROOT}/configs/pretrain/st_mem.py:tiny", f"--workdir={out}",
                                  *flags({**PRETRAIN, "data.dir": shards})],
-        "finetune": lambda out: [sys.executable, "-m", "stmem_jax.train.downstream",
+        "finetune": lambda out: [sys.executable, "-m", "stmem_jax.cli", "finetune",
                                  f"--config={ROOT}/configs/downstream/ptbxl.py:rhythm", f"--workdir={out}",
                                  *flags({**FINETUNE, "data.dir": shards, "init": encoder})],
     }

@@ -21,8 +21,7 @@ import time
 import torch
 from torch import nn
 
-from stmem_jax.flops import forward_flops
-from stmem_jax.models import PRESETS, create_model, family
+from stmem_jax.models import PRESETS, create_model
 
 LEADS, PATCHES, PATCH = 12, 30, 75
 
@@ -154,8 +153,8 @@ def main():
     for preset in args.presets.split(","):
         seconds = measure(args.step, preset, args.batch, args.steps)
         model = create_model("st_mem", preset) if args.step == "pretrain" else \
-            create_model(family("st_mem").classifier, preset, num_classes=5)
-        flops = 3 * forward_flops(model, 12) * args.batch
+            create_model("st_mem_classifier", preset, num_classes=5)
+        flops = 3 * model.forward_flops(12) * args.batch
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
         print(f"{preset:<10} {args.batch:>5} {1000 * seconds:>9.1f} {args.batch / seconds:>11.2f} "
               f"{flops / seconds / 1e12:>8.3f} {rss:>11.2f}", flush=True)

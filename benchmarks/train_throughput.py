@@ -1,15 +1,16 @@
 """Training step throughput: examples/s, step time and MFU per preset and compute dtype.
 
-    python benchmarks/train_throughput.py [--step pretrain|finetune] [--presets tiny,vit_small,vit_base]
-                                          [--dtypes float32,bfloat16] [--batch 16] [--steps 5] [--remat]
-                                          [--accum 0] [--peak-tflops X]
+    python benchmarks/train_throughput.py [--method st_mem] [--step pretrain|finetune]
+                                          [--presets tiny,vit_small,vit_base] [--dtypes float32,bfloat16]
+                                          [--batch 16] [--steps 5] [--remat] [--accum 0] [--peak-tflops X]
 
-Times the jitted train step of ``stmem_jax.train.steps``, the trainers' own: pre-training (``--step
-pretrain``: masking, encoder on the kept patches, lead-wise decoder) or fine-tuning (``--step finetune``:
-the 12-lead classifier on every patch, drop-path 0.1, 5 classes), AdamW, donated state, on random
-input already on the device, after two warm-up steps; in as many micro-batches as training
-uses (``micro``: ``train.grad_accum_steps``, automatic by default). MFU = analytic model
-FLOPs (3 x forward, ``stmem_jax.flops``) / measured time / the device's peak; "of matmul" relates
+Times the jitted train step that the trainers build (``stmem_jax.train.setup``) from the
+method's config: its pre-training (``--step pretrain``; ST-MEM: masking, encoder on the kept
+patches, lead-wise decoder) or fine-tuning its encoder (``--step finetune``: the 12-lead
+classifier on every patch, drop-path 0.1, 5 classes), AdamW, donated state, on random input
+already on the device, after two warm-up steps; in as many micro-batches as training uses
+(``micro``: ``train.grad_accum_steps``, automatic by default). MFU = analytic model FLOPs (3 x
+forward, the model's ``forward_flops``) / measured time / the device's peak; "of matmul" relates
 the same rate to a large square matmul timed on the same device, the practical ceiling. Peak RSS
 is this process's so far (``resource.getrusage``): give one preset and dtype for a step's own.
 Runs unchanged on CPU, GPU and TPU, and imports nothing of TensorFlow (a GPU host may lack it).
@@ -21,15 +22,13 @@ import time
 
 import jax
 import jax.numpy as jnp
-import optax
 
-from stmem_jax.flops import activation, forward_flops, peak_flops
-from stmem_jax.models import create_model, family
 from stmem_jax import mesh as meshlib
-from stmem_jax import microbatch
-from stmem_jax.train.optim import adamw
-from stmem_jax.train.loop import TrainState
-from stmem_jax.train import steps as train_steps
+from stmem_jax import methods
+from stmem_jax.flops import peak_flops
+from stmem_jax.train import setup
+from stmem_jax.train.config import downstream, pretraining
+from stmem_jax.train.loop import Schedule
 
 
 def matmul_rate(dtype: str, n: int = 4096, repeats: int = 5) -> float:
@@ -45,39 +44,42 @@ def matmul_rate(dtype: str, n: int = 4096, repeats: int = 5) -> float:
     return 2 * n ** 3 / best
 
 
+def step_config(kind: str, method: str, preset: str, dtype: str, batch: int, remat: bool, accum: int):
+    """The config of the measured step: the method's pre-training, or fine-tuning its encoder
+    (12 leads, drop-path 0.1)."""
+    config = pretraining(preset, method) if kind == "pretrain" else downstream()
+    if kind == "finetune":
+        config.model.update(kind=method, preset=preset, drop_path=0.1)
+    config.model.update(dtype=dtype, remat=remat)
+    config.train.update(batch_size=batch, grad_accum_steps=accum, num_steps=1000, warmup_steps=10)
+    return config
+
+
 def measure(preset: str, dtype: str, batch: int, steps: int, remat: bool = False, accum: int = 0,
-            kind: str = "pretrain"):
-    """(seconds per step, model FLOPs per step, micro-batches) of one step kind."""
+            kind: str = "pretrain", method: str = "st_mem"):
+    """(seconds per step, model FLOPs per step, micro-batches) of one step kind, built as the trainers
+    build it (``stmem_jax.train.setup``)."""
     mesh = meshlib.make_mesh()
+    config = step_config(kind, method, preset, dtype, batch, remat, accum)
     leads = tuple(range(12))
-    keys = {"params": jax.random.key(0), "masking": jax.random.key(1), "dropout": jax.random.key(1)}
-    series = jax.device_put(jax.random.normal(jax.random.key(2), (batch, 12, 2250)), meshlib.batch_sharding(mesh))
-    if kind == "pretrain":
-        model = create_model("st_mem", preset, dtype=jnp.dtype(dtype), remat=remat)
-        inputs = (series,)
-    else:
-        model = create_model(family("st_mem").classifier, preset, dtype=jnp.dtype(dtype), remat=remat,
-                             num_classes=5, drop_path=0.1)
-        inputs = (series, jax.device_put(jnp.arange(batch) % 5, meshlib.batch_sharding(mesh)))
-    params = jax.jit(lambda: model.init(keys, jnp.zeros((1, 12, model.seq_len)), leads=leads))()["params"]
-    tx = adamw(optax.constant_schedule(1e-4), params)
-    state = TrainState(jnp.zeros((), jnp.int32), params, tx.init(params), jnp.full((), -1, jnp.int32))
-    state = jax.device_put(state, meshlib.replicated(mesh))
-    accum = microbatch.count(batch, accum, mesh.devices.flat, activation(model, 12))
-    step = train_steps.pretrain_step(model, tx, 0.75, accum, leads) if kind == "pretrain" else \
-        train_steps.classifier_step(model, tx, False, leads, accum)
-    step = jax.jit(step, donate_argnums=0)
-    key = jax.random.key(3)
+    schedule = Schedule.of(config.train, batch, steps_per_epoch=1000)
+    classifier = setup.scratch_classifier(config, num_classes=5) if kind == "finetune" else None
+    run = setup.build(config, leads, schedule, mesh.devices.flat, classifier=classifier)
+    series = jax.device_put(jax.random.normal(jax.random.key(2), (batch, 12, config.data.crop_samples)),
+                            meshlib.batch_sharding(mesh))
+    inputs = {"series": series, "label": jax.device_put(jnp.arange(batch) % 5, meshlib.batch_sharding(mesh))}
+    state = jax.device_put(jax.jit(run.init_state)(), meshlib.replicated(mesh))
+    step = jax.jit(run.step, donate_argnums=0)
+    batch_args = [inputs[name] if name in inputs else series for name in run.inputs]
     for _ in range(2):
-        state, metrics = step(state, *inputs, key)
+        state, metrics = step(state, *batch_args, run.key)
     jax.block_until_ready(metrics)
     start = time.perf_counter()
     for _ in range(steps):
-        state, metrics = step(state, *inputs, key)
+        state, metrics = step(state, *batch_args, run.key)
     jax.block_until_ready(metrics)
     seconds = (time.perf_counter() - start) / steps
-    flops = 3 * forward_flops(model, 12) * batch
-    return seconds, flops, accum
+    return seconds, 3 * run.forward_flops * batch, run.accum_steps
 
 
 def peak_rss_gb() -> float:
@@ -88,6 +90,8 @@ def peak_rss_gb() -> float:
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--step", default="pretrain", choices=("pretrain", "finetune"))
+    parser.add_argument("--method", default="st_mem", help=f"a pre-training method ({', '.join(methods.names())}): "
+                        f"its pre-training step, or fine-tuning its encoder")
     parser.add_argument("--presets", default="tiny,vit_small,vit_base")
     parser.add_argument("--dtypes", default="float32,bfloat16")
     parser.add_argument("--batch", type=int, default=16, help="global batch")
@@ -102,12 +106,13 @@ def main():
     dtypes = args.dtypes.split(",")
     rates = {dtype: matmul_rate(dtype) for dtype in dtypes}
     print("4096^3 matmul, per device: " + ", ".join(f"{d} {r / 1e12:.3f} TFLOP/s" for d, r in rates.items()))
-    print(f"{args.step} step")
+    print(f"{args.method} {args.step} step")
     print(f"{'preset':<10} {'dtype':<9} {'batch':>5} {'micro':>5} {'step ms':>9} {'examples/s':>11} {'TFLOP/s':>8} "
           f"{'MFU':>7} {'of matmul':>9} {'peak RSS GB':>11}")
     for preset in args.presets.split(","):
         for dtype in dtypes:
-            seconds, flops, accum = measure(preset, dtype, args.batch, args.steps, args.remat, args.accum, args.step)
+            seconds, flops, accum = measure(preset, dtype, args.batch, args.steps, args.remat, args.accum, args.step,
+                                            args.method)
             peak = args.peak_tflops * 1e12 if args.peak_tflops else peak_flops(devices[0], dtype)
             achieved = flops / seconds / len(devices)
             mfu = f"{100 * achieved / peak:.1f}%" if peak else "n/a"

@@ -25,7 +25,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from stmem_jax import infer, models
+from stmem_jax import infer
 from stmem_jax.core.ecgfile import ECG, ECGFileError, read_ecg
 from stmem_jax.core.leads import LEAD_NAMES, lead_indices
 from stmem_jax.core.recipe import Recipe, model_inputs, window_inputs
@@ -81,21 +81,24 @@ def _ecg_inputs(ecgs: list[ECG], leads, recipe: Recipe, crop_samples: int, crops
 
 
 def reconstruct(model, variables: dict[str, Any], ecg: np.ndarray, fs: float, leads: str | Sequence[str] = "12", *,
-                mask_ratio: float = 0.75, seed: int = 0, recipe: Recipe = Recipe()) -> dict[str, Any]:
-    """Masks one ECG (C, T) at random and reconstructs its centre crop: the model input (C, T'), the
-    prediction (C, N, P), the mask (C, N), the loss and the lead indices."""
-    if not (models.is_pretraining(model) and models.family(model).lead_figure):
-        raise ValueError(f"reconstruct shows ST-MEM's per-lead reconstruction; got {type(model).__name__}")
+                mask_ratio: float | None = None, seed: int = 0, recipe: Recipe = Recipe()) -> dict[str, Any]:
+    """Masks one ECG (C, T) at random and reconstructs its centre crop with a masked autoencoder
+    (ST-MEM, MTAE, MLAE; ``mask_ratio`` default: the model's): the model input (C', T'), the
+    prediction on the input's scale (C', N, P), the mask (C', N), the loss and the lead indices of
+    the rows (MTAE's and MLAE's rows are all their leads, the missing ones zero)."""
+    if not hasattr(model, "reconstruction"):
+        raise ValueError(f"reconstruct needs a masked autoencoder's pre-training model; got {type(model).__name__}")
+    model = model if mask_ratio is None else model.clone(mask_ratio=mask_ratio)
     series = prepare(ecg, fs, recipe=recipe, crop_samples=model.seq_len, crops=1, leads=leads)[:, 0]
     lead_ids = lead_indices(leads, series.shape[1])
     noise = jax.random.uniform(jax.random.key(seed), model.noise_shape(series.shape))
-    out = jax.jit(functools.partial(model.apply, mask_ratio=mask_ratio, leads=lead_ids))(variables, series, noise=noise)
-    return {"series": series[0], "pred": np.asarray(out["pred"][0], np.float32), "mask": np.asarray(out["mask"][0]),
-            "loss": float(out["loss"]), "lead_ids": lead_ids, "norm_pix_loss": model.norm_pix_loss}
+    out = jax.jit(functools.partial(model.apply, leads=lead_ids))(variables, series, noise=noise)
+    series, pred, mask, rows = model.reconstruction(series, out, lead_ids)
+    return {"series": np.asarray(series[0]), "pred": np.asarray(pred[0], np.float32), "mask": np.asarray(mask[0]),
+            "loss": float(out["loss"]), "lead_ids": tuple(rows)}
 
 
 def plot_reconstruction(result: dict[str, Any], path: str, show: Sequence[int] = (0, 1, 6)) -> str:
     """PNG of :func:`reconstruct`'s result for the rows ``show``; returns the path."""
     return reconstruction_figure(result["series"], result["pred"], result["mask"], path, lead_ids=result["lead_ids"],
-                                 show=show, norm_pix_loss=result["norm_pix_loss"],
-                                 title=f"masked reconstruction (loss {result['loss']:.3f})")
+                                 show=show, title=f"masked reconstruction (loss {result['loss']:.3f})")

@@ -1,6 +1,7 @@
-"""The command-line layer of the config-driven commands (stmem-pretrain, stmem-finetune,
-stmem-benchmark): config parsing, the built-in synthetic data when ``data.dir`` is empty, and exit
-codes. The trainers under it take a prepared ``data.dir`` and know nothing of data preparation."""
+"""The config-driven commands (stmem-pretrain, stmem-finetune, stmem-benchmark) above the library:
+config parsing, the built-in synthetic data when ``data.dir`` is empty, and exit codes. The
+trainers under it take a prepared ``data.dir``, know nothing of data preparation and import no
+command. ``python -m stmem_jax.cli pretrain|finetune|benchmark ...`` runs a command as its script does."""
 
 from __future__ import annotations
 
@@ -121,3 +122,119 @@ def run_config_command(body: Callable, argv, *, example: str, workdir_help: str,
             print("summary: " + json.dumps({**summary, "wall_s": round(time.time() - start, 1)}), flush=True)
 
     app.run(main, argv=argv, flags_parser=parse_flags)
+
+
+def pretrain(argv=None) -> None:
+    """``stmem-pretrain``: pre-training of any method (``stmem_jax.train.pretrain``)."""
+    from stmem_jax.train.pretrain import train
+
+    run_config_command(train, argv, example="configs/pretrain/st_mem.py:vit_base",
+                       workdir_help="run directory (checkpoints, logs, figures); a run resumes from it")
+
+
+def finetune(argv=None) -> None:
+    """``stmem-finetune``: fine-tuning, linear probing or training from scratch (``stmem_jax.train.downstream``)."""
+    from stmem_jax.train.classification import scalars_of
+    from stmem_jax.train.downstream import train
+
+    def run(config, workdir):
+        record = train(config, workdir)
+        return {"workdir": os.path.abspath(workdir), "selected_step": record["selected_step"],
+                **{f"test_{k}": v for k, v in scalars_of(record["test"]).items()}}
+
+    run_config_command(run, argv, example="configs/downstream/ptbxl.py:st_mem",
+                       workdir_help="run directory (checkpoints, logs, metrics); a run resumes from it")
+
+
+def benchmark(argv=None) -> None:
+    """``stmem-benchmark``: the paper's evaluation grid (``stmem_jax.grid``)."""
+    from stmem_jax.grid import run_grid
+
+    def run(config, workdir):
+        result = run_grid(config, workdir)
+        print(result["table"])
+        print(f"ran {len(result['ran'])} run(s), {len(result['skipped'])} already done", flush=True)
+
+    run_config_command(run, argv, example="configs/downstream/grid.py:ptbxl:st_mem",
+                       workdir_help="grid directory (one sub-directory per run); a rerun resumes it",
+                       run_section=lambda config: config.run)
+
+
+def convert(argv: list[str] | None = None) -> int:
+    """``stmem-convert``: public PyTorch checkpoints to model directories and back (``stmem_jax.convert``).
+    Exit status 0; 1 on an error in the inputs (one line naming the file); 2 on a usage error."""
+    import argparse
+
+    from stmem_jax import convert as lib
+    from stmem_jax.model_dir import load_model, save_model
+    from stmem_jax.models import count_parameters, model_config
+
+    parser = argparse.ArgumentParser(prog="stmem-convert", description=lib.__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    imp = sub.add_parser("import", help="PyTorch .pth file -> model directory (orbax) for our trainers")
+    imp.add_argument("checkpoint", help="public ST-MEM, MTAE or MLAE .pth file")
+    imp.add_argument("output", help="directory to write")
+    imp.add_argument("--allow-unused", action="store_true", help="list unknown tensors instead of failing")
+    imp.add_argument("--kind", choices=lib.torch_kinds(),
+                     help="model family, overriding the file's config and the shape rule (MTAE vs MLAE)")
+    exp = sub.add_parser("export", help="model directory -> PyTorch .pth file in the public layout")
+    exp.add_argument("model_dir", help="directory written by 'stmem-convert import' or a trainer")
+    exp.add_argument("output", help=".pth file to write")
+    exp.add_argument("--encoder-only", action="store_true", help="write the encoder file only")
+    for command in (imp, exp):
+        command.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "import":
+            model, variables = lib.load_torch_checkpoint(args.checkpoint, strict=not args.allow_unused,
+                                                         kind=args.kind)
+            save_model(args.output, model, variables, overwrite=args.overwrite,
+                       metadata={"source": os.path.abspath(args.checkpoint)})
+        else:
+            if os.path.exists(args.output) and not args.overwrite:
+                parser.error(f"{args.output} exists; pass --overwrite to replace it")
+            model, variables = load_model(args.model_dir)
+            lib.save_torch_checkpoint(args.output, model, variables, encoder_only=args.encoder_only)
+    except (OSError, ValueError, KeyError, ImportError) as error:
+        message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        print(f"stmem-convert: error: {message}", file=sys.stderr, flush=True)
+        return 1
+    print(f"{args.command}ed {type(model).__name__} (preset {lib.preset_name(model) or 'custom'}, "
+          f"kind {model_config(model)['kind']}, {count_parameters(model, variables) / 1e6:.2f} M parameters) "
+          f"-> {args.output}")
+    return 0
+
+
+def overlap(argv: list[str] | None = None) -> int:
+    """``stmem-overlap``: windows and patients two prepared folders share (``stmem_jax.overlap``)."""
+    import argparse
+
+    from stmem_jax import overlap as lib
+
+    p = argparse.ArgumentParser(prog="stmem-overlap", description=lib.__doc__.splitlines()[0])
+    p.add_argument("a", help="prepared folder(s), comma-separated: the reference (e.g. pre-training data)")
+    p.add_argument("b", help="prepared folder(s), comma-separated: counted per split (e.g. downstream data)")
+    p.add_argument("--a-split", help="compare with this split of A only (e.g. train: what pre-training read)")
+    p.add_argument("--csv", help="write the overlapping windows of both sides here")
+    args = p.parse_args(argv)
+    try:
+        report, rows = lib.compare(args.a, args.b, args.a_split)
+    except (FileNotFoundError, ValueError) as error:
+        print(f"stmem-overlap: error: {error}", file=sys.stderr)
+        return 1
+    print("\n".join(lib.describe(report)))
+    if args.csv:
+        lib.write_csv(args.csv, rows)
+        print(f"wrote {len(rows)} overlapping pair(s) to {args.csv}", file=sys.stderr)
+    return 0
+
+
+COMMANDS = {"pretrain": pretrain, "finetune": finetune, "benchmark": benchmark, "convert": convert,
+            "overlap": overlap}
+
+if __name__ == "__main__":
+    if len(sys.argv) < 2 or sys.argv[1] not in COMMANDS:
+        sys.exit(f"usage: python -m stmem_jax.cli {{{'|'.join(COMMANDS)}}} --config=... --workdir=...")
+    name = sys.argv.pop(1)
+    sys.argv[0] = f"stmem-{name}"
+    sys.exit(COMMANDS[name]())

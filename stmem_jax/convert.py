@@ -1,129 +1,54 @@
-"""Import and export of the public ST-MEM, MTAE and MLAE PyTorch checkpoints.
+"""Import and export of public PyTorch checkpoints (the public ST-MEM code's ST-MEM, MTAE and MLAE).
 
 Two file kinds are understood (layouts in the project's spec): the full pre-training model
 (keys ``encoder.*``, ``to_decoder_embedding.*``, ``decoder_blocks.*``, ...) and the encoder
 alone (``to_patch_embedding.*``, ``block0.*``, ..., ``norm.*``, plus ``head.*`` for a classifier).
-PyTorch Linear weights are (out, in); Flax kernels are (in, out).
+Each model class with a public layout lists its tensors (``torch_layout``, from
+``stmem_jax.torch_layout``) and reads its files (``from_torch``); this module knows no family.
 
-The family is recognised by its tensors: ``sep_embedding`` (and ``lead_embeddings.*``) for
-ST-MEM, ``cls_embedding`` for the baselines. MTAE and MLAE files have the same keys, so which
-one a file holds is resolved, first rule that applies:
-
-1. the ``kind`` argument (``stmem-convert import --kind``);
-2. the file's ``config['model_name']`` (``mtae_vit_base_dec256d4b`` -> MTAE, ``mlae_...`` -> MLAE);
-3. the shapes: with F token features (``to_patch_embedding.2.weight`` is (W, F)) and L tokens
-   (``pos_embedding`` has L + 1 rows), MTAE when F is a multiple of 75 with F / 75 <= 12
-   (patch P = 75, C = F / 75 leads, T = L * 75 samples), else MLAE (C = L leads, T = F).
-
-For the baselines the file's ``config['model']`` (``seq_len``, ``patch_size``, ``num_leads``),
-where present, replaces the sizes guessed from the shapes (an MTAE's P = F / C when only C is
-given). Exported files carry such a
-``config``, so they import back as the same model.
+A file's family is recognised by a tensor only its files hold (``TORCH_MARKER``: ST-MEM's
+``sep_embedding``, MTAE/MLAE's ``cls_embedding``). Within a family (MTAE or MLAE: the same
+keys) the model is resolved, first rule that applies: the ``kind`` argument (``stmem-convert
+import --kind``); the file's ``config['model_name']`` (``mtae_vit_base_dec256d4b`` -> MTAE);
+the shapes (``BaselineMAE.from_torch``). Exported files carry ``config['model_name']`` and
+``config['model']`` (the input sizes), so they import back as the same model.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import re
 import sys
-from collections.abc import Iterator
-from typing import Any, NamedTuple
+from typing import Any
 
 import flax.linen as nn
 import jax
 import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
 
-from stmem_jax.baselines import BaselineClassifier, BaselineMAE
+from stmem_jax import models
 from stmem_jax.layers import HEAD_DIM
-from stmem_jax.model_dir import load_model, save_model
-from stmem_jax.models import FAMILIES, PRESETS, count_parameters, create_model, family, init_variables, model_config
-from stmem_jax.st_mem import STMEM, STMEMClassifier
-
-PRETRAINING = (STMEM, BaselineMAE)  # models with fixed positional tables and a decoder
-PATCH_SIZE = 75                     # the paper's patch size, assumed for MTAE files without a config
-MAX_LEADS = 12
-
-
-class Entry(NamedTuple):
-    """One PyTorch tensor and where it lives in the Flax variables.
-
-    kind: ``linear`` (transposed), ``tensor`` (as is, after ``ones`` leading singleton axes of the
-    PyTorch tensor), ``row`` (row ``index`` of a stacked parameter) or ``fixed`` (a fixed table of
-    the model, checked, not stored).
-    """
-
-    key: str
-    path: tuple[str, ...]
-    kind: str = "tensor"
-    index: int = 0
-    ones: int = 0
-
-
-def _linear(key: str, path: tuple[str, ...]) -> Iterator[Entry]:
-    yield Entry(f"{key}.weight", (*path, "kernel"), "linear")
-    yield Entry(f"{key}.bias", (*path, "bias"))
-
-
-def _norm(key: str, path: tuple[str, ...]) -> Iterator[Entry]:
-    yield Entry(f"{key}.weight", (*path, "scale"))
-    yield Entry(f"{key}.bias", (*path, "bias"))
-
-
-def _block(key: str, path: tuple[str, ...]) -> Iterator[Entry]:
-    yield from _norm(f"{key}.attn.norm", (*path, "attn_norm"))
-    yield from _linear(f"{key}.attn.fn.to_qkv", (*path, "attn", "qkv"))
-    yield from _linear(f"{key}.attn.fn.to_out.0", (*path, "attn", "out"))
-    yield from _norm(f"{key}.ff.norm", (*path, "mlp_norm"))
-    yield from _linear(f"{key}.ff.fn.net.0", (*path, "mlp", "fc1"))
-    yield from _linear(f"{key}.ff.fn.net.3", (*path, "mlp", "fc2"))
-
-
-def _patch_embedding(prefix: str) -> Iterator[Entry]:
-    embed = ("encoder", "patch_embed")
-    yield from _norm(f"{prefix}to_patch_embedding.1", (*embed, "norm_in"))
-    yield from _linear(f"{prefix}to_patch_embedding.2", (*embed, "proj"))
-    yield from _norm(f"{prefix}to_patch_embedding.3", (*embed, "norm_out"))
+from stmem_jax.models import PRESETS, init_variables
+from stmem_jax.torch_layout import Entry, require
 
 
 def layout(model: nn.Module, encoder_only: bool = False) -> list[Entry]:
-    """Every tensor of the PyTorch file for ``model`` (STMEM, STMEMClassifier, BaselineMAE or
-    BaselineClassifier)."""
-    if not isinstance(model, (STMEM, STMEMClassifier, BaselineMAE, BaselineClassifier)):
-        raise TypeError(f"only ST-MEM, MTAE and MLAE models have a public PyTorch layout, not {type(model).__name__}")
-    pretraining = isinstance(model, PRETRAINING)
-    prefix = "encoder." if pretraining and not encoder_only else ""
-    pos = Entry(f"{prefix}pos_embedding", ("pos_embedding",), "fixed", ones=1) if pretraining \
-        else Entry("pos_embedding", ("encoder", "pos_embedding"), ones=1)
-    entries = [*_patch_embedding(prefix), pos]
-    if isinstance(model, (STMEM, STMEMClassifier)):
-        entries.append(Entry(f"{prefix}sep_embedding", ("encoder", "sep_embedding")))
-        entries += [Entry(f"{prefix}lead_embeddings.{c}", ("encoder", "lead_embeddings"), "row", c)
-                    for c in range(model.num_leads)]
-    else:
-        entries.append(Entry(f"{prefix}cls_embedding", ("encoder", "cls_token")))
-    for i in range(model.depth):
-        entries += _block(f"{prefix}block{i}", ("encoder", "blocks", f"block_{i}"))
-    entries += _norm(f"{prefix}norm", ("encoder", "norm"))
-    if not pretraining and model.num_classes and not encoder_only:
-        entries += _linear("head", ("head",))
-    if pretraining and not encoder_only:
-        entries += _patch_embedding("")  # the public model holds the shared module twice
-        entries += _linear("to_decoder_embedding", ("decoder_embed",))
-        entries.append(Entry("mask_embedding", ("mask_token",), ones=2))
-        entries.append(Entry("decoder_pos_embed", ("decoder_pos_embedding",), "fixed", ones=1))
-        for j in range(model.decoder_depth):
-            entries += _block(f"decoder_blocks.{j}", ("decoder", f"block_{j}"))
-        entries += _norm("decoder_norm", ("decoder_norm",))
-        entries += _linear("decoder_head", ("decoder_head",))
-    return entries
+    """Every tensor of the PyTorch file for ``model`` (its ``torch_layout``); ``encoder_only``: the
+    encoder file (no decoder, no head, keys without the ``encoder.`` prefix)."""
+    if not hasattr(model, "torch_layout"):
+        raise ValueError(f"{type(model).__name__} has no public PyTorch layout")
+    return model.torch_layout(encoder_only)
 
 
-def _require(state_dict: dict[str, np.ndarray], key: str) -> np.ndarray:
-    if key not in state_dict:
-        raise KeyError(f"not a complete ST-MEM / MTAE / MLAE checkpoint: tensor {key!r} is missing")
-    return state_dict[key]
+def _readers() -> list[type[nn.Module]]:
+    """The pre-training model classes that read public files (a ``TORCH_MARKER`` tensor names their family)."""
+    classes = dict.fromkeys(cls for cls, _ in models.kinds().values() if hasattr(cls, "from_torch"))
+    return [cls for cls in classes if hasattr(cls, "noise_shape")]
+
+
+def torch_kinds() -> list[str]:
+    """The pre-training kinds whose public files this package reads (``stmem-convert import --kind``)."""
+    return sorted(k for cls in _readers() for k in cls.TORCH_KINDS)
 
 
 def _count(state_dict: dict[str, np.ndarray], pattern: str) -> int:
@@ -131,76 +56,58 @@ def _count(state_dict: dict[str, np.ndarray], pattern: str) -> int:
 
 
 def _heads(state_dict: dict[str, np.ndarray], key: str) -> int:
-    rows = _require(state_dict, key).shape[0]
+    rows = require(state_dict, key).shape[0]
     if rows % (3 * HEAD_DIM):
         raise ValueError(f"{key} has {rows} rows, not a multiple of 3 x {HEAD_DIM} (heads are {HEAD_DIM} wide)")
     return rows // (3 * HEAD_DIM)
 
 
-def _family(state_dict: dict[str, np.ndarray], prefix: str, kind: str | None, config: dict[str, Any]) -> str | None:
-    """``'st_mem'``, or ``'mtae'`` / ``'mlae'`` when the hint or the config's model name says it
-    (None: decide by shapes); see the module docstring."""
-    stmem = f"{prefix}sep_embedding" in state_dict
-    if not stmem and f"{prefix}cls_embedding" not in state_dict:
-        raise KeyError(f"neither {prefix}sep_embedding (ST-MEM) nor {prefix}cls_embedding (MTAE/MLAE) is in the file")
-    if kind is not None and kind not in FAMILIES:
-        raise ValueError(f"unknown model kind {kind!r}; choose from {sorted(FAMILIES)}")
+def _reader(state_dict: dict[str, np.ndarray], prefix: str, kind: str | None, config: dict[str, Any]
+            ) -> tuple[type[nn.Module], str | None]:
+    """The model class whose family the file holds (by its marker tensor) and the pre-training kind
+    that the hint or the config's model name says (None: the class decides by shapes)."""
+    readers = _readers()
+    if kind is not None and kind not in torch_kinds():
+        raise ValueError(f"unknown model kind {kind!r}; choose from {torch_kinds()}")
+    found = [cls for cls in readers if f"{prefix}{cls.TORCH_MARKER}" in state_dict]
+    if not found:
+        markers = ", ".join(f"{prefix}{cls.TORCH_MARKER} ({cls.TORCH_LABEL})" for cls in readers)
+        raise KeyError(f"none of {markers} is in the file")
+    cls = found[0]
+    if kind is not None and kind not in cls.TORCH_KINDS:
+        hinted = next(c for c in readers if kind in c.TORCH_KINDS)
+        raise ValueError(f"the file holds {prefix}{cls.TORCH_MARKER}, not the tensors of a {hinted.TORCH_LABEL} "
+                         f"model ({kind!r})")
     name = str(config.get("model_name", ""))
-    kind = kind or next((k for k in FAMILIES if name.startswith(k)), None)
-    if kind is not None and (kind == "st_mem") != stmem:
-        raise ValueError(f"the file holds {prefix}{'sep' if stmem else 'cls'}_embedding, "
-                         f"not the tensors of a {FAMILIES[kind].label} model ({kind!r})")
-    return "st_mem" if stmem else kind
-
-
-def _token_fields(kind: str | None, key: str, features: int, tokens: int, config: dict[str, Any]
-                  ) -> tuple[str, dict[str, int]]:
-    """MTAE or MLAE and (seq_len, patch_size, num_leads) from F features and L tokens."""
-    given = {k: int(v) for k, v in (config.get("model") or {}).items()
-             if k in ("seq_len", "patch_size", "num_leads")}
-    if kind is None:
-        kind = "mtae" if features % PATCH_SIZE == 0 and features // PATCH_SIZE <= MAX_LEADS else "mlae"
-    if kind == "mlae":
-        return kind, dict(seq_len=features, num_leads=tokens) | given
-    patch = given.get("patch_size") or (features // given["num_leads"] if "num_leads" in given else PATCH_SIZE)
-    if features % patch:
-        raise ValueError(f"{key}: {features} token features are not {patch}-sample patches of whole leads (MTAE)")
-    return kind, dict(seq_len=tokens * patch, patch_size=patch, num_leads=features // patch) | given
+    return cls, kind or next((k for k in cls.TORCH_KINDS if name.startswith(k)), None)
 
 
 def infer_model(state_dict: dict[str, np.ndarray], kind: str | None = None,
                 config: dict[str, Any] | None = None) -> nn.Module:
-    """Builds the Flax model that matches the shapes of a PyTorch state dict; ``kind`` ('mtae' or
-    'mlae') and the file's ``config`` decide between the baselines (see the module docstring)."""
+    """Builds the Flax model that matches the shapes of a PyTorch state dict; ``kind`` (e.g. 'mtae'
+    or 'mlae') and the file's ``config`` decide between models of one family (see the module docstring)."""
     config = config if isinstance(config, dict) else {}
     pretraining = "to_decoder_embedding.weight" in state_dict
     prefix = "encoder." if pretraining else ""
-    kind = _family(state_dict, prefix, kind, config)
-    embed_key = f"{prefix}to_patch_embedding.2.weight"
-    width, features = _require(state_dict, embed_key).shape
-    rows = _require(state_dict, f"{prefix}pos_embedding").shape[-2]
+    cls, kind = _reader(state_dict, prefix, kind, config)
+    width, features = require(state_dict, f"{prefix}to_patch_embedding.2.weight").shape
     fields = dict(
-        width=width,
+        width=width, token_features=features,
         depth=_count(state_dict, rf"{re.escape(prefix)}block(\d+)\.attn\.norm\.weight"),
         heads=_heads(state_dict, f"{prefix}block0.attn.fn.to_qkv.weight"),
-        mlp_dim=_require(state_dict, f"{prefix}block0.ff.fn.net.0.weight").shape[0],
+        mlp_dim=require(state_dict, f"{prefix}block0.ff.fn.net.0.weight").shape[0],
     )
-    if kind == "st_mem":  # a token is one patch of one lead: F = P, N + 2 table rows
-        fields |= dict(seq_len=(rows - 2) * features, patch_size=features,
-                       num_leads=_count(state_dict, rf"{re.escape(prefix)}lead_embeddings\.(\d+)"))
+    if pretraining:
+        decoder_width = state_dict["to_decoder_embedding.weight"].shape[0]
+        decoder_mlp = require(state_dict, "decoder_blocks.0.ff.fn.net.0.weight").shape[0]
+        if decoder_mlp != 4 * decoder_width:
+            raise ValueError(f"decoder_blocks.0.ff.fn.net.0.weight: MLP width {decoder_mlp} is not 4 x {decoder_width}")
+        fields |= dict(decoder_width=decoder_width,
+                       decoder_depth=_count(state_dict, r"decoder_blocks\.(\d+)\.attn\.norm\.weight"),
+                       decoder_heads=_heads(state_dict, "decoder_blocks.0.attn.fn.to_qkv.weight"))
     else:
-        kind, sizes = _token_fields(kind, embed_key, features, rows - 1, config)
-        fields |= sizes
-    if not pretraining:
-        num_classes = state_dict["head.weight"].shape[0] if "head.weight" in state_dict else 0
-        return create_model(f"{kind}_classifier", num_classes=num_classes, **fields)
-    decoder_width = state_dict["to_decoder_embedding.weight"].shape[0]
-    decoder_mlp = _require(state_dict, "decoder_blocks.0.ff.fn.net.0.weight").shape[0]
-    if decoder_mlp != 4 * decoder_width:
-        raise ValueError(f"decoder_blocks.0.ff.fn.net.0.weight: MLP width {decoder_mlp} is not 4 x {decoder_width}")
-    return create_model(kind, decoder_width=decoder_width,
-                        decoder_depth=_count(state_dict, r"decoder_blocks\.(\d+)\.attn\.norm\.weight"),
-                        decoder_heads=_heads(state_dict, "decoder_blocks.0.attn.fn.to_qkv.weight"), **fields)
+        fields["num_classes"] = state_dict["head.weight"].shape[0] if "head.weight" in state_dict else 0
+    return cls.from_torch(state_dict, prefix, kind, fields, config, pretraining)
 
 
 def preset_name(model: nn.Module) -> str | None:
@@ -222,13 +129,12 @@ def variables_from_state_dict(state_dict: dict[str, Any], *, strict: bool = True
     state_dict = {k: np.asarray(v) for k, v in state_dict.items()}
     model = infer_model(state_dict, kind, config)
     expected = flatten_dict(jax.eval_shape(lambda: init_variables(model, jax.random.key(0)))["params"])
-    fixed = {k: np.asarray(v) for k, v in model.fixed_tables().items()} \
-        if isinstance(model, PRETRAINING) else {}
+    fixed = {k: np.asarray(v) for k, v in model.fixed_tables().items()} if hasattr(model, "fixed_tables") else {}
     params: dict[tuple[str, ...], np.ndarray] = {}
     sources: dict[tuple[str, ...], str] = {}
     entries = layout(model)
     for entry in entries:
-        tensor = _require(state_dict, entry.key).astype(np.float32)
+        tensor = require(state_dict, entry.key).astype(np.float32)
         if not np.isfinite(tensor).all():
             raise ValueError(f"{entry.key} holds {int((~np.isfinite(tensor)).sum())} NaN or infinite value(s); "
                              f"the checkpoint is damaged or its training diverged")
@@ -251,7 +157,7 @@ def variables_from_state_dict(state_dict: dict[str, Any], *, strict: bool = True
             params[entry.path], sources[entry.path] = value, entry.key
     unused = sorted(set(state_dict) - {e.key for e in entries})
     if unused and strict:
-        raise ValueError(f"{len(unused)} tensor(s) not part of the {family(model).label} layout: "
+        raise ValueError(f"{len(unused)} tensor(s) not part of the {model.TORCH_LABEL} layout: "
                          f"{', '.join(unused[:10])}")
     if unused:
         print(f"ignored {len(unused)} tensor(s): {', '.join(unused)}", file=sys.stderr)
@@ -263,7 +169,7 @@ def state_dict_from_variables(model: nn.Module, variables: dict[str, Any], *, en
     """PyTorch-layout state dict (NumPy arrays) of a model with a :func:`layout`; ``encoder_only``
     gives the encoder file (no decoder, no head, keys without the ``encoder.`` prefix)."""
     params = flatten_dict(jax.tree.map(np.asarray, variables["params"]))
-    fixed = model.fixed_tables() if isinstance(model, PRETRAINING) else {}
+    fixed = model.fixed_tables() if hasattr(model, "fixed_tables") else {}
     state_dict = {}
     for entry in layout(model, encoder_only):
         value = np.asarray(fixed[entry.path[0]]) if entry.kind == "fixed" else params[entry.path]
@@ -294,8 +200,9 @@ def load_torch_checkpoint(path: str | os.PathLike, *, strict: bool = True, kind:
         raise FileNotFoundError(f"no such checkpoint file: {path}")
     try:
         content = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise ValueError(f"{path}: not a readable PyTorch checkpoint ({error})") from error
+    except Exception as error:  # torch raises many kinds, with messages of many lines
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:160]
+        raise ValueError(f"{path}: not a readable PyTorch checkpoint ({reason})") from error
     state_dict = content.get("model", content) if isinstance(content, dict) else None
     if not isinstance(state_dict, dict) or not all(torch.is_tensor(v) for v in state_dict.values()):
         raise ValueError(f"{path}: expected a state dict or a dict with a 'model' state dict")
@@ -313,43 +220,8 @@ def save_torch_checkpoint(path: str | os.PathLike, model: nn.Module, variables: 
     PyTorch code; ``config`` holds ``model_name`` (the family) and ``model`` (the input sizes)."""
     torch = _torch()
     state_dict = state_dict_from_variables(model, variables, encoder_only=encoder_only)
-    config = {"model_name": family(model).pretraining,
+    config = {"model_name": model.torch_name(),
               "model": {k: getattr(model, k) for k in ("seq_len", "patch_size", "num_leads")}}
     tensors = {k: torch.from_numpy(v) for k, v in state_dict.items()}
     torch.save({"model": tensors, "epoch": 0, "config": config}, path)
 
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="stmem-convert", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    imp = sub.add_parser("import", help="PyTorch .pth file -> model directory (orbax) for our trainers")
-    imp.add_argument("checkpoint", help="public ST-MEM, MTAE or MLAE .pth file")
-    imp.add_argument("output", help="directory to write")
-    imp.add_argument("--allow-unused", action="store_true", help="list unknown tensors instead of failing")
-    imp.add_argument("--kind", choices=sorted(FAMILIES),
-                     help="model family, overriding the file's config and the shape rule (MTAE vs MLAE)")
-    exp = sub.add_parser("export", help="model directory -> PyTorch .pth file in the public layout")
-    exp.add_argument("model_dir", help="directory written by 'stmem-convert import' or a trainer")
-    exp.add_argument("output", help=".pth file to write")
-    exp.add_argument("--encoder-only", action="store_true", help="write the encoder file only")
-    for command in (imp, exp):
-        command.add_argument("--overwrite", action="store_true", help="replace an existing output")
-    args = parser.parse_args(argv)
-
-    if args.command == "import":
-        model, variables = load_torch_checkpoint(args.checkpoint, strict=not args.allow_unused, kind=args.kind)
-        save_model(args.output, model, variables, overwrite=args.overwrite,
-                   metadata={"source": os.path.abspath(args.checkpoint)})
-    else:
-        if os.path.exists(args.output) and not args.overwrite:
-            parser.error(f"{args.output} exists; pass --overwrite to replace it")
-        model, variables = load_model(args.model_dir)
-        save_torch_checkpoint(args.output, model, variables, encoder_only=args.encoder_only)
-    print(f"{args.command}ed {type(model).__name__} (preset {preset_name(model) or 'custom'}, "
-          f"kind {model_config(model)['kind']}, {count_parameters(model, variables) / 1e6:.2f} M parameters) "
-          f"-> {args.output}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

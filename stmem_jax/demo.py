@@ -71,7 +71,7 @@ def run_demo(workdir: str, *, records: int = 3000, pretrain_steps: int = 100, do
     returns the results table, the verdict and the figure paths. ``encoder``: a saved pre-training
     model (default the shipped one) or ``"fresh"``; the 6- and 1-lead runs use the first
     ``lead_seeds`` seeds."""
-    from stmem_jax import api, models, plots
+    from stmem_jax import api, methods, plots
     from stmem_jax.cli import synthetic_dataset, use_compilation_cache
     from stmem_jax.embed import embed_split
     from stmem_jax.grid import run_grid, write_results
@@ -133,7 +133,7 @@ def run_demo(workdir: str, *, records: int = 3000, pretrain_steps: int = 100, do
     model, variables = load_pretraining_model(init)
     ecg = api.read_ecg(_test_record(os.path.join(workdir, "data", "native")))
     reconstruction = api.reconstruct(model, variables, ecg.signal, fs=ecg.fs, leads=ecg.leads, seed=0)
-    encoder_model, encoder_vars = models.classification_encoder(model, variables)
+    encoder_model, encoder_vars = methods.classification_encoder(model, variables)
     embedded = embed_split(encoder_model, encoder_vars, data_dir, "test", task="st_mem")
     paths = {
         "reconstruction": api.plot_reconstruction(reconstruction, os.path.join(figures, "reconstruction.png")),

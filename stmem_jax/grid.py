@@ -27,7 +27,6 @@ import jax
 import ml_collections
 import numpy as np
 
-from stmem_jax.cli import run_config_command
 
 MODE_NAMES = {"finetune": "fine-tune", "linprobe": "linear probe", "scratch": "scratch"}
 LEAD_SETTING_NAMES = {"12": "12-lead", "limb": "6-lead (limb)", "1": "1-lead (I)"}
@@ -159,17 +158,3 @@ def table(rows: list[dict], seeds) -> str:
         out.append("\n".join(lines))
     return "\n\n".join(out) + "\n"
 
-
-def main(argv=None) -> None:
-    def run(config, workdir):
-        result = run_grid(config, workdir)
-        print(result["table"])
-        print(f"ran {len(result['ran'])} run(s), {len(result['skipped'])} already done", flush=True)
-
-    run_config_command(run, argv, example="configs/downstream/grid.py:ptbxl:st_mem",
-                       workdir_help="grid directory (one sub-directory per run); a rerun resumes it",
-                       run_section=lambda config: config.run)
-
-
-if __name__ == "__main__":
-    main()

@@ -24,7 +24,7 @@ from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 from stmem_jax import mesh as meshlib
-from stmem_jax import flops, microbatch, models
+from stmem_jax import methods, microbatch
 from stmem_jax.convert import load_torch_checkpoint
 from stmem_jax.core.ecgfile import list_files, read_ecg
 from stmem_jax.core.leads import LEAD_NAMES, lead_indices
@@ -53,13 +53,13 @@ def load(path: str, prefer: Sequence[str] = ("encoder", "model")) -> tuple[nn.Mo
 
 def load_encoder(path: str) -> tuple[nn.Module, dict[str, Any]]:
     """The classification encoder (no head) of the weights at ``path``, whatever model they hold."""
-    return models.classification_encoder(*load(path, ("encoder", "model")))
+    return methods.classification_encoder(*load(path, ("encoder", "model")))
 
 
 def load_pretraining_model(path: str) -> tuple[nn.Module, dict[str, Any]]:
     """The whole pre-training model (encoder and decoder) at ``path``."""
     model, variables = load(path, ("model",))
-    if not models.is_pretraining(model):
+    if not methods.is_pretraining(model):
         raise ValueError(f"{path} holds a {type(model).__name__}, not a pre-training model (it has no decoder)")
     return model, variables
 
@@ -69,7 +69,7 @@ def crop_outputs(model: nn.Module, params: Any, series: jax.Array, lead_ids: tup
     (in micro-batches on CPU, ``stmem_jax.microbatch``)."""
     batch, crops = series.shape[:2]
     flat = series.reshape(batch * crops, *series.shape[2:])
-    k = microbatch.count(len(flat), per_example=flops.activation(model, len(lead_ids)))
+    k = microbatch.count(len(flat), per_example=model.activation(len(lead_ids)))
     out = microbatch.apply(lambda x: model.apply({"params": params}, x, leads=lead_ids), flat, k)
     return out.reshape(batch, crops, -1)
 

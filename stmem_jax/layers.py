@@ -1,4 +1,5 @@
-"""Transformer building blocks shared by ST-MEM and the baselines (flax.linen)."""
+"""Transformer building blocks shared by every model of the package (flax.linen), and the
+hyper-parameters every encoder has (:class:`ViTSettings`)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import jax.numpy as jnp
 
 HEAD_DIM = 64
 ENCODER_LN_EPS = 1e-5
+DECODER_NORM_EPS = 1e-6
 
 xavier_uniform = nn.initializers.xavier_uniform()
 
@@ -174,3 +176,54 @@ class Transformer(nn.Module):
             x = block(self.heads, self.mlp_dim, self.ln_eps, self.dropout, self.attn_dropout, rate,
                       self.dtype, name=f"block_{i}")(x, deterministic)
         return x
+
+
+def block_flops(tokens: int, sequences: int, width: int, heads: int, mlp_dim: int, depth: int) -> float:
+    """Forward FLOPs (matmuls) of ``depth`` blocks over ``sequences`` sequences of ``tokens`` tokens."""
+    inner = heads * HEAD_DIM
+    dense_flops = 2 * tokens * (width * 3 * inner + inner * width + 2 * width * mlp_dim)
+    attention = 4 * tokens * tokens * inner  # q k^T and weights @ v
+    return depth * sequences * (dense_flops + attention)
+
+
+class ViTSettings(nn.Module):
+    """Hyper-parameters shared by every encoder of this package (no parameters of its own)."""
+
+    seq_len: int = 2250
+    patch_size: int = 75
+    num_leads: int = 12
+    width: int = 768
+    depth: int = 12
+    heads: int = 12
+    mlp_dim: int = 3072
+    dropout: float = 0.0
+    attn_dropout: float = 0.0
+    drop_path: float = 0.0
+    dtype: Any = jnp.float32
+    remat: bool = False  # recompute block activations in the backward pass (jax.checkpoint)
+
+    @property
+    def num_patches(self) -> int:
+        if self.seq_len % self.patch_size:
+            raise ValueError(f"seq_len {self.seq_len} is not a multiple of patch_size {self.patch_size}")
+        return self.seq_len // self.patch_size
+
+    def transformer(self, name: str = "blocks") -> Transformer:
+        return Transformer(self.depth, self.heads, self.mlp_dim, ENCODER_LN_EPS, self.dropout,
+                           self.attn_dropout, self.drop_path, self.dtype, self.remat, name=name)
+
+    def settings(self) -> dict[str, Any]:
+        """This module's ViTSettings fields, to build a sub-module with the same ones."""
+        return {name: getattr(self, name) for name in ViTSettings.__dataclass_fields__
+                if name not in ("parent", "name")}
+
+    def check_series(self, series: jax.Array, channels: int | None = None) -> None:
+        if series.ndim != 3 or series.shape[-1] != self.seq_len:
+            raise ValueError(f"expected series of shape (batch, leads, {self.seq_len}), got {series.shape}")
+        if channels is not None and series.shape[1] != channels:
+            raise ValueError(f"expected {channels} leads, got series of shape {series.shape}")
+
+    def encoder_flops(self, tokens: int) -> float:
+        """Forward FLOPs of the encoder's blocks over one sequence of ``tokens`` tokens."""
+        return block_flops(tokens, 1, self.width, self.heads, self.mlp_dim, self.depth)
+

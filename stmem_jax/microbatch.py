@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 CPU_MICRO_BATCH = 8   # most examples per CPU device in one micro-batch
-CPU_MICRO_ELEMENTS = 1_200_000  # and most elements of activation (tokens x width, flops.activation) in it
+CPU_MICRO_ELEMENTS = 1_200_000  # and most elements of activation (tokens x width, a model's activation()) in it
 MIN_MICRO_BATCH = 4   # fewer per device than this (a prime batch): one batch instead
 
 
@@ -26,7 +26,7 @@ def count(batch_size: int, accum_steps: int = 0, devices: Sequence[jax.Device] |
           per_example: int = 0) -> int:
     """Micro-batches per step: ``accum_steps``, or with 0 (automatic) 1 on accelerators, and on CPU
     the fewest equal ones with at most ``CPU_MICRO_BATCH`` examples per device in each and, given
-    ``per_example`` (elements of one example's activation, ``flops.activation``), at most
+    ``per_example`` (elements of one example's activation, a model's ``activation()``), at most
     ``CPU_MICRO_ELEMENTS`` of them (but ``MIN_MICRO_BATCH`` examples); 1 when they would hold fewer
     than ``MIN_MICRO_BATCH``. ``devices``: those the batch is split over (all)."""
     if accum_steps < 0 or (accum_steps and batch_size % accum_steps):
@@ -58,17 +58,17 @@ def apply(fn: Callable[[jax.Array], jax.Array], x: jax.Array, k: int) -> jax.Arr
     return fn(x) if k == 1 else merge(jax.lax.map(fn, split(x, k)))
 
 
-def mean_gradients(grad_fn: Callable, params: Any, batch: Sequence[jax.Array], k: int) -> tuple[jax.Array, Any]:
+def mean_gradients(grad_fn: Callable, params: Any, batch: Any, k: int) -> tuple[jax.Array, Any]:
     """(loss, gradients) of ``grad_fn(params, micro_batch, index)`` averaged over ``k`` micro-batches of
-    ``batch`` (arrays with the batch as leading axis); ``index`` is the micro-batch's number, None when
-    ``k`` is 1 (for example to draw its own dropout key)."""
+    ``batch`` (a tree of arrays with the batch as leading axis); ``index`` is the micro-batch's number,
+    None when ``k`` is 1 (for example to draw its own dropout key)."""
     if k == 1:
-        return grad_fn(params, tuple(batch), None)
+        return grad_fn(params, batch, None)
 
     def body(carry, micro):
         index, rows = micro
         return jax.tree.map(jnp.add, carry, grad_fn(params, rows, index)), None
 
     zero = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, params))
-    total, _ = jax.lax.scan(body, zero, (jnp.arange(k), tuple(split(x, k) for x in batch)))
+    total, _ = jax.lax.scan(body, zero, (jnp.arange(k), jax.tree.map(lambda x: split(x, k), batch)))
     return jax.tree.map(lambda x: x / k, total)

@@ -1,4 +1,5 @@
-"""Pure array functions of ST-MEM: patching, positional tables, random masking, the loss."""
+"""Pure array functions of the masked autoencoders: patching, positional tables, random masking
+(of patches and of leads), the loss."""
 
 from __future__ import annotations
 
@@ -87,6 +88,14 @@ def normalize_patches(patches: jax.Array, eps: float = 1e-6) -> jax.Array:
     return (patches - mean) / jnp.sqrt(var + eps)
 
 
+def denormalize_patches(pred: jax.Array, target: jax.Array, eps: float = 1e-6) -> jax.Array:
+    """The inverse of :func:`normalize_patches` with the target's statistics: patches predicted in
+    normalised space (``norm_pix_loss``) on the target's scale."""
+    mean = target.mean(axis=-1, keepdims=True)
+    std = jnp.sqrt(target.var(axis=-1, keepdims=True, ddof=1) + eps)
+    return pred * std + mean
+
+
 def patch_errors(pred: jax.Array, target: jax.Array, norm_pix_loss: bool = True) -> jax.Array:
     """Mean squared error of each patch over its last axis, float32, against the (optionally
     normalised, :func:`normalize_patches`) target."""
@@ -97,13 +106,26 @@ def patch_errors(pred: jax.Array, target: jax.Array, norm_pix_loss: bool = True)
     return jnp.mean((pred - target) ** 2, axis=-1)
 
 
-def reconstruction_loss(pred: jax.Array, target: jax.Array, mask: jax.Array, *,
-                        norm_pix_loss: bool = True) -> jax.Array:
-    """Mean squared error per patch (over the last axis), averaged over removed patches only.
-
-    ``pred`` and ``target`` are (..., F) patches, ``mask`` (...) is 1 where a patch was removed.
-    Computed in float32 whatever the input dtype; 0 when no patch was removed.
-    """
+def masked_mean(values: jax.Array, mask: jax.Array, axis: int | tuple[int, ...] | None = None) -> jax.Array:
+    """Mean of ``values`` where ``mask`` is 1 (over ``axis``; all by default), float32; 0 where the
+    mask is empty. With a patch's squared error as value and removed patches as mask: the masked
+    autoencoders' reconstruction loss."""
     mask = mask.astype(jnp.float32)
-    per_patch = patch_errors(pred, target, norm_pix_loss)
-    return jnp.sum(per_patch * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+    return jnp.sum(values * mask, axis=axis) / jnp.maximum(jnp.sum(mask, axis=axis), 1.0)
+
+
+def random_lead_masking(series: jax.Array, key: jax.Array, probability: float,
+                        restandardize: bool = False) -> jax.Array:
+    """Random lead masking (RLM) of (B, C, T): each lead of each example zeroed with ``probability``,
+    the others untouched; with ``restandardize`` the kept leads of each example are then z-scored
+    together (over those leads and time, population deviation; an example with none kept stays zero)."""
+    if not 0.0 <= probability < 1.0:
+        raise ValueError(f"lead masking probability must be in [0, 1), got {probability}")
+    kept = ~jax.random.bernoulli(key, probability, series.shape[:-1])[..., None]
+    out = jnp.where(kept, series, 0.0).astype(series.dtype)
+    if not restandardize:
+        return out
+    count = jnp.maximum(kept.sum(axis=(1, 2), keepdims=True) * series.shape[-1], 1)
+    mean = out.sum(axis=(1, 2), keepdims=True) / count
+    std = jnp.sqrt((jnp.where(kept, out - mean, 0.0) ** 2).sum(axis=(1, 2), keepdims=True) / count)
+    return jnp.where(kept & (std > 0), (out - mean) / jnp.where(std > 0, std, 1.0), 0.0).astype(series.dtype)

@@ -12,12 +12,10 @@ overlapping window of B with the record of A it matches.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import functools
 import json
 import os
-import sys
 from collections import defaultdict
 from typing import Any
 
@@ -154,30 +152,8 @@ def pretraining_data(init: str) -> tuple[str, str] | None:
         return None
     with open(path) as f:
         config = json.load(f)
-    if "mask_ratio" not in config.get("model", {}):  # a downstream workdir
+    if "method" not in config:  # a downstream workdir
         return None
     data = config.get("data", {})
     return (data["dir"], data.get("split", "train")) if data.get("dir") else None
 
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="stmem-overlap", description=__doc__.splitlines()[0])
-    p.add_argument("a", help="prepared folder(s), comma-separated: the reference (e.g. pre-training data)")
-    p.add_argument("b", help="prepared folder(s), comma-separated: counted per split (e.g. downstream data)")
-    p.add_argument("--a-split", help="compare with this split of A only (e.g. train: what pre-training read)")
-    p.add_argument("--csv", help="write the overlapping windows of both sides here")
-    args = p.parse_args(argv)
-    try:
-        report, rows = compare(args.a, args.b, args.a_split)
-    except (FileNotFoundError, ValueError) as error:
-        print(f"stmem-overlap: error: {error}", file=sys.stderr)
-        return 1
-    print("\n".join(describe(report)))
-    if args.csv:
-        write_csv(args.csv, rows)
-        print(f"wrote {len(rows)} overlapping pair(s) to {args.csv}", file=sys.stderr)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

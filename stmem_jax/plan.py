@@ -29,12 +29,10 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh
 
-from stmem_jax import flops, microbatch
 from stmem_jax import mesh as meshlib
 from stmem_jax.core.leads import lead_indices
-from stmem_jax.train import loop, steps
+from stmem_jax.train import loop, setup
 from stmem_jax.train.checkpoints import abstract_with_shardings
-from stmem_jax.train.optim import from_config as optimizer
 
 # HBM per chip (GiB) by device kind; a v4 topology's devices are its TensorCores, 2 per chip
 HBM_GIB = {"TPU v4": 32, "TPU v5 lite": 16, "TPU v5": 95, "TPU v6 lite": 32}
@@ -90,44 +88,25 @@ def hbm_bytes(devices: list) -> int | None:
 
 
 def _step_and_inputs(config: ml_collections.ConfigDict, mesh: Mesh, global_batch: int, num_classes: int
-                     ) -> tuple[Any, Any, list, float | None]:
+                     ) -> tuple[Any, Any, list, float]:
     """(step function, abstract state with shardings, abstract batch arguments, analytic FLOPs per step)."""
     lead_ids = lead_indices(config.data.leads)
-    channels, crop = len(lead_ids), config.data.crop_samples
     schedule = loop.Schedule.of(config.train, global_batch, steps_per_epoch=1000)
     batch_sharding = meshlib.batch_sharding(mesh)
-    series = jax.ShapeDtypeStruct((global_batch, channels, crop), jnp.float32, sharding=batch_sharding)
-    example = jnp.zeros((1, channels, crop), jnp.float32)
-    accum_steps = microbatch.count(global_batch, config.train.grad_accum_steps, mesh.devices.flat)
-    if "mode" not in config:  # pre-training
-        from stmem_jax.train import pretrain
-
-        model = pretrain.build_model(config, lead_ids)
-        params = jax.eval_shape(lambda: model.init({"params": jax.random.key(0), "masking": jax.random.key(0)},
-                                                   example, leads=lead_ids)["params"])
-        tx = optimizer(config.train, schedule.learning_rate, params)
-        step = steps.pretrain_step(model, tx, config.model.mask_ratio, accum_steps, lead_ids)
-        batch = [series]
-        analytic = 3 * flops.forward_flops(model, channels, config.model.mask_ratio) * global_batch
-    else:
-        from stmem_jax.train import downstream
-
+    series = jax.ShapeDtypeStruct((global_batch, len(lead_ids), config.data.crop_samples), jnp.float32,
+                                  sharding=batch_sharding)
+    if "mode" in config:  # a downstream config: its classifier's step has the same shape from any init
         if config.mode == "linprobe":
             raise ValueError("linear probing trains only a head on cached features: nothing to plan")
-        shape_config = ml_collections.ConfigDict(config.to_dict())
-        shape_config.mode, shape_config.init = "scratch", ""  # the same step shape as from any init
-        model, _ = downstream.build_classifier(shape_config, num_classes, lead_ids)
-        params = jax.eval_shape(lambda: model.init({"params": jax.random.key(0), "dropout": jax.random.key(0)},
-                                                   example, leads=lead_ids)["params"])
-        layer_decay = config.train.layer_decay if config.mode == "finetune" else 1.0
-        tx = optimizer(config.train, schedule.learning_rate, params, layer_decay=layer_decay, depth=model.depth)
-        step = steps.classifier_step(model, tx, False, lead_ids, accum_steps)
+        run = setup.build(config, lead_ids, schedule, mesh.devices.flat,
+                          classifier=setup.scratch_classifier(config, num_classes))
         batch = [series, jax.ShapeDtypeStruct((global_batch,), jnp.int32, sharding=batch_sharding)]
-        analytic = 3 * flops.forward_flops(model, channels) * global_batch
-    abstract = jax.eval_shape(lambda p: loop.TrainState.create(p, tx), params)
-    shardings = loop.TrainState(meshlib.replicated(mesh), meshlib.state_shardings(mesh, abstract.params),
-                                meshlib.state_shardings(mesh, abstract.opt_state), meshlib.replicated(mesh))
-    return step, abstract_with_shardings(abstract, shardings), batch, analytic
+    else:
+        run = setup.build(config, lead_ids, schedule, mesh.devices.flat)
+        batch = [series] * len(run.inputs)
+    abstract = jax.eval_shape(run.init_state)
+    return run.step, abstract_with_shardings(abstract, loop.state_shardings(mesh, abstract)), batch, \
+        3 * run.forward_flops * global_batch
 
 
 def compile_step(config: ml_collections.ConfigDict, devices: list, batch_per_chip: int, num_classes: int = 5) -> Plan:
@@ -194,7 +173,8 @@ def plan(config: ml_collections.ConfigDict, topology: str, batch_per_chip: int |
     m = config.model
     print(f"{topology}: {len(devices)} x {devices[0].device_kind}{f' ({shared} per chip)' if shared > 1 else ''}"
           f"{'' if capacity is None else f' ({capacity / 2 ** 30:.0f} GiB HBM each)'}; mesh data "
-          f"{len(devices) // config.mesh.fsdp} x fsdp {config.mesh.fsdp}; {m.kind} {m.preset} {m.dtype}, remat "
+          f"{len(devices) // config.mesh.fsdp} x fsdp {config.mesh.fsdp}; {config.get('method') or m.kind} {m.preset} "
+          f"{m.dtype}, remat "
           f"{m.remat}, grad_accum_steps {config.train.get('grad_accum_steps', 1)} (0: automatic, one batch on TPU)",
           flush=True)
     result = compile_step(config, devices, per_chip, num_classes)

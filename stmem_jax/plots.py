@@ -17,22 +17,14 @@ import numpy as np  # noqa: E402
 from stmem_jax.core.leads import LEAD_NAMES  # noqa: E402
 
 
-def denormalize(pred: np.ndarray, target: np.ndarray) -> np.ndarray:
-    """Maps patches predicted in normalised space (norm_pix_loss) back to the target's scale."""
-    mean = target.mean(-1, keepdims=True)
-    std = np.sqrt(target.var(-1, ddof=1, keepdims=True) + 1e-6)
-    return pred * std + mean
-
-
 def reconstruction_figure(series: np.ndarray, pred: np.ndarray, mask: np.ndarray, path: str, *,
                           lead_ids: Sequence[int], show: Sequence[int] = (0, 1, 6), fs: int = 250,
-                          norm_pix_loss: bool = True, title: str = "") -> str:
+                          title: str = "") -> str:
     """One example: per shown lead, the original, the visible input and the prediction of the
-    masked patches. ``series`` (C, T), ``pred`` (C, N, P), ``mask`` (C, N). Writes a PNG."""
+    masked patches. ``series`` (C, T), ``pred`` (C, N, P) on the input's scale, ``mask`` (C, N).
+    Writes a PNG."""
     channels, length = series.shape
     patches = series.reshape(channels, pred.shape[1], -1)
-    if norm_pix_loss:
-        pred = denormalize(pred, patches)
     show = [c for c in show if c < channels] or [0]
     fig, axes = plt.subplots(len(show), 1, figsize=(12, 2.2 * len(show)), sharex=True, squeeze=False)
     t = np.arange(length) / fs
@@ -44,7 +36,7 @@ def reconstruction_figure(series: np.ndarray, pred: np.ndarray, mask: np.ndarray
         ax.set_ylabel(LEAD_NAMES[lead_ids[c]] if lead_ids[c] < len(LEAD_NAMES) else f"lead {lead_ids[c]}")
     axes[0, 0].legend(loc="upper right", ncol=3, fontsize=8)
     axes[-1, 0].set_xlabel("time (s)")
-    fig.suptitle(title or "ST-MEM masked reconstruction")
+    fig.suptitle(title or "masked reconstruction")
     fig.tight_layout()
     return _save(fig, path)
 

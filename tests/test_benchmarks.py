@@ -34,7 +34,7 @@ def test_train_throughput_benchmark_prints_mfu_and_memory_without_tensorflow(ste
     out = run("train_throughput.py", "--step", step, "--presets", "tiny", "--dtypes", "float32", "--batch", "4",
               "--steps", "1", PYTHONPATH=str(tmp_path))
     row = [line for line in out.splitlines() if line.startswith("tiny")][0].split()
-    assert f"{step} step" in out and row[:4] == ["tiny", "float32", "4", "1"] and float(row[5]) > 0
+    assert f"st_mem {step} step" in out and row[:4] == ["tiny", "float32", "4", "1"] and float(row[5]) > 0
     assert row[7].endswith("%") and float(row[9]) > 0.1  # peak RSS in GB
 
 

@@ -23,7 +23,8 @@ from stmem_jax.core.ecgfile import ECGFileError, ECGFileWarning, list_files, rea
 from stmem_jax.core.leads import LEAD_NAMES
 from stmem_jax.core.recipe import Recipe
 from stmem_jax.model_dir import save_model
-from stmem_jax.models import create_model, init_variables, pretrained_encoder
+from stmem_jax import methods
+from stmem_jax.models import create_model, init_variables
 
 DICOM = get_testdata_file("waveform_ecg.dcm")
 NOT_ECG_DICOM = get_testdata_file("CT_small.dcm")
@@ -205,7 +206,7 @@ def test_prepare_files_with_labels_splits_by_the_patient_the_file_names(tmp_path
 def encoder_dir(tmp_path_factory):
     model = create_model("st_mem", "tiny", **SIZES, decoder_width=64, decoder_depth=1, decoder_heads=1)
     directory = tmp_path_factory.mktemp("encoder") / "encoder"
-    save_model(directory, *pretrained_encoder(model, init_variables(model, jax.random.key(0))))
+    save_model(directory, *methods.get("st_mem").encoder(model, init_variables(model, jax.random.key(0))))
     return str(directory)
 
 

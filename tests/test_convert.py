@@ -9,7 +9,8 @@ import torch
 import reference
 from stmem_jax.model_dir import load_model, save_model
 from conftest import perturbed
-from stmem_jax.convert import (layout, load_torch_checkpoint, main, save_torch_checkpoint, state_dict_from_variables,
+from stmem_jax.cli import convert as main
+from stmem_jax.convert import (layout, load_torch_checkpoint, save_torch_checkpoint, state_dict_from_variables,
                                variables_from_state_dict)
 from stmem_jax.models import create_model, init_variables
 from test_models import TINY, noise_for
@@ -169,8 +170,24 @@ def test_convert_command_imports_and_exports(tmp_path, tiny_stmem, capsys):
 
     with pytest.raises(SystemExit):
         main(["export", str(tmp_path / "imported"), str(tmp_path / "out.pth")])
-    with pytest.raises(FileExistsError):
-        main(["import", str(source), str(tmp_path / "imported")])
+    capsys.readouterr()
+    # user errors: one line naming the file, exit status 1, nothing written
+    (tmp_path / "garbage.pth").write_bytes(b"\x00 not a checkpoint")
+    for args, says in [(["import", str(source), str(tmp_path / "imported")], "imported already exists"),
+                       (["import", str(tmp_path / "missing.pth"), str(tmp_path / "new")], "missing.pth"),
+                       (["import", str(tmp_path / "garbage.pth"), str(tmp_path / "new")],
+                        "garbage.pth: not a readable PyTorch checkpoint"),
+                       (["export", str(tmp_path / "nowhere"), str(tmp_path / "x.pth")], "nowhere")]:
+        assert main(args) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("stmem-convert: error: ") and says in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "new").exists() and not (tmp_path / "x.pth").exists()
+
+
+def test_a_model_without_lead_indicators_has_no_public_file():
+    model = create_model("st_mem", "tiny", lead_indicators="none")
+    with pytest.raises(ValueError, match="public ST-MEM layout has SEP and lead embeddings"):
+        state_dict_from_variables(model, init_variables(model, jax.random.key(0)))
 
 
 # MTAE / MLAE: same functions, the baseline family's entries of the layout

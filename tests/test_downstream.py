@@ -13,7 +13,8 @@ import pytest
 from stmem_jax import embed, grid, infer, predict
 from stmem_jax.model_dir import load_model, save_model
 from stmem_jax.data.pipeline import InputConfig, make_dataset
-from stmem_jax.models import create_model, init_variables, pretrained_encoder
+from stmem_jax import methods
+from stmem_jax.models import create_model, init_variables
 from stmem_jax.core.leads import parse_leads
 from stmem_jax.data.tasks import resolve_task
 from stmem_jax.train import checkpoints, downstream, linprobe, loop
@@ -53,7 +54,7 @@ def pretrained(tmp_path_factory):
     model = create_model("st_mem", "tiny", **SIZES, decoder_width=64, decoder_depth=1, decoder_heads=1)
     variables = init_variables(model, jax.random.key(0))
     save_model(workdir / "model", model, variables)
-    save_model(workdir / "encoder", *pretrained_encoder(model, variables))
+    save_model(workdir / "encoder", *methods.get("st_mem").encoder(model, variables))
     return str(workdir)
 
 
@@ -199,7 +200,7 @@ def test_encoders_from_every_source(pretrained, tmp_path):
     from stmem_jax.convert import save_torch_checkpoint
 
     model, variables = load_model(os.path.join(pretrained, "model"))
-    expected = jax.tree.leaves(pretrained_encoder(model, variables)[1])
+    expected = jax.tree.leaves(methods.get("st_mem").encoder(model, variables)[1])
     save_torch_checkpoint(str(tmp_path / "st_mem.pth"), model, variables)
     for path in (pretrained, os.path.join(pretrained, "model"), str(tmp_path / "st_mem.pth")):
         encoder, loaded = infer.load_encoder(path)
@@ -208,18 +209,27 @@ def test_encoders_from_every_source(pretrained, tmp_path):
             np.testing.assert_allclose(a, b, atol=1e-6)
 
 
-def test_baseline_encoders_need_all_twelve_leads(synthetic_shards, tmp_path):
+def test_baseline_encoders_take_fewer_leads_zero_filled_and_a_random_encoder_is_a_control(synthetic_shards, tmp_path):
+    """MTAE/MLAE encoders see 6 or 1 leads zero-filled at their standard positions; ``init=random:<method>``
+    probes that method's encoder at its random initialisation (seeded: the same twice)."""
     mtae = create_model("mtae", "tiny", **SIZES, decoder_width=64, decoder_depth=1, decoder_heads=1)
     save_model(tmp_path / "mtae", mtae, init_variables(mtae, jax.random.key(0)))
-    config = run_config(synthetic_shards, mode="linprobe", init=str(tmp_path / "mtae"), **{"train.num_steps": 20})
-    record = downstream.train(config, str(tmp_path / "twelve"))
-    assert 0 <= record["test"]["auroc"] <= 1
-    config.data.leads = "limb"
-    with pytest.raises(ValueError, match="MTAE/MLAE encoders need all 12 leads"):
-        downstream.train(config, str(tmp_path / "limb"))
-    config = run_config(synthetic_shards, mode="scratch", **{"model.kind": "mlae", "data.leads": "II"})
-    with pytest.raises(ValueError, match="lead setting 'II'"):
-        downstream.train(config, str(tmp_path / "lead_ii"))
+    config = run_config(synthetic_shards, mode="linprobe", init=str(tmp_path / "mtae"),
+                        **{"train.num_steps": 20, "data.leads": "limb"})
+    record = downstream.train(config, str(tmp_path / "limb"))
+    assert 0 <= record["test"]["auroc"] <= 1 and record["leads"] == "limb"
+    config = run_config(synthetic_shards, mode="scratch", **{"model.kind": "mlae", "data.leads": "II",
+                                                             "train.num_steps": 4})
+    assert downstream.train(config, str(tmp_path / "lead_ii"))["test"]["num_examples"] == 49
+
+    random = run_config(synthetic_shards, mode="linprobe", init="random:mtae", **{"train.num_steps": 20})
+    first = downstream.train(random, str(tmp_path / "random"))
+    again = downstream.train(random, str(tmp_path / "random_again"))
+    assert first["test"] == again["test"] and first["init"] == "random:mtae"
+    encoder, _ = load_model(tmp_path / "random" / "model")
+    assert type(encoder).__name__ == "BaselineClassifier" and encoder.width == SIZES["width"]
+    with pytest.raises(ValueError, match="unknown method 'nothing'"):
+        downstream.train(run_config(synthetic_shards, mode="linprobe", init="random:nothing"), str(tmp_path / "x"))
 
 
 def test_config_files_set_their_tasks():
@@ -244,7 +254,7 @@ def test_eight_devices_score_every_test_example_once(synthetic_shards, tmp_path)
     overrides = {**SMALL, "data.dir": synthetic_shards, "mode": "scratch", "train.num_steps": 3,
                  "train.batch_size": 32, "data.label_fraction": 0.1, "eval.batch_size": 8, "eval.every_steps": 2}
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
-    result = subprocess.run([sys.executable, "-m", "stmem_jax.train.downstream",
+    result = subprocess.run([sys.executable, "-m", "stmem_jax.cli", "finetune",
                              f"--config={CONFIGS}/ptbxl.py:st_mem", f"--workdir={workdir}",
                              *[f"--config.{k}={v}" for k, v in overrides.items()]],
                             env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
@@ -268,7 +278,7 @@ def test_finetune_from_a_pretraining_workdir_on_eight_devices(pretrained, synthe
     overrides = {**SMALL, "data.dir": synthetic_shards, "mode": "finetune", "init": pretrained,
                  "train.num_steps": 2, "eval.every_steps": 2}
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
-    result = subprocess.run([sys.executable, "-m", "stmem_jax.train.downstream",
+    result = subprocess.run([sys.executable, "-m", "stmem_jax.cli", "finetune",
                              f"--config={CONFIGS}/ptbxl.py:rhythm", f"--workdir={tmp_path / 'run'}",
                              *[f"--config.{k}={v}" for k, v in overrides.items()]],
                             env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
@@ -288,7 +298,7 @@ def test_benchmark_runs_a_grid_and_resumes(pretrained, synthetic_shards, tmp_pat
     # a larger grid through the command, on 2 devices: the 50% runs are done, the 100% runs are new
     overrides = {**SMALL, "data.dir": synthetic_shards, "train.num_steps": 20, "train.lr": 0.02}
     result = subprocess.run(
-        [sys.executable, "-m", "stmem_jax.grid", f"--config={CONFIGS}/grid.py:ptbxl:rhythm",
+        [sys.executable, "-m", "stmem_jax.cli", "benchmark", f"--config={CONFIGS}/grid.py:ptbxl:rhythm",
          f"--workdir={tmp_path}", *(f"--config.run.{k}={v}" for k, v in overrides.items()),
          f"--config.grid.methods=('Random={pretrained}',)", "--config.grid.modes=('linprobe',)",
          "--config.grid.fractions=(0.5,1.0)", "--config.grid.leads=('12',)"],

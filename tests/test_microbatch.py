@@ -7,7 +7,7 @@ import numpy as np
 import optax
 import pytest
 
-from stmem_jax import flops, infer, microbatch
+from stmem_jax import infer, microbatch
 from stmem_jax import mesh as meshlib
 from stmem_jax.models import create_model, init_variables
 from stmem_jax.train import loop, steps
@@ -24,7 +24,7 @@ def test_automatic_micro_batches_on_cpu_hold_at_most_8_examples_and_1_2_m_activa
     assert microbatch.count(64, 2, one) == 2
     # at most ~1.2 M elements of activation: ViT-B fine-tuning (384 tokens x 768) and pre-training (108 kept
     # tokens x 768 + 384 x 256 in the decoder) 4 per micro-batch, tiny (width 128) 8, and never fewer than 4
-    per_example = {name: flops.activation(create_model(kind, preset), 12) for name, kind, preset in
+    per_example = {name: create_model(kind, preset).activation(12) for name, kind, preset in
                    [("vit_ft", "st_mem_classifier", "vit_base"), ("vit_pre", "st_mem", "vit_base"),
                     ("tiny_ft", "st_mem_classifier", "tiny"), ("tiny_pre", "st_mem", "tiny")]}
     assert {name: microbatch.count(16, 0, one, n) for name, n in per_example.items()} == \

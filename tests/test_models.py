@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 
 import reference
-from stmem_jax.models import (KINDS, PRESETS, count_parameters, create_model, init_variables, pretrained_encoder,
-                              model_config, model_from_config)
-from stmem_jax.st_mem import STMEM
+from stmem_jax import methods
+from stmem_jax.methods.st_mem import STMEM
+from stmem_jax.models import (PRESETS, count_parameters, create_model, init_variables, kinds, model_config,
+                              model_from_config)
 
 TINY = {k: PRESETS["tiny"][k] for k in ("width", "depth", "heads", "decoder_width", "decoder_depth", "decoder_heads")}
 TINY["patch_size"] = 75
@@ -18,7 +19,7 @@ def noise_for(series, seed=0):
 
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))
-@pytest.mark.parametrize("kind", sorted(KINDS))
+@pytest.mark.parametrize("kind", sorted(kinds()))
 def test_output_shapes_for_every_kind_and_preset(kind, preset):
     model = create_model(kind, preset, **({"num_classes": 5} if kind.endswith("classifier") else {}))
     series = jax.ShapeDtypeStruct((3, 12, 2250), jnp.float32)
@@ -56,7 +57,7 @@ def test_configurable_length_patch_and_leads():
 def test_pretraining_loss_matches_numpy_reference(tiny_stmem, series):
     model, variables = tiny_stmem
     noise = noise_for(series)
-    out = model.apply(variables, series, mask_ratio=0.75, noise=noise)
+    out = model.apply(variables, series, noise=noise)
     loss, pred, mask = reference.pretrain_forward(variables["params"], series, noise, TINY)
     np.testing.assert_allclose(out["loss"], loss, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(out["pred"], pred, rtol=1e-4, atol=1e-4)
@@ -208,12 +209,15 @@ def test_baselines_mask_their_own_axis_and_lower_loss_only_on_removed_tokens(kin
         tokens_of = model.apply(variables, series, method=lambda m, x: m.encoder.tokenize(x))
         np.testing.assert_array_equal(tokens_of[1, 2, :12], series[1, :, 150])
         np.testing.assert_array_equal(tokens_of[1, 2, 12:24], series[1, :, 151])
-    with pytest.raises(ValueError, match="all 12 leads"):
-        model.apply(variables, series, noise=noise, leads=("I",))
+    # fewer leads enter zero-filled at their standard positions (here V1 and I, in that order)
+    subset = model.apply(variables, series[:, [6, 0]], noise=noise, leads=("V1", "I"))
+    filled = np.zeros_like(series)
+    filled[:, [0, 6]] = series[:, [0, 6]]
+    np.testing.assert_allclose(subset["loss"], model.apply(variables, filled, noise=noise)["loss"], rtol=1e-6)
 
 
 def test_model_config_round_trip():
-    for kind in KINDS:
+    for kind in kinds():
         model = create_model(kind, "tiny", dtype=jnp.bfloat16)
         assert model_from_config(model_config(model)) == model
     with pytest.raises(ValueError, match="unknown preset"):
@@ -226,7 +230,10 @@ def test_model_config_round_trip():
 def test_pretrained_encoder_carries_the_pretrained_weights(kind, series):
     model = create_model(kind, "tiny")
     variables = init_variables(model, jax.random.key(0))
-    classifier, clf_vars = pretrained_encoder(model, variables, num_classes=3, dropout=0.1)
+    encoder, clf_vars = methods.get(kind).encoder(model, variables)
+    classifier = encoder.clone(num_classes=3, dropout=0.1)
+    head = init_variables(classifier, jax.random.key(2))["params"]["head"]
+    clf_vars = {"params": {**clf_vars["params"], "head": head}}
     assert classifier.num_classes == 3 and classifier.dropout == 0.1 and classifier.width == model.width
     np.testing.assert_array_equal(clf_vars["params"]["encoder"]["pos_embedding"], model.fixed_tables()["pos_embedding"])
     blocks = clf_vars["params"]["encoder"]["blocks"]
@@ -248,3 +255,32 @@ def test_remat_keeps_parameters_loss_and_gradients(series):
     (expected, grads), (got, remat_grads) = value_and_grad(plain), value_and_grad(remat)
     np.testing.assert_allclose(got, expected, rtol=1e-6)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), remat_grads, grads)
+
+
+@pytest.mark.parametrize("indicators", ["both", "lead", "sep", "none"])
+def test_lead_indicators_ablation_drops_what_it_names_and_keeps_the_rest(indicators, series):
+    """``lead_indicators``: without lead embeddings the encoder cannot tell leads apart (permuting the
+    leads with their names changes no feature); without SEP tokens each lead holds its patches only."""
+    model = create_model("st_mem", "tiny", lead_indicators=indicators)
+    params = init_variables(model, jax.random.key(0))["params"]
+    assert ("sep_embedding" in params["encoder"]) == (indicators in ("both", "sep"))
+    assert ("lead_embeddings" in params["encoder"]) == (indicators in ("both", "lead"))
+    out = model.apply({"params": params}, series, noise=noise_for(series))
+    assert out["pred"].shape == (2, 12, 30, 75) and np.isfinite(out["loss"])
+    seps = 2 if indicators in ("both", "sep") else 0
+    assert model.encoder_tokens(12) == 12 * (7 + seps)
+
+    encoder, variables = methods.get("st_mem").encoder(model, {"params": params})
+    assert encoder.lead_indicators == indicators
+    order = [3, 0, 7, 5]
+    names = [("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")[i] for i in order]
+    permuted = encoder.apply(variables, series[:, order], leads=names)
+    sorted_ = encoder.apply(variables, series[:, sorted(order)], leads=sorted(order))
+    if indicators in ("both", "lead"):
+        assert not np.allclose(permuted, encoder.apply(variables, series[:, order], leads=sorted(order)), atol=1e-4)
+    else:
+        np.testing.assert_allclose(permuted, encoder.apply(variables, series[:, order], leads=sorted(order)),
+                                   rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(permuted, sorted_, rtol=1e-4, atol=1e-5)  # names, not positions, tell the leads
+    with pytest.raises(ValueError, match="lead_indicators must be one of"):
+        init_variables(create_model("st_mem", "tiny", lead_indicators="some"), jax.random.key(0))

@@ -3,8 +3,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from stmem_jax.ops import (normalize_patches, num_kept, patchify, random_masking, reconstruction_loss,
+from stmem_jax.ops import (masked_mean, normalize_patches, num_kept, patch_errors, patchify, random_masking,
                            sincos_table, unpatchify, unshuffle)
+
+
+def reconstruction_loss(pred, target, mask, norm_pix_loss=True):
+    return masked_mean(patch_errors(pred, target, norm_pix_loss), mask)
 
 
 def test_patchify_cuts_each_lead_in_time_order_and_unpatchify_inverts():
@@ -111,3 +115,24 @@ def test_loss_counts_removed_patches_only_with_unbiased_target():
 
     raw = reconstruction_loss(pred, target, mask, norm_pix_loss=False)
     np.testing.assert_allclose(raw, (((pred - target) ** 2).mean(-1) * mask).sum() / mask.sum(), rtol=1e-5)
+
+
+def test_random_lead_masking_zeroes_whole_leads_and_can_restandardise_the_kept_ones():
+    from stmem_jax.ops import random_lead_masking
+
+    series = jax.random.normal(jax.random.key(0), (64, 12, 300)) * 2.0 + 1.0
+    masked = np.asarray(random_lead_masking(series, jax.random.key(1), 0.5))
+    zeroed = np.all(masked == 0, axis=-1)
+    kept = ~zeroed
+    assert 0.4 < zeroed.mean() < 0.6  # each lead with probability 0.5
+    np.testing.assert_array_equal(masked[kept], np.asarray(series)[kept])  # kept leads untouched
+    again = np.asarray(random_lead_masking(series, jax.random.key(1), 0.5))
+    np.testing.assert_array_equal(again, masked)  # reproducible from the key
+
+    public = np.asarray(random_lead_masking(series, jax.random.key(1), 0.3, restandardize=True))
+    for example, leads in zip(public, ~np.all(public == 0, axis=-1)):
+        values = example[leads]
+        np.testing.assert_allclose([values.mean(), values.std()], [0.0, 1.0], atol=1e-4)
+    assert np.all(np.asarray(random_lead_masking(series[:1], jax.random.key(0), 0.999999, True)) == 0)
+    with pytest.raises(ValueError, match="in \\[0, 1\\)"):
+        random_lead_masking(series, jax.random.key(1), 1.0)

@@ -14,7 +14,8 @@ from data_prep.cli import main as prepare
 from stmem_jax import overlap
 from stmem_jax.core import fingerprint
 from stmem_jax.model_dir import save_model
-from stmem_jax.models import create_model, init_variables, pretrained_encoder
+from stmem_jax import cli, methods
+from stmem_jax.models import create_model, init_variables
 from stmem_jax.train import downstream
 from tests import native_fixtures as nf
 from tests.test_downstream import SIZES, run_config
@@ -57,7 +58,7 @@ def test_repackaged_records_are_found_exactly_and_unrelated_ones_never(folders, 
     manifest = json.load(open(os.path.join(folders["ptbxl"], "manifest.json")))
     assert manifest["fingerprints"]["windows"] == len(table["window"]) == 20
     path = tmp_path / "overlap.csv"
-    assert overlap.main([folders["challenge"], folders["ptbxl"], "--csv", str(path)]) == 0
+    assert cli.overlap([folders["challenge"], folders["ptbxl"], "--csv", str(path)]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[-1] == f"total: {len(SHARED)} windows, {len({100 + i // 2 for i in SHARED})} patients"
     expected = {s: sum(ptbxl_split(i) == s for i in SHARED) for s in ("train", "validation", "test")}
@@ -96,8 +97,8 @@ def test_folders_without_a_fingerprint_file_are_fingerprinted_from_their_shards_
 def test_finetuning_from_a_pretraining_workdir_reports_and_can_exclude_the_overlap(folders, tmp_path):
     init = tmp_path / "pretrain"
     model = create_model("st_mem", "tiny", **SIZES, decoder_width=64, decoder_depth=1, decoder_heads=1)
-    save_model(init / "encoder", *pretrained_encoder(model, init_variables(model, jax.random.key(0))))
-    (init / "config.json").write_text(json.dumps({"model": {"mask_ratio": 0.75},
+    save_model(init / "encoder", *methods.get("st_mem").encoder(model, init_variables(model, jax.random.key(0))))
+    (init / "config.json").write_text(json.dumps({"method": "st_mem",
                                                     "data": {"dir": folders["challenge"], "split": "train"}}))
     shared_tests = {str(i) for i in SHARED if ptbxl_split(i) == "test"}
     for exclude in (False, True):

@@ -9,6 +9,7 @@ import numpy as np
 import optax
 import pytest
 
+from stmem_jax import methods
 from stmem_jax.model_dir import load_model
 from stmem_jax.models import create_model
 from stmem_jax.train import loop, pretrain, steps
@@ -57,7 +58,7 @@ def summary_of(stdout):
 def run_cli(workdir, data_dir, devices=1, extra=(), **overrides):
     env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu")
     flags = [f"--config.{k}={v}" for k, v in {**SMALL, "data.dir": data_dir, **overrides}.items()]
-    result = subprocess.run([sys.executable, "-m", "stmem_jax.train.pretrain", f"--config={CONFIG}:tiny",
+    result = subprocess.run([sys.executable, "-m", "stmem_jax.cli", "pretrain", f"--config={CONFIG}:tiny",
                              f"--workdir={workdir}", *flags, *extra], env=env, capture_output=True, text=True,
                             timeout=600, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -87,12 +88,13 @@ def test_accumulated_micro_batches_equal_one_big_batch():
     model = create_model("st_mem", "tiny", depth=1, decoder_depth=1)
     params = model.init({"params": jax.random.key(0), "masking": jax.random.key(0)}, jnp.zeros((1, 12, 2250)))["params"]
     tx = optax.sgd(1.0)  # parameter change = gradient, compared directly
-    state = loop.TrainState(jnp.zeros((), jnp.int32), params, tx.init(params), jnp.full((), -1, jnp.int32))
+    state = loop.TrainState.create(params, tx)
     series = jax.random.normal(jax.random.key(1), (8, 12, 2250))
     key = jax.random.key(2)
     leads = tuple(range(12))
-    one, m1 = jax.jit(steps.pretrain_step(model, tx, 0.75, 1, leads))(state, series, key)
-    four, m4 = jax.jit(steps.pretrain_step(model, tx, 0.75, 4, leads))(state, series, key)
+    method = methods.get("st_mem")
+    one, m1 = jax.jit(steps.pretrain_step(method, model, tx, 1, leads, 10))(state, series, key)
+    four, m4 = jax.jit(steps.pretrain_step(method, model, tx, 4, leads, 10))(state, series, key)
     np.testing.assert_allclose(m1["loss"], m4["loss"], rtol=1e-6)
     np.testing.assert_allclose(m1["grad_norm"], m4["grad_norm"], rtol=1e-5)
     for a, b, p in zip(jax.tree.leaves(one.params), jax.tree.leaves(four.params), jax.tree.leaves(params)):
@@ -128,9 +130,10 @@ def test_non_finite_guard_keeps_parameters_and_names_the_step(synthetic_shards, 
     model = create_model("st_mem", "tiny", depth=1, decoder_depth=1)
     params = model.init({"params": jax.random.key(0), "masking": jax.random.key(0)}, jnp.zeros((1, 12, 2250)))["params"]
     tx = adamw(optax.constant_schedule(1e-3), params)
-    state = loop.TrainState(jnp.full((), 4, jnp.int32), params, tx.init(params), jnp.full((), -1, jnp.int32))
+    state = loop.TrainState.create(params, tx).replace(step=jnp.full((), 4, jnp.int32))
     poisoned = jnp.ones((2, 12, 2250)).at[0, 3, 100].set(jnp.nan)
-    new, _ = jax.jit(steps.pretrain_step(model, tx, 0.75, 1, tuple(range(12))))(state, poisoned, jax.random.key(0))
+    new, _ = jax.jit(steps.pretrain_step(methods.get("st_mem"), model, tx, 1, tuple(range(12)), 10))(
+        state, poisoned, jax.random.key(0))
     assert int(new.bad_step) == 4 and int(new.step) == 5
     for a, b in zip(jax.tree.leaves(new.params), jax.tree.leaves(params)):
         np.testing.assert_array_equal(a, b)
@@ -176,7 +179,7 @@ def test_killed_run_over_a_mixture_resumed_equals_uninterrupted_run(synthetic_sh
 
 def test_command_errors_name_the_unknown_field_and_the_missing_folder(tmp_path):
     def command(*flags):
-        return subprocess.run([sys.executable, "-m", "stmem_jax.train.pretrain", f"--config={CONFIG}:tiny",
+        return subprocess.run([sys.executable, "-m", "stmem_jax.cli", "pretrain", f"--config={CONFIG}:tiny",
                                f"--workdir={tmp_path / 'run'}", *flags], capture_output=True, text=True, timeout=600,
                               cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS="cpu"))
 
@@ -210,7 +213,7 @@ def test_two_processes_train_together(synthetic_shards, tmp_path):
     flags = [f"--config.{k}={v}" for k, v in {**SMALL, "data.dir": synthetic_shards, "train.num_steps": 3,
                                               "distributed.num_processes": 2,
                                               "distributed.coordinator_address": f"127.0.0.1:{port}"}.items()]
-    procs = [subprocess.Popen([sys.executable, "-m", "stmem_jax.train.pretrain", f"--config={CONFIG}:tiny",
+    procs = [subprocess.Popen([sys.executable, "-m", "stmem_jax.cli", "pretrain", f"--config={CONFIG}:tiny",
                                f"--workdir={workdir}", *flags, f"--config.distributed.process_id={i}"],
                               env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for i in range(2)]
@@ -232,7 +235,7 @@ def test_command_prepares_synthetic_data_and_a_signal_stops_it_with_a_checkpoint
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu")
     flags = [f"--config.{k}={v}" for k, v in {**SMALL, "data.synthetic_records": 120, "data.workers": 1,
                                               "train.num_steps": 100000}.items()]
-    proc = subprocess.Popen([sys.executable, "-m", "stmem_jax.train.pretrain", f"--config={CONFIG}:tiny",
+    proc = subprocess.Popen([sys.executable, "-m", "stmem_jax.cli", "pretrain", f"--config={CONFIG}:tiny",
                              f"--workdir={workdir}", *flags], env=env, cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     for line in proc.stdout:

@@ -49,3 +49,75 @@ def test_stmem_jax_never_imports_data_prep_and_the_core_imports_only_itself():
 def test_preparation_loads_neither_jax_nor_tensorflow():
     modules = loaded_by("import data_prep.cli, data_prep.writer, data_prep.sources, data_prep.synthetic")
     assert not [m for m in modules if m.split(".")[0] in ("jax", "tensorflow", "flax")]
+
+
+def _command_modules():
+    """Modules that are commands: the command layer (``stmem_jax.cli``) and any module with a ``main``."""
+    commands = {"stmem_jax.cli"}
+    for folder in ("stmem_jax", "data_prep"):
+        for directory, _, files in os.walk(os.path.join(ROOT, folder)):
+            for name in (f for f in files if f.endswith(".py")):
+                path = os.path.join(directory, name)
+                tree = ast.parse(open(path).read(), path)
+                if any(isinstance(node, ast.FunctionDef) and node.name == "main" for node in tree.body):
+                    commands.add(os.path.relpath(path, ROOT)[:-3].replace(os.sep, ".").removesuffix(".__init__"))
+    return commands
+
+
+def test_no_library_module_imports_a_command_module():
+    """Commands live above the library: the trainers, inference and the API import no command."""
+    commands = _command_modules()
+    assert {"stmem_jax.cli", "stmem_jax.embed", "data_prep.cli"} <= commands
+    for folder, _, files in os.walk(os.path.join(ROOT, "stmem_jax")):
+        for name in (f for f in files if f.endswith(".py")):
+            path = os.path.relpath(os.path.join(folder, name), ROOT)
+            if path[:-3].replace(os.sep, ".").removesuffix(".__init__") in commands:
+                continue
+            imported = set()
+            for node in ast.walk(ast.parse(open(os.path.join(ROOT, path)).read(), path)):
+                if isinstance(node, ast.Import):
+                    imported |= {alias.name for alias in node.names}
+                elif isinstance(node, ast.ImportFrom) and node.module:  # the module, or a module imported from it
+                    imported |= {node.module} | {f"{node.module}.{alias.name}" for alias in node.names}
+            assert not imported & commands, (path, imported & commands)
+
+
+def _calls(path):
+    tree = ast.parse(open(os.path.join(ROOT, path)).read(), path)
+    return {node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
+            for node in ast.walk(tree) if isinstance(node, ast.Call)}
+
+
+def test_the_trainers_plan_and_benchmark_build_their_steps_in_one_place():
+    """``train.setup.build`` makes model, optimizer, state and step for pre-training, fine-tuning,
+    stmem-plan and the throughput benchmark; nothing else builds a train step or an optimizer (but
+    the linear probe's, over its head alone)."""
+    users = ["stmem_jax/train/pretrain.py", "stmem_jax/train/downstream.py", "stmem_jax/plan.py",
+             "benchmarks/train_throughput.py"]
+    assert all("build" in _calls(path) for path in users)
+    builders = {"pretrain_step", "classifier_step", "from_config", "optimizer", "adamw", "create"}
+    for folder in ("stmem_jax", "benchmarks"):
+        for directory, _, files in os.walk(os.path.join(ROOT, folder)):
+            for name in (f for f in files if f.endswith(".py")):
+                path = os.path.relpath(os.path.join(directory, name), ROOT)
+                if path in ("stmem_jax/train/setup.py", "stmem_jax/train/optim.py", "stmem_jax/train/linprobe.py",
+                            "stmem_jax/train/loop.py", "benchmarks/torch_reference.py"):
+                    continue
+                assert not _calls(path) & builders, (path, _calls(path) & builders)
+
+
+def test_no_code_outside_the_method_modules_compares_with_a_method_name():
+    """A method is a plugin: the trainers, the grid, stmem-plan and the benchmarks know no method by name."""
+    from stmem_jax import methods, models
+
+    names = set(methods.names()) | set(models.kinds())
+    for folder in ("stmem_jax", "benchmarks"):
+        for directory, _, files in os.walk(os.path.join(ROOT, folder)):
+            if directory.startswith(os.path.join(ROOT, "stmem_jax", "methods")):
+                continue
+            for name in (f for f in files if f.endswith(".py")):
+                path = os.path.join(directory, name)
+                for node in ast.walk(ast.parse(open(path).read(), path)):
+                    if isinstance(node, (ast.Compare, ast.Match)):
+                        strings = {c.value for c in ast.walk(node) if isinstance(c, ast.Constant)}
+                        assert not strings & names, f"{path}:{node.lineno} compares with a method's name"

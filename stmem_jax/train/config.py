@@ -14,10 +14,11 @@ import os
 import ml_collections
 from ml_collections.config_dict import placeholder
 
+from stmem_jax import methods
 from stmem_jax.core.recipe import Recipe
+from stmem_jax.models import ENCODER_SIZES
 
-ENCODER_SIZES = ("width", "depth", "heads", "mlp_dim")
-DECODER_SIZES = ("decoder_width", "decoder_depth", "decoder_heads")
+PRETRAINING_PRESETS = ("vit_base", "vit_small", "tiny")
 
 
 def load_config(path: str, arg: str = "") -> ml_collections.ConfigDict:
@@ -28,16 +29,15 @@ def load_config(path: str, arg: str = "") -> ml_collections.ConfigDict:
     return module.get_config(arg)
 
 
-def _common(preset: str, sizes: tuple[str, ...]) -> ml_collections.ConfigDict:
+def _common(preset: str) -> ml_collections.ConfigDict:
     """The sections and fields every trainer has."""
     config = ml_collections.ConfigDict()
     config.model = ml_collections.ConfigDict(dict(
-        kind="st_mem",                 # st_mem | mtae | mlae
         preset=preset,                 # tiny | vit_small | vit_base
         dtype="float32",               # compute dtype (float32 | bfloat16); parameters stay float32
         remat=False,                   # recompute activations in the backward pass: less memory, ~1/3 more compute
     ))
-    for field in sizes:
+    for field in ENCODER_SIZES:
         config.model[field] = placeholder(int)  # set to override the preset
     config.data = ml_collections.ConfigDict(dict(
         dir="",                        # stmem-prepare output(s), comma-separated; empty: built-in synthetic data
@@ -79,11 +79,22 @@ def _common(preset: str, sizes: tuple[str, ...]) -> ml_collections.ConfigDict:
     return config
 
 
-def pretraining(preset: str = "vit_base") -> ml_collections.ConfigDict:
-    """Masked-autoencoder pre-training (stmem-pretrain), the paper's recipe."""
-    config = _common(preset, ENCODER_SIZES + DECODER_SIZES)
-    config.model.update(dtype="bfloat16", mask_ratio=0.75, norm_pix_loss=True)
-    config.data.update(split="train", val_split="validation")
+def pretraining(preset: str = "vit_base", method: str = "st_mem") -> ml_collections.ConfigDict:
+    """Pre-training (stmem-pretrain) with ``method`` (``stmem_jax.methods``), the ST-MEM paper's
+    recipe; ``config.model`` also holds the method's own fields. Presets: ``vit_base`` (the paper's),
+    ``vit_small``, ``tiny`` (a CPU run of minutes: float32, batch 64, 30 epochs)."""
+    if preset not in PRETRAINING_PRESETS:
+        raise ValueError(f"unknown preset {preset!r}: use {', '.join(PRETRAINING_PRESETS)}")
+    config = _common(preset)
+    config.method = method             # st_mem | mtae | mlae | the module path of a method of your own
+    config.model.dtype = "bfloat16"
+    config.model.update(methods.get(method).config())
+    config.data.update(
+        split="train",
+        val_split="validation",
+        lead_masking=0.0,              # random lead masking (RLM): each lead zeroed with this probability
+        lead_masking_restandardize=False,  # then re-standardise the kept leads together (the public code's variant)
+    )
     config.train.update(
         batch_size=512,
         epochs=800,
@@ -95,16 +106,25 @@ def pretraining(preset: str = "vit_base") -> ml_collections.ConfigDict:
     config.checkpoint.keep = 3
     config.eval.update(every_steps=5000, batch_size=256)
     config.log.figure_every_steps = 5000
+    if preset == "tiny":  # a CPU run of minutes on the built-in synthetic data
+        config.model.dtype = "float32"
+        config.train.update(batch_size=64, epochs=30, warmup_epochs=3, base_lr=1e-3)
+        config.data.synthetic_records = 1_000
+        config.checkpoint.every_steps = 200
+        config.eval.update(every_steps=200, batch_size=64)
+        config.log.update(every_steps=20, figure_every_steps=200)
     return config
 
 
 def downstream() -> ml_collections.ConfigDict:
     """Fine-tuning, linear probing and training from scratch (stmem-finetune), the public recipe;
     the files in ``configs/downstream`` set the task and dataset."""
-    config = _common("vit_base", ENCODER_SIZES)
+    config = _common("vit_base")
     config.mode = "finetune"           # finetune | linprobe | scratch
-    config.init = ""                   # pre-trained weights (finetune, linprobe): a workdir, model directory or .pth
+    config.init = ""                   # pre-trained weights (finetune, linprobe): a workdir, model directory or .pth;
+                                       # random:<method> for a randomly initialised encoder of that method
     config.model.update(
+        kind="st_mem",                 # scratch: the method whose encoder trains (st_mem | mtae | mlae | ...)
         drop_path=0.1,
         dropout=0.0,
         first_k_leads=False,           # the public code's rule: a k-lead input uses lead embeddings 0..k-1

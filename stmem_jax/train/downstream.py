@@ -6,9 +6,11 @@
 Modes (``config.mode``):
   finetune  all weights from ``config.init``, layer-wise learning-rate decay, drop-path;
   linprobe  frozen encoder from ``config.init``, only the head trains (``stmem_jax.train.linprobe``);
-  scratch   random weights, the encoder built from ``config.model`` (``kind``, ``preset``, sizes).
+  scratch   random weights, the encoder of the method ``config.model.kind`` built from ``config.model``
+          (``preset``, sizes).
 ``config.init``: a stmem-pretrain workdir (its ``encoder/`` or ``model/``), a saved model directory
-(pre-training model or classifier; a classifier's head is replaced), or a public ``.pth`` file.
+(pre-training model or classifier; a classifier's head is replaced), a public ``.pth`` file, or
+``random:<method>``, that method's encoder at random initialisation (the random-encoder control).
 
 The loss is the classification loss; the evaluator validates at intervals (3 crops, probabilities
 averaged) and the state with the best validation loss or macro AUROC (``eval.select``) is
@@ -32,52 +34,56 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
-from stmem_jax import infer, overlap
+from stmem_jax import infer, methods, models, overlap
 from stmem_jax import mesh as meshlib
-from stmem_jax import flops, microbatch, models
-from stmem_jax.cli import run_config_command
 from stmem_jax.core.shards import read_manifests
 from stmem_jax.data.pipeline import InputConfig, global_batches, mixture_names, model_recipe, steps_per_epoch
 from stmem_jax.data.tasks import resolve_task
 from stmem_jax.model_dir import save_model
-from stmem_jax.train import linprobe, loop, steps
+from stmem_jax.train import linprobe, loop, setup
 from stmem_jax.train.classification import checkpoints_for, eval_interval, scalars_of, score, validation
-from stmem_jax.train.config import ENCODER_SIZES
-from stmem_jax.train.optim import from_config as optimizer
 from stmem_jax.train.reporting import Reporter
 
 MODES = ("finetune", "linprobe", "scratch")
+RANDOM = "random:"  # init prefix of a randomly initialised encoder of a method
 METRICS_FILE = "test_metrics.json"
 
 
 def build_classifier(config: ml_collections.ConfigDict, num_classes: int, lead_ids: tuple[int, ...]
                      ) -> tuple[nn.Module, Any]:
-    """The run's classifier and the pre-trained encoder parameters (None for scratch)."""
+    """The run's classifier and the pre-trained encoder parameters (None for scratch). ``init``
+    ``random:<method>`` is that method's encoder as its pre-training starts (``config.model``'s
+    preset and sizes, seeded by ``train.seed``): the random-encoder control."""
     m = config.model
-    fields = dict(num_classes=num_classes, drop_path=m.drop_path, dropout=m.dropout, dtype=jnp.dtype(m.dtype),
-                  remat=m.remat)
     if config.mode == "scratch":
         if config.init:
             raise ValueError("mode 'scratch' trains from random weights: leave init empty")
-        sizes = {k: m[k] for k in ENCODER_SIZES if m.get(k) is not None}
-        if models.family(m.kind).lead_subsets:
-            sizes["first_k_leads"] = m.first_k_leads
-        model = models.create_model(models.family(m.kind).classifier, m.preset, seq_len=config.data.crop_samples,
-                                    **fields, **sizes)
-        encoder_params = None
+        model, encoder_params = setup.scratch_classifier(config, num_classes), None
     else:
         if not config.init:
             raise ValueError(f"mode {config.mode!r} needs pre-trained weights: set init (or use mode 'scratch')")
-        encoder, variables = infer.load_encoder(config.init)
-        if models.family(encoder).lead_subsets:
+        encoder, variables = random_encoder(config, lead_ids) if config.init.startswith(RANDOM) else \
+            infer.load_encoder(config.init)
+        fields = dict(num_classes=num_classes, drop_path=m.drop_path, dropout=m.dropout, dtype=jnp.dtype(m.dtype),
+                      remat=m.remat)
+        if "first_k_leads" in models.fields(type(encoder)):
             fields["first_k_leads"] = m.first_k_leads
         model = encoder.clone(**fields)
         encoder_params = variables["params"]["encoder"]
-    models.check_leads(model, lead_ids, config.data.leads)
     if model.seq_len != config.data.crop_samples:
         raise ValueError(f"the encoder takes {model.seq_len}-sample inputs but data.crop_samples is "
                          f"{config.data.crop_samples}")
     return model, encoder_params
+
+
+def random_encoder(config: ml_collections.ConfigDict, lead_ids: tuple[int, ...]) -> tuple[nn.Module, Any]:
+    """The encoder that ``init='random:<method>'`` names: the method's model built from
+    ``config.model`` and initialised from ``train.seed``, exported as after pre-training."""
+    method = methods.get(config.init.removeprefix(RANDOM))
+    model = method.model(config, lead_ids)
+    params = jax.jit(lambda: method.init_params(model, jax.random.key(config.train.seed), lead_ids))()
+    encoder, variables = method.encoder(model, {"params": params})
+    return encoder, jax.device_get(variables)
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -159,26 +165,13 @@ def train_end_to_end(config, workdir, task, model, encoder_params, mesh, has_val
     batch = _train_batch(config, _num_examples(train_input))
     train_input = dataclasses.replace(train_input, batch_size=batch)
     schedule = loop.Schedule.of(config.train, batch, steps_per_epoch(train_input))
-    layer_decay = config.train.layer_decay if config.mode == "finetune" else 1.0
-    init_key, dropout_key = jax.random.split(jax.random.key(config.train.seed))
-    example = jnp.zeros((1, len(task.lead_ids), config.data.crop_samples), jnp.float32)
-
-    def init_params(encoder):
-        params = model.init({"params": init_key, "dropout": init_key}, example, leads=task.lead_ids)["params"]
-        return params if encoder is None else {**params, "encoder": encoder}
-
-    tx = optimizer(config.train, schedule.learning_rate, jax.eval_shape(init_params, encoder_params),
-                   layer_decay=layer_decay, depth=model.depth)
+    run = setup.build(config, task.lead_ids, schedule, mesh.devices.flat, classifier=model, multilabel=task.multilabel)
     probs_fn = infer.probabilities_fn(model, task.lead_ids, task.multilabel)
     val_input = task.input(config, config.data.val_split, False, config.eval.batch_size)
     with checkpoints_for(config, workdir, has_val) as checkpoints, \
             Reporter(workdir, schedule.total_steps, schedule.steps_per_epoch, batch) as reporter:
-        state, start, target = loop.init_or_restore(lambda e: loop.TrainState.create(init_params(e), tx), mesh,
-                                                    checkpoints, encoder_params)
-        accum_steps = microbatch.count(batch, config.train.grad_accum_steps, mesh.devices.flat,
-                                       flops.activation(model, len(task.lead_ids)))
-        step_fn = loop.jit_step(steps.classifier_step(model, tx, task.multilabel, task.lead_ids, accum_steps), target,
-                                [meshlib.batch_sharding(mesh)] * 2, mesh)
+        state, start, target = loop.init_or_restore(run.init_state, mesh, checkpoints, encoder_params)
+        step_fn = loop.jit_step(run.step, target, [meshlib.batch_sharding(mesh)] * len(run.inputs), mesh)
 
         validated = {}  # step -> validation metrics of this process's run (a resumed run recomputes the selected)
 
@@ -189,7 +182,7 @@ def train_end_to_end(config, workdir, task, model, encoder_params, mesh, has_val
 
         batches = global_batches(train_input, mesh, data_axis=meshlib.BATCH_AXES, start_step=start) \
             if start < schedule.total_steps else iter(())
-        state, step, _ = loop.run(state, step_fn, batches, dropout_key, keys=("series", "label"), start=start,
+        state, step, _ = loop.run(state, step_fn, batches, run.key, keys=run.inputs, start=start,
                                   schedule=schedule, reporter=reporter, checkpoints=checkpoints,
                                   log_every=config.log.every_steps, checkpoint_every=config.checkpoint.every_steps,
                                   hooks=[loop.Hook(eval_interval(config, schedule), validate)] if has_val else [],
@@ -234,16 +227,3 @@ def _finish(config, workdir, task, model, params, selected, val, predictions, me
     multihost_utils.sync_global_devices("downstream run finished")
     return record
 
-
-def main(argv=None) -> None:
-    def run(config, workdir):
-        record = train(config, workdir)
-        return {"workdir": os.path.abspath(workdir), "selected_step": record["selected_step"],
-                **{f"test_{k}": v for k, v in scalars_of(record["test"]).items()}}
-
-    run_config_command(run, argv, example="configs/downstream/ptbxl.py:st_mem",
-                       workdir_help="run directory (checkpoints, logs, metrics); a run resumes from it")
-
-
-if __name__ == "__main__":
-    main()

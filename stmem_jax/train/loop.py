@@ -44,27 +44,44 @@ class Interrupted(RuntimeError):
 
 @flax.struct.dataclass
 class TrainState:
+    """A run's state: the step, the parameters and their optimizer state, the first non-finite
+    step, and a method's ``extra`` state (e.g. a momentum encoder; None for most methods)."""
+
     step: jax.Array
     params: Any
     opt_state: Any
     bad_step: jax.Array  # first step whose loss or gradient was not finite, -1 if none
+    extra: Any = None
 
     @classmethod
-    def create(cls, params: Any, tx: optax.GradientTransformation) -> TrainState:
-        return cls(jnp.zeros((), jnp.int32), params, tx.init(params), jnp.full((), -1, jnp.int32))
+    def create(cls, params: Any, tx: optax.GradientTransformation, extra: Any = None) -> TrainState:
+        return cls(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                   bad_step=jnp.full((), -1, jnp.int32), extra=extra)
 
 
-def guarded_update(state: TrainState, tx: optax.GradientTransformation, loss: jax.Array, grads: Any
-                   ) -> tuple[TrainState, dict[str, jax.Array]]:
-    """The optimizer step. A non-finite loss or gradient leaves parameters and optimizer state
-    unchanged and is recorded in ``bad_step`` (checked on the host by :func:`raise_if_bad`)."""
+def state_shardings(mesh, abstract: TrainState) -> TrainState:
+    """Shardings of a state on ``mesh``: counters replicated; parameters, optimizer and extra state
+    replicated or FSDP-split (``mesh.state_shardings``)."""
+    return TrainState(step=meshlib.replicated(mesh), params=meshlib.state_shardings(mesh, abstract.params),
+                      opt_state=meshlib.state_shardings(mesh, abstract.opt_state), bad_step=meshlib.replicated(mesh),
+                      extra=meshlib.state_shardings(mesh, abstract.extra))
+
+
+def guarded_update(state: TrainState, tx: optax.GradientTransformation, loss: jax.Array, grads: Any,
+                   update_extra: Callable[[Any], Any] | None = None) -> tuple[TrainState, dict[str, jax.Array]]:
+    """The optimizer step, and ``update_extra(new params)`` as the new extra state. A non-finite
+    loss or gradient leaves parameters, optimizer and extra state unchanged and is recorded in
+    ``bad_step`` (checked on the host by :func:`raise_if_bad`)."""
     grad_norm = optax.tree.norm(grads)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
+    extra = state.extra if update_extra is None else update_extra(params)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     keep = functools.partial(jax.tree.map, lambda new, old: jnp.where(finite, new, old))
     bad_step = jnp.where((state.bad_step < 0) & ~finite, state.step, state.bad_step)
-    return (TrainState(state.step + 1, keep(params, state.params), keep(opt_state, state.opt_state), bad_step),
+    return (state.replace(step=state.step + 1, params=keep(params, state.params),
+                          opt_state=keep(opt_state, state.opt_state), bad_step=bad_step,
+                          extra=keep(extra, state.extra)),
             {"loss": loss, "grad_norm": grad_norm})
 
 
@@ -102,8 +119,7 @@ def init_or_restore(init_state: Callable[..., TrainState], mesh, checkpoints: Ch
     pre-trained weights) may sit on any device. Returns (state, its step, the restore target)."""
     args = jax.device_get(args)  # weights restored on one device would not match the mesh
     abstract = jax.eval_shape(init_state, *args)
-    shardings = TrainState(meshlib.replicated(mesh), meshlib.state_shardings(mesh, abstract.params),
-                           meshlib.state_shardings(mesh, abstract.opt_state), meshlib.replicated(mesh))
+    shardings = state_shardings(mesh, abstract)
     target = abstract_with_shardings(abstract, shardings)
     state, start = checkpoints.restore_latest(target)
     if start is None:

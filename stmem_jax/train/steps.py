@@ -1,6 +1,7 @@
-"""The train steps' math, to be jitted by the trainers, ``stmem-plan`` and the benchmarks: the
-pre-training step and the classifier step, each over micro-batches with the loop's guarded update.
-Imports nothing of TensorFlow, so a host without it (a GPU machine for benchmarks) runs them."""
+"""The train steps' math, to be jitted by the trainers, ``stmem-plan`` and the benchmarks (built by
+``stmem_jax.train.setup``): the pre-training step of any method and the classifier step, each over
+micro-batches with the loop's guarded update. Imports nothing of TensorFlow, so a host without it
+(a GPU machine for benchmarks) runs them."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import jax.numpy as jnp
 import optax
 
 from stmem_jax import microbatch
+from stmem_jax.methods import Method
+from stmem_jax.ops import random_lead_masking
 from stmem_jax.train import loop
 
 
@@ -21,22 +24,36 @@ def classification_loss(logits: jax.Array, labels: jax.Array, multilabel: bool) 
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
 
-def pretrain_step(model: nn.Module, tx: optax.GradientTransformation, mask_ratio: float, accum_steps: int,
-                  leads: tuple[int, ...]):
-    """One optimizer step over a global batch, as ``accum_steps`` micro-batches whose gradients are
-    averaged (``stmem_jax.microbatch``). Masking noise comes from ``fold_in(key, step)`` for the whole
-    batch; the update is the loop's guarded one."""
+def pretrain_step(method: Method, model: nn.Module, tx: optax.GradientTransformation, accum_steps: int,
+                  leads: tuple[int, ...], total_steps: int, lead_masking: float = 0.0, restandardize: bool = False):
+    """``step(state, *inputs, key)``: one optimizer step of ``method`` over a global batch (``inputs``
+    in ``method.inputs`` order). Each input first gets random lead masking (``lead_masking`` > 0,
+    ``ops.random_lead_masking``); the method draws its per-example randomness for the whole batch
+    from ``fold_in(key, step)``; the loss's gradients are averaged over ``accum_steps`` micro-batches
+    (``stmem_jax.microbatch``; only a method whose loss is a mean over examples is split); the update
+    is the loop's guarded one, the method's extra state following the new parameters."""
+    if accum_steps > 1 and not method.splittable:
+        raise ValueError(f"{method.label}'s loss couples the examples of a batch: it cannot be split into "
+                         f"{accum_steps} micro-batches (set train.grad_accum_steps=1 or a smaller batch)")
 
-    def grad_fn(params, micro, index):
-        del index
-        series, noise = micro
-        return jax.value_and_grad(lambda p: model.apply({"params": p}, series, mask_ratio=mask_ratio, noise=noise,
-                                                        leads=leads)["loss"])(params)
+    def step(state: loop.TrainState, *args):
+        *inputs, key = args
+        step_key = jax.random.fold_in(key, state.step)
+        rows = dict(zip(method.inputs, inputs, strict=True))
+        if lead_masking:
+            masking_key = jax.random.fold_in(step_key, 1)
+            rows = {name: random_lead_masking(x, jax.random.fold_in(masking_key, i), lead_masking, restandardize)
+                    for i, (name, x) in enumerate(rows.items())}
+        rows |= method.randomness(model, rows, step_key)
 
-    def step(state: loop.TrainState, series: jax.Array, key: jax.Array):
-        noise = jax.random.uniform(jax.random.fold_in(key, state.step), model.noise_shape(series.shape))
-        loss, grads = microbatch.mean_gradients(grad_fn, state.params, (series, noise), accum_steps)
-        return loop.guarded_update(state, tx, loss, grads)
+        def grad_fn(params, micro, index):
+            del index
+            return jax.value_and_grad(lambda p: method.loss(model, p, state.extra, micro, leads))(params)
+
+        loss, grads = microbatch.mean_gradients(grad_fn, state.params, rows, accum_steps)
+        progress = (state.step + 1) / total_steps
+        return loop.guarded_update(state, tx, loss, grads,
+                                   lambda params: method.update_extra(model, params, state.extra, progress))
 
     return step
 

@@ -1,0 +1,17 @@
+"""MLAE pre-training configs: ``configs/pretrain/mlae.py:<preset>`` (vit_base | vit_small | tiny).
+
+MLAE, the masked lead autoencoder baseline of the ST-MEM paper (Na et al., ICLR 2024; in the public
+ST-MEM code): one token per lead holding its whole 2250-sample crop, a CLS token, fixed sine-cosine
+positions, 75% of the leads masked (3 of 12 kept), one decoder over the sequence, normalised-token
+MSE on the removed leads (``stmem_jax.methods.token_mae``). Encoder and decoder sizes, optimiser
+and recipe are ST-MEM's. Inputs holding fewer leads (``data.leads``) enter zero-filled at the
+standard positions of their leads.
+
+    stmem-pretrain --config configs/pretrain/mlae.py:vit_base --workdir runs/mlae --config.data.dir=...
+"""
+
+from stmem_jax.train.config import pretraining
+
+
+def get_config(arg: str = "vit_base"):
+    return pretraining(arg or "vit_base", "mlae")

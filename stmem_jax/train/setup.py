@@ -1,0 +1,95 @@
+"""One place that builds a run's model, optimizer, initial state and train step from its config:
+the trainers, ``stmem-plan`` and ``benchmarks/train_throughput.py`` all start from :func:`build`.
+Imports nothing of TensorFlow."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from stmem_jax import methods, microbatch, models
+from stmem_jax.train import loop, steps
+from stmem_jax.train.optim import from_config as optimizer
+
+
+@dataclasses.dataclass(frozen=True)
+class Setup:
+    """A run's model and optimizer, its initial state (``init_state(*args)``: a classifier's takes the
+    pre-trained encoder parameters or None) and its step (``step(state, *batch, key)``, the batch's
+    entries named by ``inputs``), the micro-batches per step and the analytic FLOPs per example."""
+
+    model: nn.Module
+    tx: optax.GradientTransformation
+    init_state: Callable[..., loop.TrainState]
+    step: Callable
+    inputs: tuple[str, ...]
+    key: jax.Array
+    accum_steps: int
+    forward_flops: float
+
+
+def scratch_classifier(config: ml_collections.ConfigDict, num_classes: int) -> nn.Module:
+    """The classifier that ``model.kind`` (a method) fine-tunes, built from ``config.model`` (preset,
+    sizes, dropout, drop-path) at random initialisation."""
+    m = config.model
+    kind = methods.get(m.kind).classifier
+    cls, _ = models.kinds()[kind]
+    fields = {k: m[k] for k in (*models.ENCODER_SIZES, "first_k_leads")
+              if m.get(k) is not None and k in models.fields(cls)}
+    return models.create_model(kind, m.preset, seq_len=config.data.crop_samples, num_classes=num_classes,
+                               drop_path=m.drop_path, dropout=m.dropout, dtype=jnp.dtype(m.dtype), remat=m.remat,
+                               **fields)
+
+
+def build(config: ml_collections.ConfigDict, lead_ids: Sequence[int], schedule: loop.Schedule,
+          devices: Sequence[jax.Device], *, classifier: nn.Module | None = None, multilabel: bool = False) -> Setup:
+    """The pre-training set-up of ``config.method`` or, given ``classifier``, the set-up that trains it
+    (layer-wise learning-rate decay when ``config.mode`` is finetune), for a global batch of
+    ``schedule.global_batch`` inputs holding the leads ``lead_ids`` split over ``devices``."""
+    lead_ids = tuple(lead_ids)
+    init_key, step_key = jax.random.split(jax.random.key(config.train.seed))
+    if classifier is None:
+        method = methods.get(config.method)
+        model = method.model(config, lead_ids)
+        splittable, inputs = method.splittable, method.inputs
+
+        def init_params(*_):
+            return method.init_params(model, init_key, lead_ids)
+
+        tx = optimizer(config.train, schedule.learning_rate, jax.eval_shape(init_params))
+
+        def init_state(*_):
+            params = init_params()
+            return loop.TrainState.create(params, tx, method.init_extra(model, params))
+    else:
+        model, splittable, inputs = classifier, True, ("series", "label")
+        example = jnp.zeros((1, len(lead_ids), model.seq_len), jnp.float32)
+
+        def init_params(encoder: Any = None):
+            params = model.init({"params": init_key, "dropout": init_key}, example, leads=lead_ids)["params"]
+            return params if encoder is None else {**params, "encoder": encoder}
+
+        layer_decay = config.train.layer_decay if config.get("mode") == "finetune" else 1.0
+        tx = optimizer(config.train, schedule.learning_rate, jax.eval_shape(init_params), layer_decay=layer_decay,
+                       depth=model.depth)
+
+        def init_state(encoder: Any = None):
+            return loop.TrainState.create(init_params(encoder), tx)
+
+    accum_steps = microbatch.count(schedule.global_batch, config.train.grad_accum_steps, devices,
+                                   model.activation(len(lead_ids))) if splittable else \
+        max(config.train.grad_accum_steps, 1)
+    if classifier is None:
+        step = steps.pretrain_step(method, model, tx, accum_steps, lead_ids, schedule.total_steps,
+                                   config.data.get("lead_masking", 0.0),
+                                   config.data.get("lead_masking_restandardize", False))
+    else:
+        step = steps.classifier_step(model, tx, multilabel, lead_ids, accum_steps)
+    return Setup(model, tx, init_state, step, inputs, step_key, accum_steps, model.forward_flops(len(lead_ids)))

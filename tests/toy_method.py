@@ -1,0 +1,38 @@
+"""A pre-training method defined outside the package, as a researcher adds one: this module is
+its whole definition. ``--config.method=tests.toy_method`` imports it.
+
+ST-MEM with a Polyak-averaged copy of the parameters as extra training state: the average
+follows the parameters with a cosine momentum schedule (0.99 at the start, 1 at the end, as MoCo
+v3's momentum encoder) and the validation metric is the averaged model's reconstruction loss.
+The test suite uses it to check that a method's extra state is checkpointed, resumed exactly and
+sharded like the parameters.
+"""
+
+import jax
+import jax.numpy as jnp
+
+from stmem_jax import models
+from stmem_jax.methods import register
+from stmem_jax.methods.st_mem import STMEM, StMem
+
+NAME = __name__  # "tests.toy_method": the registry resolves a dotted name by importing its module
+
+
+class AveragedStMem(StMem):
+    name = NAME
+    label = "ST-MEM (averaged)"
+    paper = "a test of the method interface"
+
+    def init_extra(self, model, params):
+        return jax.tree.map(jnp.array, params)
+
+    def update_extra(self, model, params, extra, progress):
+        momentum = 1.0 - 0.01 * (1.0 + jnp.cos(jnp.pi * progress)) / 2.0
+        return jax.tree.map(lambda avg, p: momentum * avg + (1.0 - momentum) * p, extra, params)
+
+    def validation(self, model, params, extra, rows, leads):
+        return super().validation(model, extra, None, rows, leads)
+
+
+models.register_model(NAME, STMEM)
+register(AveragedStMem())
