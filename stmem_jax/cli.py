@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import time
+import traceback
 from collections.abc import Callable
 
 import jax
@@ -65,6 +66,32 @@ def use_compilation_cache() -> None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
 
 
+USER_ERRORS = (OSError, ValueError, KeyError, ImportError, NonFiniteLoss)  # bad inputs, settings, disks, files
+
+
+def guarded(name: str, body: Callable[[], int | None], *, traceback_for_user_errors: bool = False) -> int:
+    """Runs a command's ``body`` and returns its exit status: 0 (or what it returns); 1 with one line
+    ``<name>: error: ...`` for a user error (``USER_ERRORS``: a missing or unreadable file, a full or
+    read-only disk, a bad setting); 128 + the signal number when stopped by a signal (a checkpoint
+    kept). Anything else is a bug: its traceback, then a line that says so (exit 1)."""
+    try:
+        return body() or 0
+    except Interrupted as error:
+        print(error, file=sys.stderr, flush=True)
+        return 128 + error.signum
+    except USER_ERRORS as error:
+        if traceback_for_user_errors:
+            raise
+        message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        print(f"{name}: error: {message}", file=sys.stderr, flush=True)
+        return 1
+    except Exception:
+        traceback.print_exc()
+        print(f"{name}: internal error: a bug in stmem-jax, not in your inputs; please report it with the traceback "
+              f"above", file=sys.stderr, flush=True)
+        return 1
+
+
 def parse_flags(args: list[str]) -> list[str]:
     """absl's flag parsing (for ``app.run``), with an override of a field the config does not have
     named in one line (exit status 2) instead of a traceback."""
@@ -81,18 +108,17 @@ def parse_flags(args: list[str]) -> list[str]:
         sys.exit(2)
 
 
-def run_config_command(body: Callable, argv, *, example: str, workdir_help: str,
+def run_config_command(body_fn: Callable, argv, *, example: str, workdir_help: str,
                        run_section: Callable[[ml_collections.ConfigDict], ml_collections.ConfigDict] = lambda c: c
                        ) -> None:
     """Parse ``--config`` (an ml_collections ``get_config(arg)`` file, every field overridable as
     ``--config.train.batch_size=512``) and ``--workdir``, prepare the synthetic data when the run's
-    ``data.dir`` is empty, then call ``body(config, workdir)``; a dict it returns is printed as the
+    ``data.dir`` is empty, then call ``body_fn(config, workdir)``; a dict it returns is printed as the
     ``summary:`` line (JSON, with the wall time). ``run_section`` picks the trainer's
     config out of the command's (the grid's ``config.run``). Library INFO logs (orbax logs every
-    save) are hidden unless ``--verbosity`` is given. Exit status: 0; 1 on an error in the inputs
-    (a missing folder, a bad value: the message, and the traceback with ``--verbosity``); 2 on an
-    unknown config field or another usage error; 128 + the signal number when stopped by a signal
-    (a checkpoint kept)."""
+    save) are hidden unless ``--verbosity`` is given. Exit status (:func:`guarded`): 0; 1 on an error
+    in the inputs (one line; the traceback with ``--verbosity``); 2 on an unknown config field or
+    another usage error; 128 + the signal number when stopped by a signal (a checkpoint kept)."""
     from absl import app, flags, logging
     from ml_collections import config_flags
 
@@ -101,25 +127,21 @@ def run_config_command(body: Callable, argv, *, example: str, workdir_help: str,
     flags.mark_flags_as_required(["config", "workdir"])
 
     def main(_):
-        if not flags.FLAGS["verbosity"].present:
+        verbose = flags.FLAGS["verbosity"].present
+        if not verbose:
             logging.set_verbosity(logging.WARNING)
         config, workdir = flags.FLAGS.config, flags.FLAGS.workdir
-        use_compilation_cache()
-        initialize_from_config(run_section(config))
-        with_synthetic_data(run_section(config), workdir)
         start = time.time()
-        try:
-            summary = body(config, workdir)
-        except Interrupted as error:
-            print(error, file=sys.stderr, flush=True)
-            sys.exit(128 + error.signum)
-        except (FileNotFoundError, FileExistsError, ValueError, NonFiniteLoss) as error:
-            if flags.FLAGS["verbosity"].present:
-                raise
-            print(f"{os.path.basename(sys.argv[0])}: error: {error}", file=sys.stderr, flush=True)
-            sys.exit(1)
-        if summary is not None:
-            print("summary: " + json.dumps({**summary, "wall_s": round(time.time() - start, 1)}), flush=True)
+
+        def body():
+            use_compilation_cache()
+            initialize_from_config(run_section(config))
+            with_synthetic_data(run_section(config), workdir)
+            summary = body_fn(config, workdir)
+            if summary is not None:
+                print("summary: " + json.dumps({**summary, "wall_s": round(time.time() - start, 1)}), flush=True)
+
+        sys.exit(guarded(os.path.basename(sys.argv[0]), body, traceback_for_user_errors=verbose))
 
     app.run(main, argv=argv, flags_parser=parse_flags)
 
@@ -184,25 +206,23 @@ def convert(argv: list[str] | None = None) -> int:
     for command in (imp, exp):
         command.add_argument("--overwrite", action="store_true", help="replace an existing output")
     args = parser.parse_args(argv)
-    try:
+    if args.command == "export" and os.path.exists(args.output) and not args.overwrite:
+        parser.error(f"{args.output} exists; pass --overwrite to replace it")
+
+    def body():
         if args.command == "import":
             model, variables = lib.load_torch_checkpoint(args.checkpoint, strict=not args.allow_unused,
                                                          kind=args.kind)
             save_model(args.output, model, variables, overwrite=args.overwrite,
                        metadata={"source": os.path.abspath(args.checkpoint)})
         else:
-            if os.path.exists(args.output) and not args.overwrite:
-                parser.error(f"{args.output} exists; pass --overwrite to replace it")
             model, variables = load_model(args.model_dir)
             lib.save_torch_checkpoint(args.output, model, variables, encoder_only=args.encoder_only)
-    except (OSError, ValueError, KeyError, ImportError) as error:
-        message = error.args[0] if isinstance(error, KeyError) and error.args else error
-        print(f"stmem-convert: error: {message}", file=sys.stderr, flush=True)
-        return 1
-    print(f"{args.command}ed {type(model).__name__} (preset {lib.preset_name(model) or 'custom'}, "
-          f"kind {model_config(model)['kind']}, {count_parameters(model, variables) / 1e6:.2f} M parameters) "
-          f"-> {args.output}")
-    return 0
+        print(f"{args.command}ed {type(model).__name__} (preset {lib.preset_name(model) or 'custom'}, "
+              f"kind {model_config(model)['kind']}, {count_parameters(model, variables) / 1e6:.2f} M parameters) "
+              f"-> {args.output}")
+
+    return guarded("stmem-convert", body)
 
 
 def overlap(argv: list[str] | None = None) -> int:
@@ -217,16 +237,15 @@ def overlap(argv: list[str] | None = None) -> int:
     p.add_argument("--a-split", help="compare with this split of A only (e.g. train: what pre-training read)")
     p.add_argument("--csv", help="write the overlapping windows of both sides here")
     args = p.parse_args(argv)
-    try:
+
+    def body():
         report, rows = lib.compare(args.a, args.b, args.a_split)
-    except (FileNotFoundError, ValueError) as error:
-        print(f"stmem-overlap: error: {error}", file=sys.stderr)
-        return 1
-    print("\n".join(lib.describe(report)))
-    if args.csv:
-        lib.write_csv(args.csv, rows)
-        print(f"wrote {len(rows)} overlapping pair(s) to {args.csv}", file=sys.stderr)
-    return 0
+        print("\n".join(lib.describe(report)))
+        if args.csv:
+            lib.write_csv(args.csv, rows)
+            print(f"wrote {len(rows)} overlapping pair(s) to {args.csv}", file=sys.stderr)
+
+    return guarded("stmem-overlap", body)
 
 
 COMMANDS = {"pretrain": pretrain, "finetune": finetune, "benchmark": benchmark, "convert": convert,

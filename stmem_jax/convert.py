@@ -206,6 +206,11 @@ def load_torch_checkpoint(path: str | os.PathLike, *, strict: bool = True, kind:
     state_dict = content.get("model", content) if isinstance(content, dict) else None
     if not isinstance(state_dict, dict) or not all(torch.is_tensor(v) for v in state_dict.values()):
         raise ValueError(f"{path}: expected a state dict or a dict with a 'model' state dict")
+    for key, tensor in state_dict.items():  # sizes the file declares must be sizes it holds: nothing is copied yet
+        if not tensor.is_contiguous() or tensor.untyped_storage().nbytes() < tensor.numel() * tensor.element_size():
+            raise ValueError(f"{path}: tensor {key!r} of shape {tuple(tensor.shape)} is not stored whole in the file "
+                             f"(strides {tensor.stride()}, {tensor.untyped_storage().nbytes()} bytes): not a saved "
+                             f"model")
     arrays = {k: v.detach().to(torch.float32).numpy() for k, v in state_dict.items()}
     config = content.get("config") if "model" in content else None
     try:

@@ -191,21 +191,18 @@ def main(argv: list[str] | None = None) -> int:
                         help="pre-trained model for stage 3: the shipped one (default), a stmem-pretrain workdir or "
                              "model directory, or 'fresh' (stage 2's)")
     args = parser.parse_args(argv)
-    from stmem_jax.train.loop import Interrupted
+    from stmem_jax.cli import guarded
 
-    try:
+    def body():
         summary = run_demo(args.workdir, records=args.records, pretrain_steps=args.pretrain_steps,
                            downstream_epochs=args.downstream_epochs, seeds=tuple(int(s) for s in args.seeds.split(",")),
                            lead_seeds=args.lead_seeds, encoder=args.encoder)
-    except Interrupted as error:
-        print(error, file=sys.stderr)
-        return 128 + error.signum
-    for name, path in summary["figures"].items():
-        print(f"{name:>20}: {path}")
-    print("seconds by stage: " + ", ".join(f"{k} {v}" for k, v in summary["seconds"].items()))
-    print(f"done in {summary['minutes']} min")
-    return 0
+        for name, path in summary["figures"].items():
+            print(f"{name:>20}: {path}")
+        print("seconds by stage: " + ", ".join(f"{k} {v}" for k, v in summary["seconds"].items()))
+        print(f"done in {summary['minutes']} min")
 
+    return guarded("stmem-demo", body)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -94,31 +94,30 @@ def main(argv: list[str] | None = None) -> int:
     if os.path.exists(args.output) and not args.overwrite:
         print(f"stmem-embed: error: {args.output} exists; pass --overwrite to replace it", file=sys.stderr)
         return 1
-    from stmem_jax.cli import use_compilation_cache  # cli imports the trainers: only the command needs it
+    from stmem_jax.cli import guarded, use_compilation_cache  # cli imports the trainers: only the command needs it
 
     use_compilation_cache()
     leads = parse_leads(args.leads)
-    skipped = []
-    try:
+
+    def body():
+        skipped = []
         encoder, variables = infer.load_encoder(args.model)
         if args.data:
             out = embed_split(encoder, variables, args.data, args.split, leads, args.task, args.batch_size, args.crops)
         else:
             out, skipped = embed_files(encoder, variables, args.files, leads, args.labels, args.batch_size, args.crops,
                                        args.per_window, args.pattern)
-    except (FileNotFoundError, ValueError) as error:
-        print(f"stmem-embed: error: {error}", file=sys.stderr)
-        return 1
-    if jax.process_index() == 0:
-        os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-        tmp = f"{args.output}.tmp-{os.getpid()}.npz"
-        np.savez(tmp, **out)
-        os.replace(tmp, args.output)
-        print(f"wrote {out['features'].shape[0]} x {out['features'].shape[1]} features to {args.output}")
-        if skipped:
-            print(f"{len(skipped)} file(s) left out (reasons above)")
-    return EXIT_SKIPPED if skipped else 0
+        if jax.process_index() == 0:
+            os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+            tmp = f"{args.output}.tmp-{os.getpid()}.npz"
+            np.savez(tmp, **out)
+            os.replace(tmp, args.output)
+            print(f"wrote {out['features'].shape[0]} x {out['features'].shape[1]} features to {args.output}")
+            if skipped:
+                print(f"{len(skipped)} file(s) left out (reasons above)")
+        return EXIT_SKIPPED if skipped else 0
 
+    return guarded("stmem-embed", body)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -47,7 +47,12 @@ def load_model(directory: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]
     description_file = path / MODEL_FILE
     if not description_file.exists():
         raise FileNotFoundError(f"{path} is not a saved model: {MODEL_FILE} is missing")
-    model = model_from_config(json.loads(description_file.read_text())["model"])
+    try:
+        description = json.loads(description_file.read_text())
+        model = model_from_config(description["model"])
+    except (ValueError, KeyError, TypeError) as error:  # JSONDecodeError is a ValueError
+        reason = error.args[0] if error.args else type(error).__name__
+        raise ValueError(f"{description_file}: not a model description ({reason})") from None
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
                           jax.eval_shape(lambda: init_variables(model, jax.random.key(0))))

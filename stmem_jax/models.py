@@ -26,6 +26,9 @@ PRESETS: dict[str, dict[str, int]] = {
 }
 
 ENCODER_SIZES = ("width", "depth", "heads", "mlp_dim")  # the preset's encoder fields a config may override
+# fields that count something: at least 1 wherever a model has them
+COUNTS = ("seq_len", "patch_size", "num_leads", *ENCODER_SIZES, "decoder_width", "decoder_depth", "decoder_heads")
+MAX_PARAMETERS = 2_000_000_000  # 8 GB of float32 parameters (ViT-B/75: 88.5 M): more is a mistake or a crafted file
 
 # kind -> (class, fixed field values), filled by register_model
 _KINDS: dict[str, tuple[type[nn.Module], dict[str, Any]]] = {}
@@ -70,7 +73,28 @@ def create_model(kind: str = "st_mem", preset: str = "tiny", **overrides: Any) -
     if unknown:
         raise ValueError(f"{cls.__name__} has no field(s) {sorted(unknown)}")
     kwargs = {k: v for k, v in PRESETS[preset].items() if k in names} | fixed | overrides
-    return cls(**kwargs)
+    return checked(cls(**kwargs))
+
+
+def checked(model: nn.Module) -> nn.Module:
+    """``model``, after checking that its sizes are whole positive numbers, its length a multiple of
+    its patch and its parameters (counted without allocating them) at most ``MAX_PARAMETERS``;
+    ValueError naming the field otherwise."""
+    for name in (n for n in COUNTS if hasattr(model, n)):
+        value = getattr(model, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{type(model).__name__}: {name} must be a whole number >= 1, got {value!r}")
+    if model.seq_len % model.patch_size:
+        raise ValueError(f"{type(model).__name__}: seq_len {model.seq_len} is not a multiple of patch_size "
+                         f"{model.patch_size}")
+    if model.width % 2:
+        raise ValueError(f"{type(model).__name__}: width must be even (sine-cosine positions), got {model.width}")
+    shapes = jax.eval_shape(lambda: init_variables(model, jax.random.key(0)))
+    count = sum(int(np.prod(x.shape, dtype=np.float64)) for x in jax.tree.leaves(shapes))
+    if count > MAX_PARAMETERS:
+        raise ValueError(f"{type(model).__name__} of {count:,} parameters is larger than this package builds "
+                         f"({MAX_PARAMETERS:,}): a wrong size or a crafted file")
+    return model
 
 
 def model_config(model: nn.Module) -> dict[str, Any]:
@@ -86,11 +110,20 @@ def model_config(model: nn.Module) -> dict[str, Any]:
 
 
 def model_from_config(config: dict[str, Any]) -> nn.Module:
-    """Inverse of :func:`model_config`."""
+    """Inverse of :func:`model_config`; ValueError naming what is wrong in a description that is not
+    one (unknown kind or fields, sizes that are not sizes, more than ``MAX_PARAMETERS``)."""
+    if not isinstance(config, dict) or not isinstance(config.get("kind"), str):
+        raise ValueError(f"a model description is a JSON object with a 'kind', got {str(config)[:80]!r}")
     config = dict(config)
     cls, fixed = _kind(config.pop("kind"))
-    config["dtype"] = jnp.dtype(config["dtype"])
-    return cls(**(config | fixed))
+    unknown = set(config) - fields(cls)
+    if unknown:
+        raise ValueError(f"{cls.__name__} has no field(s) {sorted(unknown)}")
+    try:
+        config["dtype"] = jnp.dtype(config.get("dtype", "float32"))
+    except TypeError:
+        raise ValueError(f"unknown dtype {config['dtype']!r}") from None
+    return checked(cls(**(config | fixed)))
 
 
 def example_input(model: nn.Module, batch: int = 1) -> jax.Array:

@@ -113,27 +113,25 @@ def main(argv: list[str] | None = None) -> int:
     if os.path.exists(args.output) and not args.overwrite:
         print(f"stmem-predict: error: {args.output} exists; pass --overwrite to replace it", file=sys.stderr)
         return 1
-    from stmem_jax.cli import use_compilation_cache  # cli imports the trainers: only the command needs it
+    from stmem_jax.cli import guarded, use_compilation_cache  # cli imports the trainers: only the command needs it
 
     use_compilation_cache()
-    skipped = []
-    try:
+    def body():
+        skipped = []
         model, variables, info = load_classifier(args.model)
         if args.data:
             out = predict_split(model, variables, info, args.data, args.split, args.batch_size)
         else:
             out, skipped = predict_files(model, variables, info, args.files, args.batch_size, args.per_window,
                                          args.pattern)
-    except (FileNotFoundError, ValueError) as error:
-        print(f"stmem-predict: error: {error}", file=sys.stderr)
-        return 1
-    if jax.process_index() == 0:
-        write_csv(args.output, out, info["classes"])
-        print(f"wrote {len(out['record_id'])} rows x {len(info['classes'])} classes to {args.output}")
-        if skipped:
-            print(f"{len(skipped)} file(s) left out (reasons above)")
-    return EXIT_SKIPPED if skipped else 0
+        if jax.process_index() == 0:
+            write_csv(args.output, out, info["classes"])
+            print(f"wrote {len(out['record_id'])} rows x {len(info['classes'])} classes to {args.output}")
+            if skipped:
+                print(f"{len(skipped)} file(s) left out (reasons above)")
+        return EXIT_SKIPPED if skipped else 0
 
+    return guarded("stmem-predict", body)
 
 if __name__ == "__main__":
     sys.exit(main())

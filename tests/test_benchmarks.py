@@ -56,7 +56,7 @@ def test_fault_injection_kills_preparation_and_the_rerun_gives_the_same_shards()
     out = run("fault_injection.py", "--runs", "2", "--kinds", "prepare", "--records", "40").splitlines()
     trials = [line.split() for line in out if line.split()[:1] in (["0"], ["1"])]
     assert [t[1:3] for t in trials] == [["prepare", "SIGKILL"], ["prepare", "SIGTERM"]]
-    assert all(t[-1] == "same" for t in trials) and out[-1] == "2 trial(s), 0 mismatch(es)"
+    assert all(t[-1] == "same" for t in trials) and out[-1] == "2 trial(s), 0 failure(s)"
 
 
 def test_plan_table_fits_each_cell_from_its_two_cached_compiles(tmp_path):

@@ -78,8 +78,14 @@ def test_finetune_learns_the_rhythm_and_writes_its_results(finetuned, synthetic_
     assert sorted(predictions["record_id"]) == split_ids(synthetic_shards)
     model, variables = load_model(os.path.join(workdir, "model"))
     assert model.num_classes == 2 and model.drop_path == 0.1
-    # a finished run is not trained again
-    assert downstream.train(run_config(synthetic_shards, mode="finetune", init="unused"), workdir) == record
+    # a finished run is not trained again; asked for with other settings, it says which and keeps its results
+    config = run_config(synthetic_shards, mode="finetune", init=record["init"],
+                        **{"train.num_steps": 60, "eval.every_steps": 30, "model.drop_path": 0.1})
+    assert downstream.train(config, workdir) == record
+    config.model.drop_path = 0.2
+    with pytest.raises(ValueError, match=r"finished run with other settings .*model.drop_path \(0.1 -> 0.2\)"):
+        downstream.train(config, workdir)
+    assert json.load(open(os.path.join(workdir, "test_metrics.json"))) == record
 
 
 def test_run_killed_after_an_evaluation_resumes_to_the_same_result(finetuned, pretrained, synthetic_shards,

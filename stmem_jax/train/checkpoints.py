@@ -3,8 +3,12 @@
 Every save also records a checksum of each array (``checksums.json`` beside the steps): a sum of
 its bits weighted by position, modulo 2^32, computed on the devices and exact whatever the
 sharding, so any flipped bit or byte changes it. A restore checks it; :meth:`Checkpoints.restore_latest`
-falls back from a damaged step (unreadable, or arrays that differ from their checksum) to the
-newest intact one, moving the damaged one aside (``broken-<step>``) with a warning.
+falls back from a damaged step (unreadable, arrays that differ from their checksum, or no checksum
+recorded for it) to the newest intact one, moving the damaged one aside (``broken-<step>``) with a
+warning. An unreadable ``checksums.json`` verifies nothing: that is an error, and nothing is moved.
+Without any ``checksums.json`` (checkpoints written before checksums existed) a step is restored
+unverified, with a warning. A step whose arrays have other shapes than this run's (another model
+or optimizer setting) is not damaged: that is :class:`StateMismatch`, and nothing is touched.
 """
 
 from __future__ import annotations
@@ -24,6 +28,19 @@ CHECKSUMS = "checksums.json"
 
 class DamagedCheckpoint(RuntimeError):
     """A checkpoint step cannot be restored or its arrays differ from their checksums."""
+
+
+class StateMismatch(ValueError):
+    """The checkpoints hold a state of other shapes than this run's: they belong to another run."""
+
+
+def _path_key(path) -> str:
+    return "/".join(str(next(getattr(k, a) for a in ("key", "name", "idx") if hasattr(k, a))) for k in path)
+
+
+def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
+    """``{path: shape}`` of every array of a state or of a checkpoint's metadata."""
+    return {_path_key(path): tuple(leaf.shape) for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
 def _bits(x: jax.Array) -> jax.Array:
@@ -65,14 +82,16 @@ class Checkpoints:
         self.manager = ocp.CheckpointManager(
             os.path.join(workdir, "checkpoints"),
             options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
-                                                 enable_async_checkpointing=asynchronous))
+                                                 enable_async_checkpointing=asynchronous),
+            item_handlers=ocp.StandardCheckpointHandler())  # known before a save: metadata of existing steps
         self.best_metric = best_metric
         self.best = None
         if best_metric:
             self.best = ocp.CheckpointManager(
                 os.path.join(workdir, "best"),
                 options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True, best_fn=lambda m: m[best_metric],
-                                                     best_mode="min", enable_async_checkpointing=asynchronous))
+                                                     best_mode="min", enable_async_checkpointing=asynchronous),
+                item_handlers=ocp.StandardCheckpointHandler())
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -90,25 +109,47 @@ class Checkpoints:
 
     def restore(self, step: int, target: Any, best: bool = False) -> Any:
         """Restores ``step`` onto ``target``'s shapes and shardings (any device count); raises
-        DamagedCheckpoint when it cannot be read or its arrays differ from their checksums."""
+        DamagedCheckpoint when it cannot be read or its arrays differ from (or have no) checksums."""
         manager = self.best if best else self.manager
+        expected = _read_checksums(manager)
         try:
             state = manager.restore(step, args=ocp.args.StandardRestore(target))
         except Exception as error:  # orbax raises many kinds on damaged files
             raise DamagedCheckpoint(f"step {step} in {manager.directory} cannot be read "
                                     f"({type(error).__name__}: {str(error)[:300]})") from error
-        expected = _read_checksums(manager).get(str(step))
-        if expected is not None:
-            differ = [path for path, value in checksums(state).items() if expected.get(path) != value]
-            if differ:
-                raise DamagedCheckpoint(f"step {step} in {manager.directory}: {len(differ)} array(s) differ from "
-                                        f"their checksums ({', '.join(differ[:3])})")
+        if expected is None:
+            print(f"warning: {manager.directory} has no {CHECKSUMS}: step {step} restored without verification "
+                  f"(a checkpoint written before checksums existed)", flush=True)
+            return state
+        if str(step) not in expected:
+            raise DamagedCheckpoint(f"step {step} in {manager.directory} has no checksum in {CHECKSUMS}")
+        differ = [path for path, value in checksums(state).items() if expected[str(step)].get(path) != value]
+        if differ:
+            raise DamagedCheckpoint(f"step {step} in {manager.directory}: {len(differ)} array(s) differ from "
+                                    f"their checksums ({', '.join(differ[:3])})")
         return state
+
+    def check_shapes(self, step: int, target: Any) -> None:
+        """Raises StateMismatch when ``step``'s arrays (from its metadata; nothing is read) have other
+        paths or shapes than ``target``; a step whose metadata cannot be read is left to :meth:`restore`."""
+        try:
+            saved = _shapes(self.manager.item_metadata(step).tree)
+        except Exception:  # damaged metadata: restore() tells
+            return
+        wanted = _shapes(target)
+        if saved != wanted:
+            differ = [f"{path}: {saved.get(path, 'absent')} saved, {wanted.get(path, 'absent')} now"
+                      for path in sorted(set(saved) | set(wanted)) if saved.get(path) != wanted.get(path)]
+            raise StateMismatch(f"{self.workdir} holds checkpoints of another run: {len(differ)} array(s) differ "
+                                f"from this run's ({'; '.join(differ[:3])})")
 
     def restore_latest(self, target: Any) -> tuple[Any, int | None]:
         """The newest intact checkpoint restored onto ``target`` and its step, or (None, None) when
-        there is none; damaged newer steps are moved aside with a warning naming them."""
+        there is none; damaged newer steps are moved aside with a warning naming them. StateMismatch
+        (nothing touched) when the newest step is of another run; ValueError when ``checksums.json``
+        cannot be read."""
         for step in sorted(self.manager.all_steps(), reverse=True):
+            self.check_shapes(step, target)
             try:
                 return self.restore(step, target), step
             except DamagedCheckpoint as error:
@@ -137,13 +178,22 @@ class Checkpoints:
         self.close()
 
 
-def _read_checksums(manager: ocp.CheckpointManager) -> dict[str, dict[str, int]]:
+def _read_checksums(manager: ocp.CheckpointManager) -> dict[str, dict[str, int]] | None:
+    """The recorded checksums by step; None without a checksums file. A checksums file that cannot
+    be read is a ValueError (restoring unverified would let damage through; moving every step aside
+    would drop the run)."""
     path = os.path.join(str(manager.directory), CHECKSUMS)
+    if not os.path.exists(path):
+        return None
     try:
         with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return {}
+            table = json.load(f)
+        if not isinstance(table, dict) or not all(isinstance(v, dict) for v in table.values()):
+            raise ValueError("not a table of checksums by step")
+    except (OSError, ValueError) as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise ValueError(f"{path} cannot be read ({error}), so no checkpoint in {manager.directory} can be "
+                         f"verified; restore the file, or delete it to resume without verification") from None
+    return table
 
 
 def _record_checksums(manager: ocp.CheckpointManager, step: int, state: Any) -> None:
@@ -152,7 +202,7 @@ def _record_checksums(manager: ocp.CheckpointManager, step: int, state: Any) -> 
     if jax.process_index() != 0:
         return
     kept = {str(s) for s in manager.all_steps()}
-    table = {k: v for k, v in _read_checksums(manager).items() if k in kept} | {str(step): values}
+    table = {k: v for k, v in (_read_checksums(manager) or {}).items() if k in kept} | {str(step): values}
     path = os.path.join(str(manager.directory), CHECKSUMS)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(f"{path}.tmp-{os.getpid()}", "w") as f:

@@ -1,13 +1,16 @@
 """What the downstream trainers (end to end and linear probe) share: the validation metrics, the
-model-selection score and the run's checkpoints (the loss is in ``stmem_jax.train.steps``)."""
+model-selection score, the training examples and the run's checkpoints (the loss is in
+``stmem_jax.train.steps``)."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import ml_collections
 
 from stmem_jax import metrics as metrics_lib
+from stmem_jax.data.pipeline import InputConfig, steps_per_epoch
 from stmem_jax.data.tasks import Task
 from stmem_jax.train import loop
 from stmem_jax.train.checkpoints import Checkpoints
@@ -32,6 +35,11 @@ def eval_interval(config: ml_collections.ConfigDict, schedule: loop.Schedule) ->
     """``eval.every_steps``, or every epoch but at most ``eval.max_evals`` times."""
     return config.eval.every_steps or max(schedule.steps_per_epoch,
                                           math.ceil(schedule.total_steps / config.eval.max_evals))
+
+
+def num_examples(input_config: InputConfig) -> int:
+    """Examples of the split that the input reads (after the label fraction), without reading them."""
+    return steps_per_epoch(dataclasses.replace(input_config, training=False, batch_size=1), process_count=1)
 
 
 def checkpoints_for(config: ml_collections.ConfigDict, workdir: str, has_val: bool) -> Checkpoints:

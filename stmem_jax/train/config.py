@@ -9,6 +9,7 @@ file as ``--config`` does.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 
 import ml_collections
@@ -146,3 +147,73 @@ def downstream() -> ml_collections.ConfigDict:
         select="loss",                 # loss | auroc: the validation metric that picks the test checkpoint
     )
     return config
+
+
+# field -> (lowest, highest, whether the lowest is allowed): the ranges in which a value means something
+RANGES = {
+    "train.batch_size": (1, None, True), "train.grad_accum_steps": (0, None, True), "train.epochs": (0, None, True),
+    "train.num_steps": (0, None, True), "train.warmup_epochs": (0, None, True), "train.base_lr": (0, None, False),
+    "train.lr": (0, None, True), "train.min_lr": (0, None, True), "train.weight_decay": (0, None, True),
+    "train.b1": (0, 1, True), "train.b2": (0, 1, True), "train.clip_norm": (0, None, True),
+    "train.layer_decay": (0, 1, False), "train.max_steps_per_run": (0, None, True),
+    "model.mask_ratio": (0, 1, False), "model.drop_path": (0, 1, True), "model.dropout": (0, 1, True),
+    "data.label_fraction": (0, 1, False), "data.lead_masking": (0, 1, True), "data.crop_samples": (1, None, True),
+    "data.shuffle_buffer": (1, None, True), "data.synthetic_records": (1, None, True), "data.workers": (1, None, True),
+    "checkpoint.every_steps": (1, None, True), "checkpoint.keep": (1, None, True), "eval.every_steps": (0, None, True),
+    "eval.batch_size": (1, None, True), "eval.max_evals": (1, None, True), "eval.crops": (1, None, True),
+    "log.every_steps": (1, None, True), "log.figure_every_steps": (0, None, True), "mesh.fsdp": (1, None, True),
+}
+OPEN_TOP = {"model.mask_ratio", "data.lead_masking", "train.b1", "train.b2", "model.drop_path", "model.dropout"}
+
+
+def check_values(config: ml_collections.ConfigDict) -> None:
+    """Raises ValueError naming every field of ``config`` whose value means nothing (a negative
+    learning rate, ``mask_ratio=0``, ``checkpoint.keep=0``, no step to train, ...)."""
+    problems = []
+    for field, (low, high, low_allowed) in RANGES.items():
+        section, name = field.split(".")
+        if section not in config or name not in config[section] or config[section][name] is None:
+            continue
+        value = config[section][name]
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            problems.append(f"{field}={value!r} is not a number")
+        elif value < low or (value == low and not low_allowed) or (high is not None and (
+                value > high or (value == high and field in OPEN_TOP))):
+            bounds = f"{'[' if low_allowed else '('}{low}, {high if high is not None else 'inf'}" + \
+                     (")" if high is None or field in OPEN_TOP else "]")
+            problems.append(f"{field}={value} is outside {bounds}")
+    train = config.train
+    if not problems and not (train.num_steps or train.epochs):
+        problems.append("train.num_steps and train.epochs are both 0: nothing to train")
+    if not problems and train.warmup_steps < -1:
+        problems.append(f"train.warmup_steps={train.warmup_steps}: -1 (use warmup_epochs) or a step count")
+    if problems:
+        raise ValueError("the config makes no sense: " + "; ".join(problems))
+
+
+def save(workdir: str, config: ml_collections.ConfigDict) -> None:
+    """Writes ``<workdir>/config.json`` (process 0), what :func:`changes` compares a rerun with."""
+    import jax
+
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(config.to_json(indent=2))
+
+
+def changes(workdir: str, config: ml_collections.ConfigDict) -> list[str]:
+    """The fields in which ``config`` differs from the one a run saved in ``<workdir>/config.json``,
+    as ``field (saved -> now)``; empty when there is none to compare with."""
+    def flat(tree, prefix=""):
+        out = {}
+        for key, value in tree.items():
+            out |= flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value}
+        return out
+
+    try:
+        with open(os.path.join(workdir, "config.json")) as f:
+            saved = flat(json.load(f))
+    except (OSError, ValueError, AttributeError):
+        return []
+    now = flat(json.loads(config.to_json()))
+    return [f"{k} ({saved.get(k, 'absent')!r} -> {now.get(k, 'absent')!r})" for k in sorted(set(saved) | set(now))
+            if saved.get(k) != now.get(k)]

@@ -21,6 +21,7 @@ run resumes from its latest checkpoint (``stmem_jax.train.loop``).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import json
@@ -37,11 +38,13 @@ from jax.experimental import multihost_utils
 from stmem_jax import infer, methods, models, overlap
 from stmem_jax import mesh as meshlib
 from stmem_jax.core.shards import read_manifests
-from stmem_jax.data.pipeline import InputConfig, global_batches, mixture_names, model_recipe, steps_per_epoch
+from stmem_jax.data.pipeline import global_batches, mixture_names, model_recipe, steps_per_epoch
 from stmem_jax.data.tasks import resolve_task
 from stmem_jax.model_dir import save_model
 from stmem_jax.train import linprobe, loop, setup
-from stmem_jax.train.classification import checkpoints_for, eval_interval, scalars_of, score, validation
+from stmem_jax.train.classification import (checkpoints_for, eval_interval, num_examples, scalars_of, score,
+                                            validation)
+from stmem_jax.train import config as config_lib
 from stmem_jax.train.reporting import Reporter
 
 MODES = ("finetune", "linprobe", "scratch")
@@ -88,6 +91,7 @@ def random_encoder(config: ml_collections.ConfigDict, lead_ids: tuple[int, ...])
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Runs (or resumes) one downstream run; returns its test metrics record (``test_metrics.json``)."""
+    config_lib.check_values(config)
     meshlib.initialize_from_config(config)
     if config.mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {config.mode!r}")
@@ -99,6 +103,10 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     workdir = os.path.abspath(workdir)
     os.makedirs(workdir, exist_ok=True)
     if os.path.isfile(os.path.join(workdir, METRICS_FILE)):
+        changed = config_lib.changes(workdir, config)
+        if changed:
+            raise ValueError(f"{workdir} holds a finished run with other settings (changed from its config.json: "
+                             f"{', '.join(changed[:8])}); use another workdir, or its own settings to read its results")
         print(f"{workdir} holds a finished run ({METRICS_FILE}): nothing to do", flush=True)
         with open(os.path.join(workdir, METRICS_FILE)) as f:
             return json.load(f)
@@ -108,9 +116,6 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         task = dataclasses.replace(task, exclude=seen)
     model, encoder_params = build_classifier(config, len(task.classes), task.lead_ids)
     mesh = meshlib.make_mesh(config.mesh.fsdp)
-    if jax.process_index() == 0:
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config.to_json(indent=2))
     has_val = any(config.data.val_split in m["splits"] for m in read_manifests(task.data_dir).values())
     run = linprobe.train_head if config.mode == "linprobe" else train_end_to_end
     params, selected, val, test = run(config, workdir, task, model, encoder_params, mesh, has_val)
@@ -140,11 +145,6 @@ def pretraining_overlap(config: ml_collections.ConfigDict, task) -> tuple[dict[s
     return report | {"excluded": bool(config.data.exclude_pretraining_overlap)}, overlap.excluded(rows)
 
 
-def _num_examples(input_config: InputConfig) -> int:
-    """Examples of the split that the config uses (after the label fraction)."""
-    return steps_per_epoch(dataclasses.replace(input_config, training=False, batch_size=1), process_count=1)
-
-
 def _train_batch(config: ml_collections.ConfigDict, examples: int) -> int:
     """The global batch: ``train.batch_size``, or the most examples a multiple of the device count allows."""
     devices = jax.device_count()
@@ -162,15 +162,17 @@ def train_end_to_end(config, workdir, task, model, encoder_params, mesh, has_val
     selected step, validation metrics, None: the test split is predicted by ``_finish``)."""
     train_input = task.input(config, config.data.train_split, True, config.train.batch_size,
                              config.data.label_fraction)
-    batch = _train_batch(config, _num_examples(train_input))
+    batch = _train_batch(config, num_examples(train_input))
     train_input = dataclasses.replace(train_input, batch_size=batch)
     schedule = loop.Schedule.of(config.train, batch, steps_per_epoch(train_input))
     run = setup.build(config, task.lead_ids, schedule, mesh.devices.flat, classifier=model, multilabel=task.multilabel)
     probs_fn = infer.probabilities_fn(model, task.lead_ids, task.multilabel)
     val_input = task.input(config, config.data.val_split, False, config.eval.batch_size)
-    with checkpoints_for(config, workdir, has_val) as checkpoints, \
-            Reporter(workdir, schedule.total_steps, schedule.steps_per_epoch, batch) as reporter:
-        state, start, target = loop.init_or_restore(run.init_state, mesh, checkpoints, encoder_params)
+    with contextlib.ExitStack() as stack:
+        checkpoints = stack.enter_context(checkpoints_for(config, workdir, has_val))
+        state, start, target = loop.init_or_restore(run.init_state, mesh, checkpoints, encoder_params, config=config)
+        config_lib.save(workdir, config)
+        reporter = stack.enter_context(Reporter(workdir, schedule.total_steps, schedule.steps_per_epoch, batch))
         step_fn = loop.jit_step(run.step, target, [meshlib.batch_sharding(mesh)] * len(run.inputs), mesh)
 
         validated = {}  # step -> validation metrics of this process's run (a resumed run recomputes the selected)

@@ -9,6 +9,7 @@ the validation split. The test predictions are the head on the cached test featu
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -27,7 +28,9 @@ from stmem_jax import mesh as meshlib
 from stmem_jax.data.tasks import Task
 from stmem_jax.models import model_config
 from stmem_jax.train import loop
-from stmem_jax.train.classification import checkpoints_for, eval_interval, scalars_of, score, validation
+from stmem_jax.train.classification import (checkpoints_for, eval_interval, num_examples, scalars_of, score,
+                                            validation)
+from stmem_jax.train.config import save as save_config
 from stmem_jax.train.steps import classification_loss
 from stmem_jax.train.optim import from_config as optimizer
 from stmem_jax.train.reporting import Reporter
@@ -87,20 +90,15 @@ def train_head(config, workdir, task, model, encoder_params, mesh, has_val):
     """The head trained on cached features of the frozen encoder (every process the same); returns
     (classifier params, selected step, validation metrics, test predictions)."""
     encoder = model.clone(num_classes=0)
-    features = {split: cached_features(config, workdir, task, encoder, encoder_params, mesh, split, fraction)
-                for split, fraction in [(config.data.train_split, config.data.label_fraction)]
-                + ([(config.data.val_split, 1.0)] if has_val else [])}
-    train_set = features[config.data.train_split]
-    n, crops, width = train_set["outputs"].shape
-    x = train_set["outputs"].reshape(n * crops, width)
-    y = np.repeat(train_set["label"], crops, axis=0)
-    batch = min(config.train.batch_size, len(x))
-    schedule = loop.Schedule.of(config.train, batch, len(x) // batch)
+    crops = num_examples(task.input(config, config.data.train_split, False, 1, config.data.label_fraction)) * \
+        config.eval.crops  # every evaluation crop of every training example
+    batch = min(config.train.batch_size, crops)
+    schedule = loop.Schedule.of(config.train, batch, crops // batch)
 
     def head_logits(head, feats):
         return model.apply({"params": {"head": head}}, feats, method=lambda m, f: m.head(f))
 
-    head = model.init(jax.random.key(config.train.seed), jnp.zeros((1, width)),
+    head = model.init(jax.random.key(config.train.seed), jnp.zeros((1, model.width)),
                       method=lambda m, f: m.head(f))["params"]["head"]
     tx = optimizer(config.train, schedule.learning_rate, {"head": head}, depth=model.depth)
 
@@ -119,10 +117,20 @@ def train_head(config, workdir, task, model, encoder_params, mesh, has_val):
     def validate_head(state):
         return validation(task, predictions(state, config.data.val_split))
 
-    with checkpoints_for(config, workdir, has_val) as checkpoints, \
-            Reporter(workdir, schedule.total_steps, schedule.steps_per_epoch, batch) as reporter:
+    with contextlib.ExitStack() as stack:
+        checkpoints = stack.enter_context(checkpoints_for(config, workdir, has_val))
         state, start, target = loop.init_or_restore(lambda: loop.TrainState.create({"head": head}, tx), mesh,
-                                                    checkpoints)
+                                                    checkpoints, config=config)
+        save_config(workdir, config)
+        features = {split: cached_features(config, workdir, task, encoder, encoder_params, mesh, split, fraction)
+                    for split, fraction in [(config.data.train_split, config.data.label_fraction)]
+                    + ([(config.data.val_split, 1.0)] if has_val else [])}
+        train_set = features[config.data.train_split]
+        x = train_set["outputs"].reshape(-1, train_set["outputs"].shape[-1])
+        y = np.repeat(train_set["label"], train_set["outputs"].shape[1], axis=0)
+        if len(x) != crops:
+            raise RuntimeError(f"bug: {len(x)} training crops, {crops} counted")
+        reporter = stack.enter_context(Reporter(workdir, schedule.total_steps, schedule.steps_per_epoch, batch))
         step_fn = loop.jit_step(step, target, [meshlib.replicated(mesh)] * 2, mesh)
 
         def validate(state, step):

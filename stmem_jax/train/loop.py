@@ -24,7 +24,8 @@ import optax
 from jax.experimental import multihost_utils
 
 from stmem_jax import mesh as meshlib
-from stmem_jax.train.checkpoints import Checkpoints, DamagedCheckpoint, abstract_with_shardings
+from stmem_jax.train.checkpoints import Checkpoints, DamagedCheckpoint, StateMismatch, abstract_with_shardings
+from stmem_jax.train.config import changes as config_changes
 from stmem_jax.train.optim import peak_learning_rate, schedule as lr_schedule
 from stmem_jax.train.reporting import Reporter, scalars
 
@@ -107,21 +108,31 @@ class Schedule:
         """``num_steps`` or ``epochs``; warm-up in steps or epochs; peak ``lr`` or ``base_lr`` x batch / 256,
         then half-cycle cosine to ``min_lr``."""
         total = train.num_steps or train.epochs * steps_per_epoch
+        if total < 1:
+            raise ValueError(f"the run has no step to train: train.num_steps is 0 and train.epochs ({train.epochs}) "
+                             f"x {steps_per_epoch} step(s) per epoch is 0 (fewer examples than a batch?)")
         warmup = train.warmup_steps if train.warmup_steps >= 0 else train.warmup_epochs * steps_per_epoch
         peak = peak_learning_rate(train.lr, train.base_lr, global_batch)
         return cls(total, steps_per_epoch, global_batch, lr_schedule(peak, total, warmup, train.min_lr))
 
 
-def init_or_restore(init_state: Callable[..., TrainState], mesh, checkpoints: Checkpoints, *args
-                    ) -> tuple[TrainState, int, Any]:
+def init_or_restore(init_state: Callable[..., TrainState], mesh, checkpoints: Checkpoints, *args,
+                    config: ml_collections.ConfigDict | None = None) -> tuple[TrainState, int, Any]:
     """The state of ``init_state(*args)`` on ``mesh`` (parameters and optimizer state replicated or
     FSDP-split), or the latest checkpoint restored onto the same shardings. ``args`` (e.g.
-    pre-trained weights) may sit on any device. Returns (state, its step, the restore target)."""
+    pre-trained weights) may sit on any device. Checkpoints of another run (other shapes) are a
+    StateMismatch naming the fields in which ``config`` differs from the run's saved config.
+    Returns (state, its step, the restore target)."""
     args = jax.device_get(args)  # weights restored on one device would not match the mesh
     abstract = jax.eval_shape(init_state, *args)
     shardings = state_shardings(mesh, abstract)
     target = abstract_with_shardings(abstract, shardings)
-    state, start = checkpoints.restore_latest(target)
+    try:
+        state, start = checkpoints.restore_latest(target)
+    except StateMismatch as error:
+        changed = [] if config is None else config_changes(checkpoints.workdir, config)
+        raise StateMismatch(f"{error}. " + (f"Changed from its config.json: {', '.join(changed[:8])}. " if changed
+                                            else "") + "Use another workdir, or the run's own settings") from None
     if start is None:
         return jax.jit(init_state, out_shardings=shardings)(*args), 0, target
     print(f"resumed from step {start} in {checkpoints.workdir}", flush=True)
@@ -251,7 +262,7 @@ def restore_best(checkpoints: Checkpoints, state: TrainState, target: Any, step:
     if selected != step:
         try:
             state = checkpoints.restore(selected, target, best=True)
-        except DamagedCheckpoint as error:
+        except (DamagedCheckpoint, ValueError) as error:  # ValueError: its checksums cannot be read
             print(f"warning: the best checkpoint is damaged ({error}); keeping the final state of step {step}",
                   flush=True)
             return state, step

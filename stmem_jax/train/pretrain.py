@@ -14,6 +14,7 @@ end the encoder alone is written to ``<workdir>/encoder`` and the whole model to
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from typing import Any
@@ -31,6 +32,7 @@ from stmem_jax.data.pipeline import (InputConfig, global_batches, lead_indices_f
 from stmem_jax.model_dir import save_model
 from stmem_jax.train import loop, setup
 from stmem_jax.train.checkpoints import Checkpoints
+from stmem_jax.train import config as config_lib
 from stmem_jax.train.reporting import Reporter
 
 
@@ -38,6 +40,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Runs (or resumes) pre-training on ``config.data.dir`` (one folder or several, mixed by
     ``data.weights``); returns a summary (final step, last losses, paths). Raises ``loop.Interrupted``
     when stopped by a signal (a checkpoint is kept)."""
+    config_lib.check_values(config)
     meshlib.initialize_from_config(config)
     if not config.data.dir:
         raise ValueError("pre-training needs data.dir (a stmem-prepare output); the stmem-pretrain command "
@@ -54,13 +57,13 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     schedule = loop.Schedule.of(config.train, config.train.batch_size, steps_per_epoch(input_config))
     run = setup.build(config, lead_ids, schedule, mesh.devices.flat)
     total = schedule.total_steps
-    with Checkpoints(workdir, config.checkpoint.keep, asynchronous=config.checkpoint.asynchronous,
-                     best_metric="val_loss" if config.eval.every_steps else None) as checkpoints, \
-            Reporter(workdir, total, schedule.steps_per_epoch, config.train.batch_size) as reporter:
-        state, start, target = loop.init_or_restore(run.init_state, mesh, checkpoints)
-        if jax.process_index() == 0:
-            with open(os.path.join(workdir, "config.json"), "w") as f:
-                f.write(config.to_json(indent=2))
+    with contextlib.ExitStack() as stack:
+        checkpoints = stack.enter_context(Checkpoints(workdir, config.checkpoint.keep,
+                                                      asynchronous=config.checkpoint.asynchronous,
+                                                      best_metric="val_loss" if config.eval.every_steps else None))
+        state, start, target = loop.init_or_restore(run.init_state, mesh, checkpoints, config=config)
+        config_lib.save(workdir, config)
+        reporter = stack.enter_context(Reporter(workdir, total, schedule.steps_per_epoch, config.train.batch_size))
         step_fn = loop.jit_step(run.step, target, [meshlib.batch_sharding(mesh)] * len(run.inputs), mesh)
         evaluator = _Evaluator(config, method, run.model, mesh, lead_ids, workdir)
 

@@ -1,0 +1,153 @@
+"""Mistaken runs and untrusted model files: a workdir resumed with another model, checksums that
+cannot verify, model files that ask for huge memory or describe no model, and configs that make no
+sense. Each ends in one line naming the problem (exit status 1) and touches nothing already written."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from test_pretrain import CONFIG, ROOT, SMALL, small_config
+
+from stmem_jax.train import pretrain
+
+
+def tree_state(root):
+    """Every file under ``root`` with its size and modification time: what a run may not touch."""
+    return {os.path.join(d, f): (os.stat(os.path.join(d, f)).st_size, os.stat(os.path.join(d, f)).st_mtime_ns)
+            for d, _, files in os.walk(root) for f in files}
+
+
+def command(name, config, *args, workdir, data_dir, small=True):
+    """``stmem-<name> --config=<config>`` with ``args`` after the small model's flags (a later flag wins)."""
+    flags = [f"--config.{k}={v}" for k, v in {**(SMALL if small else {}), "data.dir": data_dir}.items()]
+    return subprocess.run([sys.executable, "-m", "stmem_jax.cli", name, f"--config={config}", f"--workdir={workdir}",
+                           *flags, *args],
+                          capture_output=True, text=True, timeout=600, cwd=ROOT,
+                          env=dict(os.environ, JAX_PLATFORMS="cpu"))
+
+
+def one_line_error(result, *says):
+    assert result.returncode == 1, result.stderr[-3000:]
+    lines = [line for line in result.stderr.splitlines() if line.strip() and "WARNING" not in line
+             and not line.startswith(("I0000", "E0000", "W0000"))]
+    assert len(lines) == 1 and lines[0].startswith("stmem-"), result.stderr[-3000:]
+    for text in says:
+        assert text in lines[0], lines[0]
+
+
+@pytest.fixture(scope="module")
+def finished(synthetic_shards, tmp_path_factory):
+    """A finished tiny pre-training (width 64) with checkpoints at steps 1 and 2."""
+    workdir = str(tmp_path_factory.mktemp("finished") / "run")
+    pretrain.train(small_config(synthetic_shards, **{"train.num_steps": 2, "checkpoint.every_steps": 1}), workdir)
+    return workdir
+
+
+def test_resuming_a_workdir_with_another_model_names_the_fields_and_touches_nothing(finished, synthetic_shards):
+    before = tree_state(finished)
+    for flags, says in [(["--config.model.width=128"], "model.width (64 -> 128)"),
+                        (["--config.model.lead_indicators=none", "--config.train.num_steps=4"],
+                         "model.lead_indicators ('both' -> 'none')")]:
+        result = command("pretrain", f"{CONFIG}:tiny", *flags, workdir=finished, data_dir=synthetic_shards)
+        one_line_error(result, "holds checkpoints of another run", says, "Use another workdir")
+        assert "Traceback" not in result.stderr and "Event loop is closed" not in result.stderr
+    assert tree_state(finished) == before  # no checkpoint moved aside, no model, encoder or config.json rewritten
+
+
+def test_checksums_that_cannot_verify_stop_the_resume_and_a_step_without_one_is_damage(synthetic_shards, tmp_path):
+    workdir = str(tmp_path / "run")
+    config = small_config(synthetic_shards, **{"train.num_steps": 4, "checkpoint.every_steps": 1,
+                                               "checkpoint.keep": 3, "train.max_steps_per_run": 2})
+    pretrain.train(config, workdir)
+    table_path = os.path.join(workdir, "checkpoints", "checksums.json")
+    table = open(table_path).read()
+    with open(table_path, "w") as f:
+        f.write(table[: len(table) // 2])  # cut: unreadable
+    before = tree_state(workdir)
+    with pytest.raises(ValueError, match="checksums.json cannot be read .* delete it to resume without verification"):
+        pretrain.train(config, workdir)
+    assert tree_state(workdir) == before
+    entries = json.loads(table)
+    del entries["2"]  # the newest step has no checksum: damaged, the run goes back to step 1
+    with open(table_path, "w") as f:
+        json.dump(entries, f)
+    assert pretrain.train(config, workdir)["step"] == 3
+    assert os.path.isdir(os.path.join(workdir, "checkpoints", "broken-2"))
+    os.remove(table_path)  # checkpoints from before checksums existed: restored unverified, with a warning
+    config.train.max_steps_per_run = 0
+    assert pretrain.train(config, workdir)["step"] == 4
+
+
+def test_model_files_that_ask_for_huge_memory_or_describe_no_model_are_refused(tmp_path):
+    torch = pytest.importorskip("torch")
+    from stmem_jax import api
+    from stmem_jax.cli import convert
+    from stmem_jax.convert import load_torch_checkpoint, state_dict_from_variables
+    from stmem_jax.model_dir import save_model
+    from stmem_jax.models import create_model, init_variables
+
+    model = create_model("st_mem_classifier", "tiny", width=64, depth=1, heads=1, mlp_dim=128)
+    variables = init_variables(model, jax.random.key(0))
+    tensors = {k: torch.from_numpy(v) for k, v in state_dict_from_variables(model, variables).items()}
+    # a tensor that repeats one stored number (stride 0): the file declares far more than it holds
+    crafted = dict(tensors, **{"to_patch_embedding.2.weight": torch.zeros(1).expand(32000, 75)})
+    torch.save({"model": crafted}, tmp_path / "crafted.pth")
+    assert os.path.getsize(tmp_path / "crafted.pth") < 32000 * 75 * 4 / 10
+    with pytest.raises(ValueError, match="not stored whole in the file"):
+        load_torch_checkpoint(tmp_path / "crafted.pth")
+    with pytest.raises(ValueError, match="crafted.pth"):
+        api.load_encoder(str(tmp_path / "crafted.pth"))
+
+    save_model(tmp_path / "good", model, variables)
+    description = json.loads((tmp_path / "good" / "model.json").read_text())
+    for name, change, says in [
+            ("huge", {"width": 32000, "mlp_dim": 128000, "depth": 48}, "larger than this package builds"),
+            ("unknown_field", {"colour": "red"}, "has no field(s) ['colour']"),
+            ("zero_patch", {"patch_size": 0}, "patch_size must be a whole number >= 1"),
+            ("unknown_kind", {"kind": "resnet"}, "unknown model kind 'resnet'")]:
+        bad = tmp_path / name
+        os.makedirs(bad)
+        (bad / "model.json").write_text(json.dumps({**description, "model": {**description["model"], **change}}))
+        with pytest.raises(ValueError, match="model.json: not a model description"):
+            api.load_encoder(str(bad))
+        assert convert(["export", str(bad), str(tmp_path / f"{name}.pth")]) == 1
+        assert not os.path.exists(tmp_path / f"{name}.pth")
+    (tmp_path / "unknown_kind" / "model.json").write_bytes(os.urandom(64))
+    with pytest.raises(ValueError, match="model.json: not a model description"):
+        api.load_encoder(str(tmp_path / "unknown_kind"))
+
+
+def test_configs_that_make_no_sense_are_refused_naming_every_field(synthetic_shards, tmp_path):
+    result = command("pretrain", f"{CONFIG}:tiny", "--config.train.lr=-0.001", "--config.model.mask_ratio=0",
+                     "--config.checkpoint.keep=0", workdir=str(tmp_path / "run"), data_dir=synthetic_shards)
+    one_line_error(result, "train.lr=-0.001", "model.mask_ratio=0.0", "checkpoint.keep=0")
+    assert not os.path.exists(tmp_path / "run" / "checkpoints")
+    result = command("finetune", f"{ROOT}/configs/downstream/ptbxl.py:rhythm", "--config.mode=scratch",
+                     "--config.train.num_steps=0", "--config.train.epochs=0", "--config.data.label_fraction=1.5",
+                     workdir=str(tmp_path / "ft"), data_dir=synthetic_shards, small=False)
+    one_line_error(result, "data.label_fraction=1.5")
+    assert not np.any([os.path.exists(tmp_path / "ft" / name) for name in ("checkpoints", "config.json")])
+
+
+def test_a_full_disk_is_one_line_and_a_bug_says_it_is_one(synthetic_shards, tmp_path, monkeypatch, capsys):
+    import errno
+
+    from stmem_jax.cli import guarded
+    from stmem_jax.train import checkpoints
+
+    def full(self, step, state):
+        raise OSError(errno.ENOSPC, "No space left on device", os.path.join(self.workdir, "checkpoints", str(step)))
+
+    monkeypatch.setattr(checkpoints.Checkpoints, "save", full)
+    config = small_config(synthetic_shards, **{"train.num_steps": 2})
+    assert guarded("stmem-pretrain", lambda: pretrain.train(config, str(tmp_path / "run"))) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("stmem-pretrain: error: [Errno 28] No space left on device") and "Traceback" not in err
+    assert guarded("stmem-pretrain", lambda: 1 / 0) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "ZeroDivisionError" in err and "internal error: a bug in stmem-jax" in err
