@@ -151,3 +151,25 @@ def test_a_full_disk_is_one_line_and_a_bug_says_it_is_one(synthetic_shards, tmp_
     assert guarded("stmem-pretrain", lambda: 1 / 0) == 1
     err = capsys.readouterr().err
     assert "Traceback" in err and "ZeroDivisionError" in err and "internal error: a bug in stmem-jax" in err
+
+
+def test_resuming_a_linear_probe_of_another_encoder_of_the_same_width_is_refused(synthetic_shards, tmp_path):
+    """The head's state keeps its shapes, but the run is another one: ``init`` names which run a workdir holds."""
+    from stmem_jax.train import downstream
+    from stmem_jax.train.config import downstream as downstream_config
+
+    config = downstream_config()
+    for key, value in {"mode": "linprobe", "init": "random:st_mem", "model.preset": "tiny", "model.width": 64,
+                       "model.depth": 1, "model.heads": 1, "model.mlp_dim": 128, "data.dir": synthetic_shards,
+                       "data.task": "rhythm", "train.num_steps": 4, "train.batch_size": 16,
+                       "checkpoint.asynchronous": False}.items():
+        section, _, field = key.rpartition(".")
+        (config[section] if section else config)[field] = value
+    workdir = str(tmp_path / "probe")
+    downstream.train(config, workdir)
+    os.remove(os.path.join(workdir, downstream.METRICS_FILE))  # as a run killed after its last checkpoint leaves it
+    before = tree_state(workdir)
+    config.init = "random:mtae"  # a head of the same shape on another encoder
+    with pytest.raises(ValueError, match=r"holds checkpoints of another run .*init \('random:st_mem' -> 'random:mtae'\)"):
+        downstream.train(config, workdir)
+    assert tree_state(workdir) == before

@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+from typing import Any
 
 import ml_collections
 from ml_collections.config_dict import placeholder
@@ -200,9 +201,14 @@ def save(workdir: str, config: ml_collections.ConfigDict) -> None:
             f.write(config.to_json(indent=2))
 
 
-def changes(workdir: str, config: ml_collections.ConfigDict) -> list[str]:
-    """The fields in which ``config`` differs from the one a run saved in ``<workdir>/config.json``,
-    as ``field (saved -> now)``; empty when there is none to compare with."""
+# fields that say which run a workdir holds: resuming it with others is another run, even where the
+# state keeps its shapes (a linear probe of another encoder of the same width)
+RUN_IDENTITY = ("method", "mode", "init", "data.task", "data.leads", "data.label_fraction", "data.crop_samples")
+
+
+def changes(workdir: str, config: ml_collections.ConfigDict) -> dict[str, tuple[Any, Any]]:
+    """``{field: (saved, now)}`` of the fields in which ``config`` differs from the one a run saved in
+    ``<workdir>/config.json``; empty when there is none to compare with."""
     def flat(tree, prefix=""):
         out = {}
         for key, value in tree.items():
@@ -213,7 +219,13 @@ def changes(workdir: str, config: ml_collections.ConfigDict) -> list[str]:
         with open(os.path.join(workdir, "config.json")) as f:
             saved = flat(json.load(f))
     except (OSError, ValueError, AttributeError):
-        return []
+        return {}
     now = flat(json.loads(config.to_json()))
-    return [f"{k} ({saved.get(k, 'absent')!r} -> {now.get(k, 'absent')!r})" for k in sorted(set(saved) | set(now))
-            if saved.get(k) != now.get(k)]
+    return {k: (saved.get(k, "absent"), now.get(k, "absent")) for k in sorted(set(saved) | set(now))
+            if saved.get(k) != now.get(k)}
+
+
+def describe_changes(changed: dict[str, tuple[Any, Any]], most: int = 8) -> str:
+    """``field (saved -> now), ...`` of the first ``most`` changes, identity fields first."""
+    order = sorted(changed, key=lambda k: k not in RUN_IDENTITY)
+    return ", ".join(f"{k} ({changed[k][0]!r} -> {changed[k][1]!r})" for k in order[:most])

@@ -106,7 +106,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         changed = config_lib.changes(workdir, config)
         if changed:
             raise ValueError(f"{workdir} holds a finished run with other settings (changed from its config.json: "
-                             f"{', '.join(changed[:8])}); use another workdir, or its own settings to read its results")
+                             f"{config_lib.describe_changes(changed)}); use another workdir, or its own settings to "
+                             f"read its results")
         print(f"{workdir} holds a finished run ({METRICS_FILE}): nothing to do", flush=True)
         with open(os.path.join(workdir, METRICS_FILE)) as f:
             return json.load(f)

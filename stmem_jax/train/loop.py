@@ -25,7 +25,7 @@ from jax.experimental import multihost_utils
 
 from stmem_jax import mesh as meshlib
 from stmem_jax.train.checkpoints import Checkpoints, DamagedCheckpoint, StateMismatch, abstract_with_shardings
-from stmem_jax.train.config import changes as config_changes
+from stmem_jax.train import config as config_lib
 from stmem_jax.train.optim import peak_learning_rate, schedule as lr_schedule
 from stmem_jax.train.reporting import Reporter, scalars
 
@@ -127,12 +127,17 @@ def init_or_restore(init_state: Callable[..., TrainState], mesh, checkpoints: Ch
     abstract = jax.eval_shape(init_state, *args)
     shardings = state_shardings(mesh, abstract)
     target = abstract_with_shardings(abstract, shardings)
+    changed = {} if config is None or checkpoints.latest_step() is None else \
+        config_lib.changes(checkpoints.workdir, config)
+    advice = "Use another workdir, or the run's own settings"
+    if set(changed) & set(config_lib.RUN_IDENTITY):
+        raise StateMismatch(f"{checkpoints.workdir} holds checkpoints of another run (changed from its config.json: "
+                            f"{config_lib.describe_changes(changed)}). {advice}")
     try:
         state, start = checkpoints.restore_latest(target)
     except StateMismatch as error:
-        changed = [] if config is None else config_changes(checkpoints.workdir, config)
-        raise StateMismatch(f"{error}. " + (f"Changed from its config.json: {', '.join(changed[:8])}. " if changed
-                                            else "") + "Use another workdir, or the run's own settings") from None
+        raise StateMismatch(f"{error}. " + (f"Changed from its config.json: {config_lib.describe_changes(changed)}. "
+                                            if changed else "") + advice) from None
     if start is None:
         return jax.jit(init_state, out_shardings=shardings)(*args), 0, target
     print(f"resumed from step {start} in {checkpoints.workdir}", flush=True)
