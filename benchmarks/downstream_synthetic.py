@@ -68,7 +68,7 @@ def main(argv=None) -> int:
 
     sizes = dict(width=args.width, depth=args.depth, heads=max(1, args.width // 64), mlp_dim=2 * args.width)
     start = time.time()
-    config = load_config(os.path.join(ROOT, "configs", "pretrain", "st_mem.py"), "tiny")
+    config = load_config("st_mem:tiny")
     config.model.update(sizes, decoder_width=64, decoder_depth=1, decoder_heads=1)
     pretrain_dir = os.path.join(args.workdir, "pretrain")
     config.data.dir = synthetic_dataset(os.path.join(pretrain_dir, "data"), args.records)
@@ -86,7 +86,7 @@ def main(argv=None) -> int:
 
     fractions = tuple(float(f) for f in args.fractions.split(","))
     smallest = min(fractions)
-    grid = load_config(os.path.join(ROOT, "configs", "downstream", "grid.py"), f"ptbxl:{args.task}")
+    grid = load_config(f"grid:ptbxl:{args.task}")
     if args.target_records:  # like PTB-XL after Chapman, Ningbo and CODE-15: other patients, fewer of them
         grid.run.data.dir = synthetic_dataset(os.path.join(args.workdir, f"target{args.target_records}", "data"),
                                               args.target_records, seed=1)

@@ -52,17 +52,17 @@ def commands(tmp: str) -> dict:
     native, shards, encoder = (os.path.join(tmp, name) for name in ("native", "reference-prepare", "reference-pretrain"))
 
     def config_command(name, config, values):
-        return lambda out, changed=(): [sys.executable, "-m", "stmem_jax.cli", name, f"--config={ROOT}/configs/{config}",
+        return lambda out, changed=(): [sys.executable, "-m", "stmem_jax.cli", name, f"--config={config}",
                                         f"--workdir={out}",
                                         *[f"--config.{k}={v}" for k, v in {**values, **dict(changed)}.items()]]
 
     return {
         "prepare": lambda out, changed=(): [sys.executable, "-m", "data_prep", "ptbxl", "--input", native, "--output",
                                             out, "--workers", "2", "--shard-windows", "10", "--quiet"],
-        "pretrain": config_command("pretrain", "pretrain/st_mem.py:tiny", {**PRETRAIN, "data.dir": shards}),
-        "finetune": config_command("finetune", "downstream/ptbxl.py:rhythm",
+        "pretrain": config_command("pretrain", "st_mem:tiny", {**PRETRAIN, "data.dir": shards}),
+        "finetune": config_command("finetune", "ptbxl:rhythm",
                                    {**FINETUNE, "data.dir": shards, "init": encoder}),
-        "linprobe": config_command("finetune", "downstream/ptbxl.py:rhythm",
+        "linprobe": config_command("finetune", "ptbxl:rhythm",
                                    {**LINPROBE, "data.dir": shards, "init": encoder}),
     }
 

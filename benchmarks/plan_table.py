@@ -23,7 +23,7 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOPOLOGIES = {"v4": "v4:2x2x1", "v5e": "v5e:2x2", "v5p": "v5p:2x2x1", "v6e": "v6e:2x2"}
-CONFIGS = {"pretrain": ("pretrain/st_mem.py", "vit_base"), "finetune": ("downstream/ptbxl.py", "st_mem")}
+CONFIGS = {"pretrain": "st_mem:vit_base", "finetune": "ptbxl:st_mem"}
 
 
 def compile_total(generation: str, step: str, remat: bool, fsdp: int, batch: int, devices: dict) -> dict:
@@ -31,8 +31,7 @@ def compile_total(generation: str, step: str, remat: bool, fsdp: int, batch: int
     from stmem_jax import plan
     from stmem_jax.train.config import load_config
 
-    path, arg = CONFIGS[step]
-    config = load_config(os.path.join(REPO, "configs", path), arg)
+    config = load_config(CONFIGS[step])
     config.model.update(preset="vit_base", dtype="bfloat16", remat=remat)
     config.mesh.fsdp = fsdp
     if generation not in devices:

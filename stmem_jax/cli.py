@@ -92,13 +92,31 @@ def guarded(name: str, body: Callable[[], int | None], *, traceback_for_user_err
         return 1
 
 
+def resolve_config_flag(args: list[str]) -> list[str]:
+    """``args`` with the value of ``--config`` resolved: a shipped config's name (``st_mem:vit_base``)
+    becomes its file's path (``stmem_jax.train.config.resolve``)."""
+    from stmem_jax.train.config import resolve
+
+    out = list(args)
+    for i, arg in enumerate(out):
+        if arg.startswith("--config="):
+            out[i] = "--config=" + resolve(arg[len("--config="):])
+        elif arg == "--config" and i + 1 < len(out):
+            out[i + 1] = resolve(out[i + 1])
+    return out
+
+
 def parse_flags(args: list[str]) -> list[str]:
-    """absl's flag parsing (for ``app.run``), with an override of a field the config does not have
-    named in one line (exit status 2) instead of a traceback."""
+    """absl's flag parsing (for ``app.run``) after :func:`resolve_config_flag`, with an unknown config
+    name or an override of a field the config does not have named in one line (exit status 2)
+    instead of a traceback."""
     from absl import app
 
     try:
-        return app.parse_flags_with_usage(args)
+        return app.parse_flags_with_usage(resolve_config_flag(args))
+    except ValueError as error:  # an unknown config name
+        print(f"{os.path.basename(args[0])}: error: {error}", file=sys.stderr)
+        sys.exit(2)
     except (AttributeError, KeyError) as error:
         key = str(error).strip("\"'")
         culprit = next((a.split("=")[0][2:] for a in args if a.startswith("--config.")
@@ -122,7 +140,8 @@ def run_config_command(body_fn: Callable, argv, *, example: str, workdir_help: s
     from absl import app, flags, logging
     from ml_collections import config_flags
 
-    config_flags.DEFINE_config_file("config", None, f"ml_collections config file, e.g. {example}", lock_config=True)
+    config_flags.DEFINE_config_file("config", None, f"a shipped config's name or a config file, and its argument, "
+                                    f"e.g. {example}", lock_config=True)
     flags.DEFINE_string("workdir", None, workdir_help)
     flags.mark_flags_as_required(["config", "workdir"])
 
@@ -150,7 +169,7 @@ def pretrain(argv=None) -> None:
     """``stmem-pretrain``: pre-training of any method (``stmem_jax.train.pretrain``)."""
     from stmem_jax.train.pretrain import train
 
-    run_config_command(train, argv, example="configs/pretrain/st_mem.py:vit_base",
+    run_config_command(train, argv, example="st_mem:vit_base",
                        workdir_help="run directory (checkpoints, logs, figures); a run resumes from it")
 
 
@@ -164,7 +183,7 @@ def finetune(argv=None) -> None:
         return {"workdir": os.path.abspath(workdir), "selected_step": record["selected_step"],
                 **{f"test_{k}": v for k, v in scalars_of(record["test"]).items()}}
 
-    run_config_command(run, argv, example="configs/downstream/ptbxl.py:st_mem",
+    run_config_command(run, argv, example="ptbxl:st_mem",
                        workdir_help="run directory (checkpoints, logs, metrics); a run resumes from it")
 
 
@@ -177,7 +196,7 @@ def benchmark(argv=None) -> None:
         print(result["table"])
         print(f"ran {len(result['ran'])} run(s), {len(result['skipped'])} already done", flush=True)
 
-    run_config_command(run, argv, example="configs/downstream/grid.py:ptbxl:st_mem",
+    run_config_command(run, argv, example="grid:ptbxl:st_mem",
                        workdir_help="grid directory (one sub-directory per run); a rerun resumes it",
                        run_section=lambda config: config.run)
 

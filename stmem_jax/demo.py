@@ -15,7 +15,7 @@
 
 ``--encoder fresh`` runs step 3 on the fresh encoder of step 2 instead. Compiled steps are kept in
 the persistent compilation cache (``stmem_jax.cli.use_compilation_cache``); every stage and run
-is reused on a rerun. Run from a clone of the repository (it reads ``configs/``).
+is reused on a rerun.
 """
 
 from __future__ import annotations
@@ -27,17 +27,9 @@ import sys
 import time
 
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHIPPED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrained", "synthetic-w64")
 SMALL = dict(width=64, depth=2, heads=1, mlp_dim=128, decoder_width=64, decoder_depth=1, decoder_heads=1)
 LEARNING_RATES = {"finetune": 3e-3, "scratch": 3e-3, "linprobe": 1e-2}  # best on validation, README's longer run
-
-
-def config_file(*parts: str) -> str:
-    path = os.path.join(REPO, "configs", *parts)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path} not found: run stmem-demo from a clone of the repository")
-    return path
 
 
 def verdict(rows: list[dict], fraction: float) -> str:
@@ -93,7 +85,7 @@ def run_demo(workdir: str, *, records: int = 3000, pretrain_steps: int = 100, do
 
     print(f"== 2/4 a short fresh pre-training: the small model from scratch, {pretrain_steps} steps", flush=True)
     pretrain_dir = os.path.join(workdir, "pretrain")
-    config = load_config(config_file("pretrain", "st_mem.py"), "tiny")
+    config = load_config("st_mem:tiny")
     config.model.update(SMALL)
     config.data.dir = data_dir
     config.train.update(num_steps=pretrain_steps, warmup_steps=max(1, pretrain_steps // 10), lr=1.5e-3)
@@ -107,7 +99,7 @@ def run_demo(workdir: str, *, records: int = 3000, pretrain_steps: int = 100, do
              f"{init} (pre-trained for {_steps_of(init)} steps on other synthetic ECGs; see its README)")
     print(f"== 3/4 downstream, {fraction:.0%} of the labels, seeds {','.join(map(str, seeds))}: fine-tune "
           f"(12, 6, 1 leads), linear probe and scratch (12 leads); encoder: {label}", flush=True)
-    grid = load_config(config_file("downstream", "grid.py"), "ptbxl:st_mem")
+    grid = load_config("grid:ptbxl:st_mem")
     grid.run.data.dir = data_dir
     grid.run.train.epochs = downstream_epochs
     grid.run.data.val_split = ""  # no model selection: the last state is tested (in earlier demos every run chose it)

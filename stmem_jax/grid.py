@@ -1,7 +1,7 @@
 """The paper's evaluation grid (command ``stmem-benchmark``): the downstream protocol as a grid of
 runs, and its table. (The speed scripts are in ``benchmarks/``.)
 
-    stmem-benchmark --config configs/downstream/grid.py:ptbxl:st_mem --workdir runs/bench \\
+    stmem-benchmark --config grid:ptbxl:st_mem --workdir runs/bench \\
         --config.grid.methods='("ST-MEM=runs/pretrain",)' --config.run.data.dir=/data/ptbxl
 
 The grid is tasks x methods x modes x label fractions x lead settings x seeds: ``finetune`` and

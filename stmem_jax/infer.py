@@ -15,7 +15,7 @@ import itertools
 import os
 import sys
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import flax.linen as nn
 import jax
@@ -30,8 +30,10 @@ from stmem_jax.core.ecgfile import list_files, read_ecg
 from stmem_jax.core.leads import LEAD_NAMES, lead_indices
 from stmem_jax.core.recipe import Recipe, window_inputs
 from stmem_jax.core.signal import RecordError
-from stmem_jax.data.pipeline import InputConfig, global_batches
 from stmem_jax.model_dir import MODEL_FILE, load_model
+
+if TYPE_CHECKING:  # the input pipeline (TensorFlow) loads only when a prepared split is read
+    from stmem_jax.data.pipeline import InputConfig
 
 
 def model_directory(path: str, prefer: Sequence[str] = ("encoder", "model")) -> str:
@@ -160,6 +162,8 @@ def predict(fn: Callable, params: Any, input_config: InputConfig, mesh) -> dict[
     ``outputs``, ``record_id`` (str), ``window``, ``source`` (index into the folders read) and (with a
     task) ``label``, each valid example
     exactly once (in shard order per process, processes in turn)."""
+    from stmem_jax.data.pipeline import global_batches
+
     parts: dict[str, list] = {}
     for batch in global_batches(input_config, mesh, data_axis=meshlib.BATCH_AXES):
         device = {"outputs": fn(params, batch["series"]), "valid": batch["valid"], "window": batch["window"],

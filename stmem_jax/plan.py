@@ -1,8 +1,8 @@
 """``stmem-plan``: will a config's train step fit a TPU slice, and what will it cost? Compiled ahead
 of time on this host (no TPU needed; ``pip install -e '.[tpu]'`` brings libtpu).
 
-    stmem-plan --config configs/pretrain/st_mem.py:vit_base --topology v5e:4x4 [--batch_per_chip 128]
-    stmem-plan --config configs/downstream/ptbxl.py:st_mem --topology v5e:2x2 --max_batch 512 \\
+    stmem-plan --config st_mem:vit_base --topology v5e:4x4 [--batch_per_chip 128]
+    stmem-plan --config ptbxl:st_mem --topology v5e:2x2 --max_batch 512 \\
         --config.model.preset=vit_base --config.model.remat=True
 
 The exact step of the config (the trainer's own step function and optimizer; mesh data x fsdp from
@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> None:
     from stmem_jax.cli import parse_flags
 
     config_flags.DEFINE_config_file("config", None, "a config file and its argument, e.g. "
-                                    "configs/pretrain/st_mem.py:vit_base", lock_config=True)
+                                    "st_mem:vit_base", lock_config=True)
     flags.DEFINE_string("topology", None, "TPU topology, e.g. v5e:4x4, v4:2x2x2, v5p:4x4x4, v6e:8x8")
     flags.DEFINE_integer("batch_per_chip", None, "examples per device (default: train.batch_size over the devices)")
     flags.DEFINE_integer("max_batch", None, "also find the largest per-device batch up to this that fits")

@@ -22,7 +22,7 @@ from stmem_jax.train.config import downstream as downstream_config, load_config
 from stmem_jax.mesh import make_mesh, replicated
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIGS = os.path.join(ROOT, "configs", "downstream")
+CONFIGS = os.path.join(ROOT, "stmem_jax", "configs", "downstream")
 SIZES = dict(width=64, depth=2, heads=1, mlp_dim=128)
 # a tiny model, no augmentation or drop-path, a high learning rate: learns the synthetic rhythm in 60 steps
 SMALL = {"model.preset": "tiny", **{f"model.{k}": v for k, v in SIZES.items()}, "model.drop_path": 0.0,
@@ -239,14 +239,14 @@ def test_baseline_encoders_take_fewer_leads_zero_filled_and_a_random_encoder_is_
 
 
 def test_config_files_set_their_tasks():
-    assert load_config(os.path.join(CONFIGS, "ptbxl.py"), "").data.task == "st_mem"
-    assert load_config(os.path.join(CONFIGS, "ptbxl.py"), "form").data.task == "form"
+    assert load_config(os.path.join(CONFIGS, "ptbxl.py"), "").data.task == "st_mem"  # a file, or a name
+    assert load_config("ptbxl", "form").data.task == load_config("ptbxl:form").data.task == "form"
     assert load_config(os.path.join(CONFIGS, "cpsc2018.py"), "multi").data.task == "cpsc2018"
     assert load_config(os.path.join(CONFIGS, "cpsc2018.py"), "single").data.task == "cpsc2018_single"
     af = load_config(os.path.join(CONFIGS, "physionet2017.py"))
     assert (af.data.task, af.data.leads) == ("af2017", "1")
     assert load_config(os.path.join(CONFIGS, "generic.py"), "label").data.task == "label"
-    grid = load_config(os.path.join(CONFIGS, "grid.py"), "cpsc2018:multi")
+    grid = load_config("grid:cpsc2018:multi")
     assert grid.run.data.task == "cpsc2018" and len(grid.grid.seeds) >= 3
     assert parse_leads("I, II,V1") == ("I", "II", "V1") and parse_leads("limb") == "limb"
     with pytest.raises(ValueError, match="needs data.dir"):

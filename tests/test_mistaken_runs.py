@@ -127,7 +127,7 @@ def test_configs_that_make_no_sense_are_refused_naming_every_field(synthetic_sha
                      "--config.checkpoint.keep=0", workdir=str(tmp_path / "run"), data_dir=synthetic_shards)
     one_line_error(result, "train.lr=-0.001", "model.mask_ratio=0.0", "checkpoint.keep=0")
     assert not os.path.exists(tmp_path / "run" / "checkpoints")
-    result = command("finetune", f"{ROOT}/configs/downstream/ptbxl.py:rhythm", "--config.mode=scratch",
+    result = command("finetune", "ptbxl:rhythm", "--config.mode=scratch",
                      "--config.train.num_steps=0", "--config.train.epochs=0", "--config.data.label_fraction=1.5",
                      workdir=str(tmp_path / "ft"), data_dir=synthetic_shards, small=False)
     one_line_error(result, "data.label_fraction=1.5")

@@ -21,7 +21,7 @@ def devices():
 
 
 def test_tiny_pretraining_step_compiles_for_v5e_and_fits(devices, capsys):
-    config = load_config(os.path.join(ROOT, "configs", "pretrain", "st_mem.py"), "tiny")
+    config = load_config("st_mem:tiny")
     assert len(devices) == 4 and devices[0].device_kind == "TPU v5 lite"
     assert plan.hbm_bytes(devices) == 16 * 2 ** 30
     assert plan.plan(config, "v5e:2x2", batch_per_chip=8) == 0
@@ -38,7 +38,7 @@ def test_a_v4_device_is_a_tensorcore_with_half_its_chips_hbm(devices):
 
 
 def test_fine_tuning_step_compiles_with_fsdp_and_linear_probing_is_refused(devices):
-    config = load_config(os.path.join(ROOT, "configs", "downstream", "ptbxl.py"), "st_mem")
+    config = load_config("ptbxl:st_mem")
     config.model.preset = "tiny"
     config.mesh.fsdp = 2
     step = plan.compile_step(config, devices, 8)

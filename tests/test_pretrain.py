@@ -17,7 +17,7 @@ from stmem_jax.train.optim import adamw
 from tests.data_fixtures import write_dataset
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIG = os.path.join(ROOT, "configs", "pretrain", "st_mem.py")
+CONFIG = os.path.join(ROOT, "stmem_jax", "configs", "pretrain", "st_mem.py")
 SMALL = {"model.width": 64, "model.depth": 2, "model.heads": 1, "model.mlp_dim": 128, "model.decoder_width": 64,
          "model.decoder_depth": 1, "model.decoder_heads": 1, "train.batch_size": 16, "train.warmup_steps": 2,
          "train.base_lr": 2e-3, "log.every_steps": 1, "checkpoint.every_steps": 1000, "eval.every_steps": 0,
@@ -188,6 +188,14 @@ def test_command_errors_name_the_unknown_field_and_the_missing_folder(tmp_path):
     assert "Traceback" not in unknown.stderr
     missing = command(f"--config.data.dir={tmp_path / 'nowhere'}")
     assert missing.returncode == 1 and "nowhere does not exist" in missing.stderr and "Traceback" not in missing.stderr
+    # the shipped configs resolve by name from any folder
+    for name, code, says in [("mtae_rlm:tiny", 2, "config.train.bogus is not a field"),
+                             ("nonesuch:tiny", 2, "config 'nonesuch' is neither a file nor a shipped config")]:
+        result = subprocess.run([sys.executable, "-m", "stmem_jax.cli", "pretrain", "--config", name,
+                                 f"--workdir={tmp_path / 'run'}", "--config.train.bogus=1"], capture_output=True,
+                                text=True, timeout=600, cwd=tmp_path, env=dict(os.environ, JAX_PLATFORMS="cpu",
+                                                                             PYTHONPATH=ROOT))
+        assert result.returncode == code and says in result.stderr and "Traceback" not in result.stderr
 
 
 def test_eight_devices_match_one_and_their_checkpoint_restores_on_one(synthetic_shards, tmp_path):
@@ -235,7 +243,7 @@ def test_command_prepares_synthetic_data_and_a_signal_stops_it_with_a_checkpoint
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu")
     flags = [f"--config.{k}={v}" for k, v in {**SMALL, "data.synthetic_records": 120, "data.workers": 1,
                                               "train.num_steps": 100000}.items()]
-    proc = subprocess.Popen([sys.executable, "-m", "stmem_jax.cli", "pretrain", f"--config={CONFIG}:tiny",
+    proc = subprocess.Popen([sys.executable, "-m", "stmem_jax.cli", "pretrain", "--config", "st_mem:tiny",
                              f"--workdir={workdir}", *flags], env=env, cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     for line in proc.stdout:

@@ -31,9 +31,10 @@ def loaded_by(statement):
     return eval(result.stdout.strip().splitlines()[-1])
 
 
-def test_the_inference_path_loads_no_trainer():
+def test_the_inference_path_loads_no_trainer_and_the_api_no_tensorflow():
     modules = loaded_by("import stmem_jax.api, stmem_jax.embed, stmem_jax.predict")
     assert [m for m in modules if m.startswith(("stmem_jax.train", "data_prep"))] == []
+    assert not [m for m in loaded_by("from stmem_jax import api") if m.split(".")[0] == "tensorflow"]
 
 
 def test_stmem_jax_never_imports_data_prep_and_the_core_imports_only_itself():

@@ -1,9 +1,9 @@
 """The config schemas of the trainers (ml_collections), with the public recipes as defaults.
 
-``pretraining()`` is what ``configs/pretrain/*.py`` start from, ``downstream()`` what
-``configs/downstream/*.py`` start from; both share the sections built here once. Every field can be
-overridden on the command line (``--config.train.batch_size=512``). ``load_config`` reads a config
-file as ``--config`` does.
+``pretraining()`` is what ``stmem_jax/configs/pretrain/*.py`` start from, ``downstream()`` what
+``stmem_jax/configs/downstream/*.py`` start from; both share the sections built here once. Every
+field can be overridden on the command line (``--config.train.batch_size=512``). ``load_config``
+reads a config as ``--config`` does: a shipped config by name (``st_mem:vit_base``) or a file.
 """
 
 from __future__ import annotations
@@ -23,12 +23,36 @@ from stmem_jax.models import ENCODER_SIZES
 PRETRAINING_PRESETS = ("vit_base", "vit_small", "tiny")
 
 
-def load_config(path: str, arg: str = "") -> ml_collections.ConfigDict:
-    """``get_config(arg)`` of a config file, as ``config_flags`` would load it."""
-    spec = importlib.util.spec_from_file_location(os.path.splitext(os.path.basename(path))[0], path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg)
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+
+
+def config_names() -> dict[str, str]:
+    """``{name: path}`` of the config files shipped with the package (``stmem_jax/configs/*/NAME.py``)."""
+    return {name[:-3]: os.path.join(CONFIG_DIR, folder, name) for folder in sorted(os.listdir(CONFIG_DIR))
+            if os.path.isdir(os.path.join(CONFIG_DIR, folder))
+            for name in sorted(os.listdir(os.path.join(CONFIG_DIR, folder))) if name.endswith(".py")}
+
+
+def resolve(spec: str) -> str:
+    """``NAME[:ARG]`` of a shipped config (``st_mem:vit_base``, ``grid:ptbxl:st_mem``) or ``PATH[:ARG]``
+    of a config file -> ``PATH[:ARG]``."""
+    name, colon, arg = spec.partition(":")
+    if os.path.isfile(name) or not name:
+        return spec
+    names = config_names()
+    if name not in names:
+        raise ValueError(f"config {name!r} is neither a file nor a shipped config ({', '.join(names)})")
+    return names[name] + colon + arg
+
+
+def load_config(spec: str, arg: str = "") -> ml_collections.ConfigDict:
+    """``get_config(arg)`` of a config, as ``--config`` loads it: a shipped config's name or a file's
+    path (an argument after ``:`` in ``spec`` takes the place of ``arg``)."""
+    path, colon, given = resolve(spec).partition(":")
+    spec_ = importlib.util.spec_from_file_location(os.path.splitext(os.path.basename(path))[0], path)
+    module = importlib.util.module_from_spec(spec_)
+    spec_.loader.exec_module(module)
+    return module.get_config(given if colon else arg)
 
 
 def _common(preset: str) -> ml_collections.ConfigDict:
@@ -120,7 +144,7 @@ def pretraining(preset: str = "vit_base", method: str = "st_mem") -> ml_collecti
 
 def downstream() -> ml_collections.ConfigDict:
     """Fine-tuning, linear probing and training from scratch (stmem-finetune), the public recipe;
-    the files in ``configs/downstream`` set the task and dataset."""
+    the configs in ``stmem_jax/configs/downstream`` set the task and dataset."""
     config = _common("vit_base")
     config.mode = "finetune"           # finetune | linprobe | scratch
     config.init = ""                   # pre-trained weights (finetune, linprobe): a workdir, model directory or .pth;

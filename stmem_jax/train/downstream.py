@@ -1,6 +1,6 @@
 """``stmem-finetune``: fine-tuning, linear probing and training from scratch on a labelled task.
 
-    stmem-finetune --config configs/downstream/ptbxl.py:st_mem --workdir runs/ptbxl_st_mem \\
+    stmem-finetune --config ptbxl:st_mem --workdir runs/ptbxl_st_mem \\
         --config.data.dir=/data/ptbxl --config.init=runs/pretrain --config.mode=finetune
 
 Modes (``config.mode``):

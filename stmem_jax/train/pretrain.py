@@ -1,7 +1,7 @@
 """Pre-training of any method (``config.method``, ``stmem_jax.methods``): the driver behind
 ``stmem-pretrain``.
 
-    stmem-pretrain --config configs/pretrain/st_mem.py:vit_base --workdir runs/vit_base \\
+    stmem-pretrain --config st_mem:vit_base --workdir runs/vit_base \\
         --config.data.dir=/data/pretrain_shards --config.train.batch_size=1024
 
 The same code runs on one CPU, one or several GPUs, or a TPU pod (one process per host). The

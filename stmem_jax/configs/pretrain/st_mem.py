@@ -1,4 +1,4 @@
-"""ST-MEM pre-training configs: ``configs/pretrain/st_mem.py:<preset>``.
+"""ST-MEM pre-training configs: ``st_mem:<preset>``.
 
 ST-MEM (Na et al., ICLR 2024): 75% of the 75-sample patches of every lead masked independently,
 encoder with SEP and lead embeddings, lead-wise shared decoder, normalised-patch MSE on the removed
@@ -16,7 +16,7 @@ each source prepared into its own folder, then read together (one epoch = one pa
     stmem-prepare challenge2021 --input /data/challenge2021 --output /data/shards/chapman --subsets chapman_shaoxing
     stmem-prepare challenge2021 --input /data/challenge2021 --output /data/shards/ningbo --subsets ningbo
     stmem-prepare code15 --input /data/code15 --output /data/shards/code15
-    stmem-pretrain --config configs/pretrain/st_mem.py:vit_base --workdir runs/vit_base \
+    stmem-pretrain --config st_mem:vit_base --workdir runs/vit_base \
         --config.data.dir=/data/shards/chapman,/data/shards/ningbo,/data/shards/code15
 
 The optimiser decays Dense kernels only (``train.weight_decay_on="kernels"``, weight decay 0.05);

@@ -1,4 +1,4 @@
-"""PTB-XL downstream tasks: ``configs/downstream/ptbxl.py:<task>``.
+"""PTB-XL downstream tasks: ``ptbxl:<task>``.
 
 ``st_mem`` (default): the ST-MEM protocol, superdiagnostic records with exactly one superclass as a
 5-class single-label task, on PTB-XL prepared with the default split scheme (strat_fold 1-7/8/9-10):

@@ -1,6 +1,6 @@
-"""MTAE+RLM pre-training configs: ``configs/pretrain/mtae_rlm.py:<preset>`` (vit_base | vit_small | tiny).
+"""MTAE+RLM pre-training configs: ``mtae_rlm:<preset>`` (vit_base | vit_small | tiny).
 
-MTAE (``configs/pretrain/mtae.py``) pre-trained on inputs with random lead masking (RLM; Oh et al.,
+MTAE (``mtae``) pre-trained on inputs with random lead masking (RLM; Oh et al.,
 "Lead-agnostic self-supervised learning for local and global representations of
 electrocardiogram", CHIL 2022): each of the 12 leads of a training example is zeroed
 independently with probability 0.5 and the kept leads are left as they are
@@ -11,7 +11,7 @@ code holds an unused variant, probability 0.3 then the kept leads re-standardise
 inputs are not masked. RLM is an input option of every method: ``--config.data.lead_masking``
 works with any pre-training config.
 
-    stmem-pretrain --config configs/pretrain/mtae_rlm.py:vit_base --workdir runs/mtae_rlm --config.data.dir=...
+    stmem-pretrain --config mtae_rlm:vit_base --workdir runs/mtae_rlm --config.data.dir=...
 """
 
 from stmem_jax.train.config import pretraining

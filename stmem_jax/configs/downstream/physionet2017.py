@@ -1,7 +1,7 @@
 """PhysioNet/CinC Challenge 2017: task ``af2017`` (N, A, O, ~), one lead (the handheld lead, lead I).
 
     stmem-prepare physionet2017 --input <training2017> --output <dir>
-    stmem-finetune --config configs/downstream/physionet2017.py --config.data.dir=<dir> ...
+    stmem-finetune --config physionet2017 --config.data.dir=<dir> ...
 """
 
 from stmem_jax.train.config import downstream

@@ -1,4 +1,4 @@
-"""CPSC2018 (9 classes): ``configs/downstream/cpsc2018.py:<single|multi>``.
+"""CPSC2018 (9 classes): ``cpsc2018:<single|multi>``.
 
 ``single`` (default): task ``cpsc2018_single``, the records with exactly one class (the ST-MEM
 protocol); ``multi``: task ``cpsc2018``, multi-label. ``data.dir`` is a stmem-prepare output of the

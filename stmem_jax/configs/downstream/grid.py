@@ -1,4 +1,4 @@
-"""The downstream protocol grid for stmem-benchmark: ``configs/downstream/grid.py:<dataset>:<task>``,
+"""The downstream protocol grid for stmem-benchmark: ``grid:<dataset>:<task>``,
 ``<dataset>:<task>`` naming a run config of this folder and its argument (default ``ptbxl:st_mem``).
 
 ``config.run`` is that run config (override any field: ``--config.run.data.dir=/data/ptbxl

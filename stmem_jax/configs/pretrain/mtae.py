@@ -1,4 +1,4 @@
-"""MTAE pre-training configs: ``configs/pretrain/mtae.py:<preset>`` (vit_base | vit_small | tiny).
+"""MTAE pre-training configs: ``mtae:<preset>`` (vit_base | vit_small | tiny).
 
 MTAE, the masked time autoencoder baseline of the ST-MEM paper (Na et al., ICLR 2024; in the
 public ST-MEM code): one token per 75-sample time patch holding all 12 leads (900 features,
@@ -8,7 +8,7 @@ masked, one decoder over the whole sequence, normalised-token MSE on the removed
 (the paper compares them at the same budget). Inputs holding fewer leads (``data.leads``) enter
 zero-filled at the standard positions of their leads.
 
-    stmem-pretrain --config configs/pretrain/mtae.py:vit_base --workdir runs/mtae --config.data.dir=...
+    stmem-pretrain --config mtae:vit_base --workdir runs/mtae --config.data.dir=...
 """
 
 from stmem_jax.train.config import pretraining

@@ -1,7 +1,7 @@
-"""Any prepared dataset with labels: ``configs/downstream/generic.py:<task>``, the task as named in
+"""Any prepared dataset with labels: ``generic:<task>``, the task as named in
 its manifest.json (e.g. ``label`` for ``stmem-prepare wfdb``); empty: the dataset's only task.
 
-    stmem-finetune --config configs/downstream/generic.py:label --config.data.dir=<dir> ...
+    stmem-finetune --config generic:label --config.data.dir=<dir> ...
 """
 
 from stmem_jax.train.config import downstream

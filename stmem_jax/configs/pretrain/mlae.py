@@ -1,4 +1,4 @@
-"""MLAE pre-training configs: ``configs/pretrain/mlae.py:<preset>`` (vit_base | vit_small | tiny).
+"""MLAE pre-training configs: ``mlae:<preset>`` (vit_base | vit_small | tiny).
 
 MLAE, the masked lead autoencoder baseline of the ST-MEM paper (Na et al., ICLR 2024; in the public
 ST-MEM code): one token per lead holding its whole 2250-sample crop, a CLS token, fixed sine-cosine
@@ -7,7 +7,7 @@ MSE on the removed leads (``stmem_jax.methods.token_mae``). Encoder and decoder 
 and recipe are ST-MEM's. Inputs holding fewer leads (``data.leads``) enter zero-filled at the
 standard positions of their leads.
 
-    stmem-pretrain --config configs/pretrain/mlae.py:vit_base --workdir runs/mlae --config.data.dir=...
+    stmem-pretrain --config mlae:vit_base --workdir runs/mlae --config.data.dir=...
 """
 
 from stmem_jax.train.config import pretraining
