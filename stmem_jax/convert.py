@@ -29,7 +29,7 @@ from flax.traverse_util import flatten_dict, unflatten_dict
 from stmem_jax import models
 from stmem_jax.layers import HEAD_DIM
 from stmem_jax.models import PRESETS, init_variables
-from stmem_jax.torch_layout import Entry, require
+from stmem_jax.torch_layout import Entry, linear, require
 
 
 def layout(model: nn.Module, encoder_only: bool = False) -> list[Entry]:
@@ -132,7 +132,16 @@ def variables_from_state_dict(state_dict: dict[str, Any], *, strict: bool = True
     fixed = {k: np.asarray(v) for k, v in model.fixed_tables().items()} if hasattr(model, "fixed_tables") else {}
     params: dict[tuple[str, ...], np.ndarray] = {}
     sources: dict[tuple[str, ...], str] = {}
-    entries = layout(model)
+    entries = []
+    for entry in layout(model):
+        if entry.kind != "identity":
+            entries.append(entry)
+        elif f"{entry.key}.weight" in state_dict:  # a file that holds the projection anyway
+            entries += linear(entry.key, entry.path)
+        else:  # the public model has none here: an identity
+            width = expected[(*entry.path, "kernel")].shape[0]
+            params[(*entry.path, "kernel")] = np.eye(width, dtype=np.float32)
+            params[(*entry.path, "bias")] = np.zeros(width, np.float32)
     for entry in entries:
         tensor = require(state_dict, entry.key).astype(np.float32)
         if not np.isfinite(tensor).all():
@@ -172,6 +181,14 @@ def state_dict_from_variables(model: nn.Module, variables: dict[str, Any], *, en
     fixed = model.fixed_tables() if hasattr(model, "fixed_tables") else {}
     state_dict = {}
     for entry in layout(model, encoder_only):
+        if entry.kind == "identity":
+            kernel, bias = params[(*entry.path, "kernel")], params[(*entry.path, "bias")]
+            if not (np.allclose(kernel, np.eye(len(kernel)), atol=1e-6) and np.allclose(bias, 0, atol=1e-6)):
+                hint = " (the encoder alone can be exported: --encoder-only)" if entry.path[0] == "decoder" else ""
+                raise ValueError(f"{'/'.join(entry.path)}: the public code builds no output projection for one "
+                                 f"attention head as wide as its block ({len(kernel)}), and this model's is trained: "
+                                 f"no file the public code loads can hold it{hint}")
+            continue
         value = np.asarray(fixed[entry.path[0]]) if entry.kind == "fixed" else params[entry.path]
         if entry.kind == "linear":
             value = value.T

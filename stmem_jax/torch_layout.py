@@ -10,13 +10,16 @@ from typing import NamedTuple
 
 import numpy as np
 
+from stmem_jax.layers import HEAD_DIM
+
 
 class Entry(NamedTuple):
     """One PyTorch tensor and where it lives in the Flax variables.
 
     kind: ``linear`` (transposed), ``tensor`` (as is, after ``ones`` leading singleton axes of the
-    PyTorch tensor), ``row`` (row ``index`` of a stacked parameter) or ``fixed`` (a fixed table of
-    the model, checked, not stored).
+    PyTorch tensor), ``row`` (row ``index`` of a stacked parameter), ``fixed`` (a fixed table of
+    the model, checked, not stored) or ``identity`` (a Dense layer the public model does not have,
+    an identity there: ``key`` names the Linear the file would hold otherwise).
     """
 
     key: str
@@ -36,11 +39,16 @@ def norm(key: str, path: tuple[str, ...]) -> Iterator[Entry]:
     yield Entry(f"{key}.bias", (*path, "bias"))
 
 
-def block(key: str, path: tuple[str, ...]) -> Iterator[Entry]:
-    """A pre-norm transformer block (``layers.Block``)."""
+def block(key: str, path: tuple[str, ...], heads: int, width: int) -> Iterator[Entry]:
+    """A pre-norm transformer block (``layers.Block``). The public attention has no output
+    projection when one head is as wide as the block (``project_out = not (heads == 1 and dim_head
+    == dim)``): then ours is an ``identity`` entry."""
     yield from norm(f"{key}.attn.norm", (*path, "attn_norm"))
     yield from linear(f"{key}.attn.fn.to_qkv", (*path, "attn", "qkv"))
-    yield from linear(f"{key}.attn.fn.to_out.0", (*path, "attn", "out"))
+    if heads == 1 and width == HEAD_DIM:
+        yield Entry(f"{key}.attn.fn.to_out.0", (*path, "attn", "out"), "identity")
+    else:
+        yield from linear(f"{key}.attn.fn.to_out.0", (*path, "attn", "out"))
     yield from norm(f"{key}.ff.norm", (*path, "mlp_norm"))
     yield from linear(f"{key}.ff.fn.net.0", (*path, "mlp", "fc1"))
     yield from linear(f"{key}.ff.fn.net.3", (*path, "mlp", "fc2"))
@@ -54,9 +62,9 @@ def patch_embedding(prefix: str) -> Iterator[Entry]:
     yield from norm(f"{prefix}to_patch_embedding.3", (*embed, "norm_out"))
 
 
-def encoder_blocks(prefix: str, depth: int) -> Iterator[Entry]:
-    for i in range(depth):
-        yield from block(f"{prefix}block{i}", ("encoder", "blocks", f"block_{i}"))
+def encoder_blocks(prefix: str, model) -> Iterator[Entry]:
+    for i in range(model.depth):
+        yield from block(f"{prefix}block{i}", ("encoder", "blocks", f"block_{i}"), model.heads, model.width)
     yield from norm(f"{prefix}norm", ("encoder", "norm"))
 
 
@@ -68,7 +76,7 @@ def decoder(model) -> Iterator[Entry]:
     yield Entry("mask_embedding", ("mask_token",), ones=2)
     yield Entry("decoder_pos_embed", ("decoder_pos_embedding",), "fixed", ones=1)
     for j in range(model.decoder_depth):
-        yield from block(f"decoder_blocks.{j}", ("decoder", f"block_{j}"))
+        yield from block(f"decoder_blocks.{j}", ("decoder", f"block_{j}"), model.decoder_heads, model.decoder_width)
     yield from norm("decoder_norm", ("decoder_norm",))
     yield from linear("decoder_head", ("decoder_head",))
 

@@ -20,9 +20,14 @@ def perturbed(variables, seed=0, scale=0.05):
                         jax.device_get(variables))
 
 
+# the tiny preset's decoder (one head, 64 wide) has no output projection in the public layout; a decoder
+# of two heads has one, so the tests' tiny models round-trip through every tensor of it
+PUBLIC_DECODER = dict(decoder_width=128, decoder_heads=2)
+
+
 @pytest.fixture(scope="session")
 def tiny_stmem():
-    model = create_model("st_mem", "tiny")
+    model = create_model("st_mem", "tiny", **PUBLIC_DECODER)
     return model, perturbed(init_variables(model, jax.random.key(0)))
 
 

@@ -8,7 +8,7 @@ import torch
 
 import reference
 from stmem_jax.model_dir import load_model, save_model
-from conftest import perturbed
+from conftest import PUBLIC_DECODER, perturbed
 from stmem_jax.cli import convert as main
 from stmem_jax.convert import (layout, load_torch_checkpoint, save_torch_checkpoint, state_dict_from_variables,
                                variables_from_state_dict)
@@ -153,7 +153,7 @@ def test_convert_command_imports_and_exports(tmp_path, tiny_stmem, capsys):
     source = tmp_path / "public.pth"
     save_pth(source, state_dict_from_variables(model, variables))
     assert main(["import", str(source), str(tmp_path / "imported")]) == 0
-    assert "STMEM (preset tiny" in capsys.readouterr().out
+    assert "STMEM (preset custom" in capsys.readouterr().out  # tiny with a wider decoder
     restored_model, restored = load_model(tmp_path / "imported")
     assert restored_model == model
     assert_same_tree(restored, variables)
@@ -196,7 +196,7 @@ def test_a_model_without_lead_indicators_has_no_public_file():
 @functools.cache
 def tiny_baseline(kind, seed=2, **overrides):
     """A tiny MTAE / MLAE model (or classifier) and perturbed variables, built once per arguments."""
-    model = create_model(kind, "tiny", **overrides)
+    model = create_model(kind, "tiny", **(PUBLIC_DECODER if not kind.endswith("classifier") else {}), **overrides)
     return model, perturbed(init_variables(model, jax.random.key(seed)), seed=seed)
 
 
@@ -212,9 +212,9 @@ def test_baseline_pretraining_file_round_trip_is_lossless_and_matches_reference(
     tokens, features = (30, 900) if kind == "mtae" else (12, 2250)
     assert state_dict["encoder.to_patch_embedding.2.weight"].shape == (128, features)
     assert state_dict["encoder.pos_embedding"].shape == (1, tokens + 1, 128)
-    assert state_dict["decoder_pos_embed"].shape == (1, tokens + 1, 64)
+    assert state_dict["decoder_pos_embed"].shape == (1, tokens + 1, 128)
     assert state_dict["encoder.cls_embedding"].shape == (128,)
-    assert state_dict["decoder_head.weight"].shape == (features, 64)
+    assert state_dict["decoder_head.weight"].shape == (features, 128)
     assert not any("lead_embeddings" in k or "sep_embedding" in k for k in state_dict)
     save_pth(tmp_path / f"{kind}.pth", state_dict)
     imported_model, imported = load_torch_checkpoint(tmp_path / f"{kind}.pth")
@@ -288,7 +288,7 @@ def test_kind_hint_model_name_and_config_sizes_pick_the_baseline(tmp_path):
 
     with pytest.raises(ValueError, match="cls_embedding"):
         variables_from_state_dict(state_dict, kind="st_mem")
-    stmem = create_model("st_mem", "tiny")
+    stmem = create_model("st_mem", "tiny", **PUBLIC_DECODER)
     with pytest.raises(ValueError, match="sep_embedding"):
         variables_from_state_dict(state_dict_from_variables(stmem, zero_variables(stmem)), kind="mtae")
     with pytest.raises(ValueError, match="unknown model kind 'mae'"):
@@ -342,7 +342,7 @@ def test_convert_command_imports_and_exports_an_mtae_file(tmp_path, capsys):
     source = tmp_path / "mtae.pth"
     save_pth(source, state_dict_from_variables(model, variables))
     assert main(["import", str(source), str(tmp_path / "imported")]) == 0
-    assert "BaselineMAE (preset tiny, kind mtae" in capsys.readouterr().out
+    assert "BaselineMAE (preset custom, kind mtae" in capsys.readouterr().out
     restored_model, restored = load_model(tmp_path / "imported")
     assert restored_model == model
     assert_same_tree(restored, variables)
@@ -363,3 +363,27 @@ def test_convert_command_imports_and_exports_an_mtae_file(tmp_path, capsys):
     assert main(["import", str(source), str(tmp_path / "forced"), "--kind", "mlae"]) == 0
     forced = load_model(tmp_path / "forced")[0]
     assert (forced.token_axis, forced.num_leads, forced.seq_len) == ("lead", 30, 900)
+
+
+def test_one_head_as_wide_as_its_block_has_no_output_projection_in_the_public_layout(tmp_path):
+    """The public attention drops its output projection when one head is as wide as the block (the
+    tiny preset's decoder, 64 wide): such files import with an identity there, exports leave it out,
+    and a trained projection there is refused with a reason instead of a file the public code cannot
+    load strictly."""
+    model = create_model("st_mem", "tiny", width=64, heads=1, mlp_dim=128, depth=1)
+    variables = init_variables(model, jax.random.key(0))
+    with pytest.raises(ValueError, match=r"encoder/blocks/block_0/attn/out: the public code builds no output projection"):
+        state_dict_from_variables(model, variables)
+    params = jax.tree_util.tree_map_with_path(
+        lambda path, x: np.eye(64, dtype=np.float32) if "out" in str(path) and "kernel" in str(path) else
+        np.zeros_like(x) if "out" in str(path) and "bias" in str(path) else np.asarray(x), variables["params"])
+    state_dict = state_dict_from_variables(model, {"params": params})
+    assert not [k for k in state_dict if "to_out" in k]  # as the public model's state dict
+    restored_model, restored = variables_from_state_dict(state_dict)
+    assert restored_model == model
+    assert_same_tree(restored["params"], params)
+    # a file written with the projection (before this rule) still imports, as it is
+    with_out = dict(state_dict, **{"encoder.block0.attn.fn.to_out.0.weight": np.full((64, 64), 0.5, np.float32),
+                                   "encoder.block0.attn.fn.to_out.0.bias": np.ones(64, np.float32)})
+    _, loaded = variables_from_state_dict(with_out)
+    np.testing.assert_array_equal(loaded["params"]["encoder"]["blocks"]["block_0"]["attn"]["out"]["kernel"], 0.5)

@@ -206,12 +206,14 @@ def test_encoders_from_every_source(pretrained, tmp_path):
     from stmem_jax.convert import save_torch_checkpoint
 
     model, variables = load_model(os.path.join(pretrained, "model"))
-    expected = jax.tree.leaves(methods.get("st_mem").encoder(model, variables)[1])
-    save_torch_checkpoint(str(tmp_path / "st_mem.pth"), model, variables)
-    for path in (pretrained, os.path.join(pretrained, "model"), str(tmp_path / "st_mem.pth")):
+    public = create_model("st_mem", "tiny", depth=1, decoder_width=128, decoder_heads=2)  # has a public layout
+    public_vars = init_variables(public, jax.random.key(1))
+    save_torch_checkpoint(str(tmp_path / "st_mem.pth"), public, public_vars)
+    for path, model, variables in [(pretrained, model, variables), (os.path.join(pretrained, "model"), model, variables),
+                                   (str(tmp_path / "st_mem.pth"), public, public_vars)]:
         encoder, loaded = infer.load_encoder(path)
-        assert encoder.num_classes == 0 and encoder.width == 64
-        for a, b in zip(expected, jax.tree.leaves(loaded)):
+        assert encoder.num_classes == 0 and encoder.width == model.width
+        for a, b in zip(jax.tree.leaves(methods.get("st_mem").encoder(model, variables)[1]), jax.tree.leaves(loaded)):
             np.testing.assert_allclose(a, b, atol=1e-6)
 
 

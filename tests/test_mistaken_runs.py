@@ -91,7 +91,7 @@ def test_model_files_that_ask_for_huge_memory_or_describe_no_model_are_refused(t
     from stmem_jax.model_dir import save_model
     from stmem_jax.models import create_model, init_variables
 
-    model = create_model("st_mem_classifier", "tiny", width=64, depth=1, heads=1, mlp_dim=128)
+    model = create_model("st_mem_classifier", "tiny", depth=1)
     variables = init_variables(model, jax.random.key(0))
     tensors = {k: torch.from_numpy(v) for k, v in state_dict_from_variables(model, variables).items()}
     # a tensor that repeats one stored number (stride 0): the file declares far more than it holds

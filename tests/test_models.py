@@ -4,12 +4,14 @@ import numpy as np
 import pytest
 
 import reference
+from conftest import PUBLIC_DECODER
 from stmem_jax import methods
 from stmem_jax.methods.st_mem import STMEM
 from stmem_jax.models import (PRESETS, count_parameters, create_model, init_variables, kinds, model_config,
                               model_from_config)
 
 TINY = {k: PRESETS["tiny"][k] for k in ("width", "depth", "heads", "decoder_width", "decoder_depth", "decoder_heads")}
+TINY |= PUBLIC_DECODER  # conftest's tiny_stmem
 TINY["patch_size"] = 75
 
 

@@ -59,7 +59,7 @@ class STMEMSettings(ViTSettings):
         return [*tl.patch_embedding(prefix), pos, tl.Entry(f"{prefix}sep_embedding", ("encoder", "sep_embedding")),
                 *(tl.Entry(f"{prefix}lead_embeddings.{c}", ("encoder", "lead_embeddings"), "row", c)
                   for c in range(self.num_leads)),
-                *tl.encoder_blocks(prefix, self.depth)]
+                *tl.encoder_blocks(prefix, self)]
 
     TORCH_MARKER = "sep_embedding"
     TORCH_LABEL = "ST-MEM"

@@ -83,7 +83,7 @@ class TokenSettings(ViTSettings):
         pos = tl.Entry(f"{prefix}pos_embedding", ("pos_embedding",), "fixed", ones=1) if pretraining \
             else tl.Entry("pos_embedding", ("encoder", "pos_embedding"), ones=1)
         return [*tl.patch_embedding(prefix), pos, tl.Entry(f"{prefix}cls_embedding", ("encoder", "cls_token")),
-                *tl.encoder_blocks(prefix, self.depth)]
+                *tl.encoder_blocks(prefix, self)]
 
     TORCH_MARKER = "cls_embedding"
     TORCH_LABEL = "MTAE/MLAE"
