@@ -6,7 +6,8 @@ runs, and its table. (The speed scripts are in ``benchmarks/``.)
 
 The grid is tasks x methods x modes x label fractions x lead settings x seeds: ``finetune`` and
 ``linprobe`` runs start from each method's weights (``NAME=path``, see ``config.init`` of
-stmem-finetune), ``scratch`` runs once per point as the ``Supervised`` row. Every run has its own
+stmem-finetune), ``scratch`` runs once per point as the ``Supervised`` row, with the first method's
+encoder architecture. Every run has its own
 directory under ``<workdir>/runs``; a run whose test metrics exist is skipped, so an interrupted
 grid resumes. The Markdown table (``results.md``: rows method (mode) and leads, columns label
 fractions, cells mean +- std over seeds of the test macro AUROC and macro F1) and a CSV of every run
@@ -68,7 +69,8 @@ def grid_runs(config: ml_collections.ConfigDict) -> list[Run]:
     runs = []
     for task in g.tasks or (config.run.data.task,):
         for mode in g.modes:
-            for method, init in methods if mode != "scratch" else [(SUPERVISED, "")]:
+            # scratch runs once per point: the first method's encoder architecture, from random weights
+            for method, init in methods if mode != "scratch" else [(SUPERVISED, methods[0][1] if methods else "")]:
                 for leads in g.leads:
                     for fraction in g.fractions:
                         runs.extend(Run(task, method, init, mode, float(fraction), leads, int(seed))

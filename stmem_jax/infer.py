@@ -161,11 +161,15 @@ def predict(fn: Callable, params: Any, input_config: InputConfig, mesh) -> dict[
     """``fn(params, series)`` over an evaluation split, gathered from every device and process:
     ``outputs``, ``record_id`` (str), ``window``, ``source`` (index into the folders read) and (with a
     task) ``label``, each valid example
-    exactly once (in shard order per process, processes in turn)."""
-    from stmem_jax.data.pipeline import global_batches
+    exactly once (in shard order per process, processes in turn). A pass of more than 5 s shows its
+    progress (rate, ETA) on stderr."""
+    from stmem_jax.data.pipeline import global_batches, steps_per_epoch
 
     parts: dict[str, list] = {}
-    for batch in global_batches(input_config, mesh, data_axis=meshlib.BATCH_AXES):
+    batches = tqdm(global_batches(input_config, mesh, data_axis=meshlib.BATCH_AXES), total=steps_per_epoch(input_config),
+                   desc=f"evaluating {input_config.split}", unit="batch", delay=5, mininterval=10,
+                   disable=jax.process_index() != 0)
+    for batch in batches:
         device = {"outputs": fn(params, batch["series"]), "valid": batch["valid"], "window": batch["window"],
                   "source": batch["source"]}
         if "label" in batch:

@@ -370,3 +370,32 @@ def test_predict_gives_the_finetuned_runs_test_probabilities_for_its_split_and_f
     rows = list(csv.reader(open(output)))[1:]
     assert [r[0] for r in rows] == names
     np.testing.assert_allclose([np.array(r[2:], float) for r in rows], [by_id[r] for r in chosen], atol=2e-3)
+
+
+def test_scratch_and_the_random_encoder_take_the_architecture_they_are_compared_with(pretrained, synthetic_shards,
+                                                                                      tmp_path):
+    """Scratch with ``init`` trains that encoder's architecture from random weights (not ViT-B), and
+    ``random:<path>`` probes that model's architecture at its method's initialisation; the grid's
+    Supervised row uses its first method's encoder."""
+    config = run_config(synthetic_shards, mode="scratch", init=pretrained, **{"model.preset": "vit_base",
+                                                                              "train.num_steps": 2})
+    for key in ("model.width", "model.depth", "model.heads", "model.mlp_dim"):
+        section, field = key.split(".")
+        config[section][field] = None  # the preset's sizes: ViT-B, unless init says otherwise
+    downstream.train(config, str(tmp_path / "scratch"))
+    model, variables = load_model(tmp_path / "scratch" / "model")
+    encoder, pretrained_vars = infer.load_encoder(pretrained)
+    assert (model.width, model.depth) == (encoder.width, encoder.depth) == (64, 2)
+    assert not np.allclose(variables["params"]["encoder"]["blocks"]["block_0"]["mlp"]["fc1"]["kernel"],
+                           pretrained_vars["params"]["encoder"]["blocks"]["block_0"]["mlp"]["fc1"]["kernel"])
+
+    probe = run_config(synthetic_shards, mode="linprobe", init=f"random:{pretrained}", **{"train.num_steps": 2})
+    downstream.train(probe, str(tmp_path / "random"))
+    random_model, random_vars = load_model(tmp_path / "random" / "model")
+    assert random_model.width == 64 and random_model.depth == 2
+    table = random_vars["params"]["encoder"]["pos_embedding"]  # the pre-training init: the sine-cosine table
+    np.testing.assert_allclose(table, create_model("st_mem", "tiny", **SIZES).fixed_tables()["pos_embedding"])
+
+    grid_config = load_config("grid:ptbxl:rhythm")
+    grid_config.grid.update(methods=(f"ST-MEM={pretrained}",), modes=("scratch",))
+    assert {run.init for run in grid.grid_runs(grid_config)} == {pretrained}

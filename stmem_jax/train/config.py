@@ -148,7 +148,8 @@ def downstream() -> ml_collections.ConfigDict:
     config = _common("vit_base")
     config.mode = "finetune"           # finetune | linprobe | scratch
     config.init = ""                   # pre-trained weights (finetune, linprobe): a workdir, model directory or .pth;
-                                       # random:<method> for a randomly initialised encoder of that method
+                                       # random:<method or path> a randomly initialised encoder; scratch: whose
+                                       # architecture to train (empty: model.kind from model.preset and sizes)
     config.model.update(
         kind="st_mem",                 # scratch: the method whose encoder trains (st_mem | mtae | mlae | ...)
         drop_path=0.1,

@@ -6,11 +6,13 @@
 Modes (``config.mode``):
   finetune  all weights from ``config.init``, layer-wise learning-rate decay, drop-path;
   linprobe  frozen encoder from ``config.init``, only the head trains (``stmem_jax.train.linprobe``);
-  scratch   random weights, the encoder of the method ``config.model.kind`` built from ``config.model``
-          (``preset``, sizes).
+  scratch   random weights: the architecture of the encoder ``config.init`` names (the one it is compared
+          with; only its shapes are used), else of the method ``config.model.kind`` built from
+          ``config.model`` (``preset``, sizes).
 ``config.init``: a stmem-pretrain workdir (its ``encoder/`` or ``model/``), a saved model directory
 (pre-training model or classifier; a classifier's head is replaced), a public ``.pth`` file, or
-``random:<method>``, that method's encoder at random initialisation (the random-encoder control).
+``random:<method>`` or ``random:<path>``, that method's (or that model's) encoder at random
+initialisation (the random-encoder control).
 
 The loss is the classification loss; the evaluator validates at intervals (3 crops, probabilities
 averaged) and the state with the best validation loss or macro AUROC (``eval.select``) is
@@ -54,17 +56,13 @@ METRICS_FILE = "test_metrics.json"
 
 def build_classifier(config: ml_collections.ConfigDict, num_classes: int, lead_ids: tuple[int, ...]
                      ) -> tuple[nn.Module, Any]:
-    """The run's classifier and the pre-trained encoder parameters (None for scratch). ``init``
-    ``random:<method>`` is that method's encoder as its pre-training starts (``config.model``'s
-    preset and sizes, seeded by ``train.seed``): the random-encoder control."""
+    """The run's classifier and the pre-trained encoder parameters (None for scratch). Scratch takes
+    the architecture of the encoder ``init`` names (the one it is compared with), else of
+    ``model.kind`` built from ``config.model``."""
     m = config.model
-    if config.mode == "scratch":
-        if config.init:
-            raise ValueError("mode 'scratch' trains from random weights: leave init empty")
-        model, encoder_params = setup.scratch_classifier(config, num_classes), None
-    else:
-        if not config.init:
-            raise ValueError(f"mode {config.mode!r} needs pre-trained weights: set init (or use mode 'scratch')")
+    if config.mode != "scratch" and not config.init:
+        raise ValueError(f"mode {config.mode!r} needs pre-trained weights: set init (or use mode 'scratch')")
+    if config.init:
         encoder, variables = random_encoder(config, lead_ids) if config.init.startswith(RANDOM) else \
             infer.load_encoder(config.init)
         fields = dict(num_classes=num_classes, drop_path=m.drop_path, dropout=m.dropout, dtype=jnp.dtype(m.dtype),
@@ -72,7 +70,9 @@ def build_classifier(config: ml_collections.ConfigDict, num_classes: int, lead_i
         if "first_k_leads" in models.fields(type(encoder)):
             fields["first_k_leads"] = m.first_k_leads
         model = encoder.clone(**fields)
-        encoder_params = variables["params"]["encoder"]
+        encoder_params = None if config.mode == "scratch" else variables["params"]["encoder"]
+    else:
+        model, encoder_params = setup.scratch_classifier(config, num_classes), None
     if model.seq_len != config.data.crop_samples:
         raise ValueError(f"the encoder takes {model.seq_len}-sample inputs but data.crop_samples is "
                          f"{config.data.crop_samples}")
@@ -80,11 +80,22 @@ def build_classifier(config: ml_collections.ConfigDict, num_classes: int, lead_i
 
 
 def random_encoder(config: ml_collections.ConfigDict, lead_ids: tuple[int, ...]) -> tuple[nn.Module, Any]:
-    """The encoder that ``init='random:<method>'`` names: the method's model built from
-    ``config.model`` and initialised from ``train.seed``, exported as after pre-training."""
-    method = methods.get(config.init.removeprefix(RANDOM))
-    model = method.model(config, lead_ids)
-    params = jax.jit(lambda: method.init_params(model, jax.random.key(config.train.seed), lead_ids))()
+    """The encoder that ``init='random:<method or path>'`` names, initialised from ``train.seed``: the
+    method's (built from ``config.model``) or the architecture of the model at the path, exported as
+    after its method's pre-training (a classifier without one: its own initialisation)."""
+    spec = config.init.removeprefix(RANDOM)
+    key = jax.random.key(config.train.seed)
+    if os.path.exists(spec):
+        model, _ = infer.load(spec, ("model", "encoder"))
+        method = methods.of(model)
+        if method is None:  # an encoder or a classifier: its own initialisation
+            encoder = model.clone(num_classes=0)
+            params = models.init_variables(encoder, key)["params"]["encoder"]
+            return encoder, jax.device_get({"params": {"encoder": params}})
+    else:
+        method = methods.get(spec)
+        model = method.model(config, lead_ids)
+    params = jax.jit(lambda: method.init_params(model, key, lead_ids))()
     encoder, variables = method.encoder(model, {"params": params})
     return encoder, jax.device_get(variables)
 

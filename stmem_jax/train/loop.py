@@ -102,18 +102,28 @@ class Schedule:
     steps_per_epoch: int
     global_batch: int
     learning_rate: optax.Schedule
+    description: str = ""
 
     @classmethod
     def of(cls, train: ml_collections.ConfigDict, global_batch: int, steps_per_epoch: int) -> Schedule:
-        """``num_steps`` or ``epochs``; warm-up in steps or epochs; peak ``lr`` or ``base_lr`` x batch / 256,
-        then half-cycle cosine to ``min_lr``."""
+        """``num_steps`` or ``epochs``; warm-up in steps or epochs; peak ``lr``, or ``base_lr`` x
+        ``train.batch_size`` / 256, then half-cycle cosine to ``min_lr``. The rate follows the
+        configured batch, not ``global_batch``: a run with fewer training examples than a batch (1% of
+        the labels) trains on all of them in each step, at the recipe's rate, not at a rate shrunk
+        with its batch."""
         total = train.num_steps or train.epochs * steps_per_epoch
         if total < 1:
             raise ValueError(f"the run has no step to train: train.num_steps is 0 and train.epochs ({train.epochs}) "
                              f"x {steps_per_epoch} step(s) per epoch is 0 (fewer examples than a batch?)")
         warmup = train.warmup_steps if train.warmup_steps >= 0 else train.warmup_epochs * steps_per_epoch
-        peak = peak_learning_rate(train.lr, train.base_lr, global_batch)
-        return cls(total, steps_per_epoch, global_batch, lr_schedule(peak, total, warmup, train.min_lr))
+        peak = peak_learning_rate(train.lr, train.base_lr, train.batch_size)
+        why = "train.lr" if train.lr else f"base_lr {train.base_lr:g} x train.batch_size {train.batch_size} / 256"
+        if global_batch < train.batch_size:
+            why += (f"; the batch is {global_batch} (every training example), and the rate follows the configured "
+                    f"batch, not this one")
+        description = (f"learning rate: peak {peak:.3g} ({why}), {min(warmup, total - 1)} warm-up step(s), "
+                       f"half-cycle cosine to {train.min_lr:g} at step {total}")
+        return cls(total, steps_per_epoch, global_batch, lr_schedule(peak, total, warmup, train.min_lr), description)
 
 
 def init_or_restore(init_state: Callable[..., TrainState], mesh, checkpoints: Checkpoints, *args,
@@ -214,11 +224,16 @@ def run(state: TrainState, step_fn: Callable, batches: Iterator[dict], key: jax.
     if start == total:
         print(f"the checkpoint is at the last step ({total}): nothing to train", flush=True)
     stop_at = total if stop_at is None else stop_at
+    if jax.process_index() == 0 and start < stop_at:
+        print(f"steps {start + 1}-{stop_at} of {total}, batch {schedule.global_batch}; {schedule.description}",
+              flush=True)
     stop = _StopRequest()
     pending, last, step = [], {}, start
     drawn = np.zeros(len(sources), np.int64)
     try:
         reporter.resume(step)
+        if jax.process_index() == 0 and step < stop_at:
+            print("compiling the train step (the first step includes it)", flush=True)
         while step < stop_at:
             item = next(batches)
             state, metrics = step_fn(state, *(item[k] for k in keys), key)
@@ -239,7 +254,7 @@ def run(state: TrainState, step_fn: Callable, batches: Iterator[dict], key: jax.
                     reporter.log(step, last | {f"drawn/{n}": int(c) for n, c in zip(sources, drawn)})
                     drawn[:] = 0
                 else:
-                    reporter.reset_clock(step)
+                    reporter.first_step(step, scalars(metrics))
             due = [hook for hook in hooks if hook.due(step, total)]
             for hook in due:
                 hook.fn(state, step)

@@ -32,9 +32,13 @@ class Reporter:
             self._writer = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
 
     def write(self, step: int, metrics: dict[str, float], prefix: str = "train") -> None:
-        """Records scalars at ``step`` (jsonl + TensorBoard), no console output."""
+        """Records scalars at ``step`` (jsonl + TensorBoard); prints them unless they are training's
+        (:meth:`log` prints those with rate and ETA)."""
         if not self.active:
             return
+        if prefix != "train":
+            print("  ".join([f"step {step}/{self.total_steps}", prefix] +
+                            [f"{k} {v:.4g}" for k, v in metrics.items()]), flush=True)
         self._jsonl.write(json.dumps({"step": step, "split": prefix, **metrics}) + "\n")
         self._jsonl.flush()
         with self._writer.as_default(step=step):
@@ -59,6 +63,15 @@ class Reporter:
             if "examples_per_s" in metrics:
                 parts.append(f"{metrics['examples_per_s']:.1f} ex/s")
             print("  ".join(parts + [f"ETA {eta}"]), flush=True)
+
+    def first_step(self, step: int, metrics: dict[str, float]) -> None:
+        """Prints the first step of a run (console only: it took the compilation too) and starts the
+        rate clock after it."""
+        if self.active:
+            seconds = time.perf_counter() - self._last_time
+            parts = [f"step {step}/{self.total_steps}"] + [f"{k} {v:.4g}" for k, v in metrics.items()]
+            print("  ".join(parts + [f"first step, compilation included: {seconds:.1f} s"]), flush=True)
+        self.reset_clock(step)
 
     def resume(self, step: int) -> None:
         """Starts (or resumes) at ``step``: ``metrics.jsonl`` forgets what an interrupted run wrote
