@@ -13,13 +13,7 @@ import time
 import traceback
 from collections.abc import Callable
 
-import jax
-import ml_collections
-from jax.experimental import multihost_utils
-
-from stmem_jax.core.shards import MANIFEST
-from stmem_jax.mesh import initialize_from_config
-from stmem_jax.train.loop import Interrupted, NonFiniteLoss
+# JAX and the trainers load inside the functions: --help answers without them
 
 # tasks of the built-in synthetic data (PTB-XL layout)
 SYNTHETIC_TASKS = ("st_mem", "all", "diagnostic", "subdiagnostic", "superdiagnostic", "rhythm")
@@ -29,6 +23,11 @@ def synthetic_dataset(directory: str, records: int, seed: int = 0, workers: int 
     """The built-in synthetic dataset: ``records`` ECGs generated in PTB-XL's layout in
     ``<directory>/native`` and prepared into ``<directory>/shards`` by the ``stmem-prepare synthetic``
     command (on process 0; the others wait). Reused when already prepared; returns the shards' path."""
+    import jax
+    from jax.experimental import multihost_utils
+
+    from stmem_jax.core.shards import MANIFEST
+
     target = os.path.join(os.path.abspath(directory), "shards")
     if jax.process_index() == 0 and not os.path.isfile(os.path.join(target, MANIFEST)):
         native = os.path.join(os.path.abspath(directory), "native")
@@ -43,7 +42,7 @@ def synthetic_dataset(directory: str, records: int, seed: int = 0, workers: int 
     return target
 
 
-def with_synthetic_data(run: ml_collections.ConfigDict, workdir: str) -> None:
+def with_synthetic_data(run, workdir: str) -> None:
     """Sets ``run.data.dir`` to the built-in synthetic data under ``<workdir>/data`` when it is empty."""
     data = run.data
     if data.dir:
@@ -60,13 +59,12 @@ def use_compilation_cache() -> None:
     ``~/.cache/stmem-jax/xla``, so a rerun, the runs of a grid and the demo's stages load them
     instead of compiling again. ``JAX_COMPILATION_CACHE_DIR`` chooses another folder; set empty,
     it turns the cache off."""
+    import jax
+
     if "JAX_COMPILATION_CACHE_DIR" in os.environ or jax.config.jax_compilation_cache_dir:
         return
     jax.config.update("jax_compilation_cache_dir", os.path.join(os.path.expanduser("~"), ".cache", "stmem-jax", "xla"))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
-
-
-USER_ERRORS = (OSError, ValueError, KeyError, ImportError, NonFiniteLoss)  # bad inputs, settings, disks, files
 
 
 def guarded(name: str, body: Callable[[], int | None], *, traceback_for_user_errors: bool = False) -> int:
@@ -74,12 +72,15 @@ def guarded(name: str, body: Callable[[], int | None], *, traceback_for_user_err
     ``<name>: error: ...`` for a user error (``USER_ERRORS``: a missing or unreadable file, a full or
     read-only disk, a bad setting); 128 + the signal number when stopped by a signal (a checkpoint
     kept). Anything else is a bug: its traceback, then a line that says so (exit 1)."""
+    from stmem_jax.train.loop import Interrupted, NonFiniteLoss
+
+    user_errors = (OSError, ValueError, KeyError, ImportError, NonFiniteLoss)  # inputs, settings, disks, files
     try:
         return body() or 0
     except Interrupted as error:
         print(error, file=sys.stderr, flush=True)
         return 128 + error.signum
-    except USER_ERRORS as error:
+    except user_errors as error:
         if traceback_for_user_errors:
             raise
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
@@ -126,9 +127,29 @@ def parse_flags(args: list[str]) -> list[str]:
         sys.exit(2)
 
 
+def help_requested(args: list[str]) -> bool:
+    return bool({"-h", "--help", "--helpshort", "--helpfull"} & set(args[1:]))
+
+
+def config_help(name: str, args: list[str], example: str, options: dict[str, str]) -> str:
+    """The usage of a config command: its ``options`` (flag -> what it is) and every field of its
+    config (the one ``--config`` names in ``args``, else ``example``) with its default and meaning.
+    Loads no JAX backend, no TensorFlow: a second or two."""
+    from stmem_jax.train.config import config_names, describe_fields, load_config, resolve
+
+    spec = next((a.split("=", 1)[1] for a in args if a.startswith("--config=")), None) or \
+        next((b for a, b in zip(args, args[1:]) if a == "--config"), example)
+    options = {"--config": f"a shipped config ({', '.join(config_names())}) or a config file, and its argument",
+               **options}
+    width = max(map(len, options))
+    lines = [f"usage: {name} {' '.join(f'{k} ...' for k in options)} [--config.FIELD=VALUE ...]", ""]
+    lines += [f"  {k:<{width}}  {v}" for k, v in options.items()]
+    lines += ["", f"fields of {spec} (each one: --config.FIELD=VALUE):"]
+    return "\n".join(lines + describe_fields(load_config(spec), resolve(spec).split(":")[0]))
+
+
 def run_config_command(body_fn: Callable, argv, *, example: str, workdir_help: str,
-                       run_section: Callable[[ml_collections.ConfigDict], ml_collections.ConfigDict] = lambda c: c
-                       ) -> None:
+                       run_section: Callable = lambda c: c) -> None:
     """Parse ``--config`` (an ml_collections ``get_config(arg)`` file, every field overridable as
     ``--config.train.batch_size=512``) and ``--workdir``, prepare the synthetic data when the run's
     ``data.dir`` is empty, then call ``body_fn(config, workdir)``; a dict it returns is printed as the
@@ -136,9 +157,16 @@ def run_config_command(body_fn: Callable, argv, *, example: str, workdir_help: s
     config out of the command's (the grid's ``config.run``). Library INFO logs (orbax logs every
     save) are hidden unless ``--verbosity`` is given. Exit status (:func:`guarded`): 0; 1 on an error
     in the inputs (one line; the traceback with ``--verbosity``); 2 on an unknown config field or
-    another usage error; 128 + the signal number when stopped by a signal (a checkpoint kept)."""
+    another usage error; 128 + the signal number when stopped by a signal (a checkpoint kept).
+    ``--help`` lists the config's fields (exit status 0)."""
+    args = sys.argv if argv is None else argv
+    if help_requested(args):
+        print(config_help(os.path.basename(args[0]), args, example, {"--workdir": workdir_help}))
+        sys.exit(0)
     from absl import app, flags, logging
     from ml_collections import config_flags
+
+    from stmem_jax.mesh import initialize_from_config
 
     config_flags.DEFINE_config_file("config", None, f"a shipped config's name or a config file, and its argument, "
                                     f"e.g. {example}", lock_config=True)
@@ -167,7 +195,10 @@ def run_config_command(body_fn: Callable, argv, *, example: str, workdir_help: s
 
 def pretrain(argv=None) -> None:
     """``stmem-pretrain``: pre-training of any method (``stmem_jax.train.pretrain``)."""
-    from stmem_jax.train.pretrain import train
+    def train(config, workdir):
+        from stmem_jax.train import pretrain as trainer
+
+        return trainer.train(config, workdir)
 
     run_config_command(train, argv, example="st_mem:vit_base",
                        workdir_help="run directory (checkpoints, logs, figures); a run resumes from it")
@@ -175,10 +206,10 @@ def pretrain(argv=None) -> None:
 
 def finetune(argv=None) -> None:
     """``stmem-finetune``: fine-tuning, linear probing or training from scratch (``stmem_jax.train.downstream``)."""
-    from stmem_jax.train.classification import scalars_of
-    from stmem_jax.train.downstream import train
-
     def run(config, workdir):
+        from stmem_jax.train.classification import scalars_of
+        from stmem_jax.train.downstream import train
+
         record = train(config, workdir)
         return {"workdir": os.path.abspath(workdir), "selected_step": record["selected_step"],
                 **{f"test_{k}": v for k, v in scalars_of(record["test"]).items()}}
@@ -189,9 +220,9 @@ def finetune(argv=None) -> None:
 
 def benchmark(argv=None) -> None:
     """``stmem-benchmark``: the paper's evaluation grid (``stmem_jax.grid``)."""
-    from stmem_jax.grid import run_grid
-
     def run(config, workdir):
+        from stmem_jax.grid import run_grid
+
         result = run_grid(config, workdir)
         print(result["table"])
         print(f"ran {len(result['ran'])} run(s), {len(result['skipped'])} already done", flush=True)

@@ -101,7 +101,7 @@ def run_demo(workdir: str, *, records: int = 3000, pretrain_steps: int = 100, do
           f"(12, 6, 1 leads), linear probe and scratch (12 leads); encoder: {label}", flush=True)
     grid = load_config("grid:ptbxl:st_mem")
     grid.run.data.dir = data_dir
-    grid.run.train.epochs = downstream_epochs
+    grid.run.train.update(epochs=downstream_epochs, min_steps=0)  # the demo's epochs and rates (LEARNING_RATES)
     grid.run.data.val_split = ""  # no model selection: the last state is tested (in earlier demos every run chose it)
     grid.run.log.every_steps = downstream_epochs
     grid.run.model.update({k: v for k, v in SMALL.items() if k in grid.run.model}, preset="tiny")

@@ -33,13 +33,14 @@ from stmem_jax.core.leads import lead_indices, parse_leads
 from stmem_jax.core.recipe import Recipe
 from stmem_jax.core.shards import read_manifests
 from stmem_jax.core.signal import EXIT_SKIPPED
-from stmem_jax.data.pipeline import InputConfig, folders, task_classes
 
 
 def embed_split(encoder, variables, data_dir: str, split: str, leads="12", task: str | None = None,
                 batch_size: int = 64, crops: int | None = None) -> dict[str, np.ndarray]:
     """Features of every example of a prepared split (of one folder, or of several one after the
     other), read by the input pipeline (crops: the dataset's recipe unless given)."""
+    from stmem_jax.data.pipeline import InputConfig, folders, task_classes  # TensorFlow: only to read a split
+
     manifest = next(iter(read_manifests(data_dir).values()))
     input_config = InputConfig(data_dir=data_dir, split=split, batch_size=batch_size, training=False, leads=leads,
                                crop_samples=encoder.seq_len, task=task,

@@ -188,17 +188,25 @@ def plan(config: ml_collections.ConfigDict, topology: str, batch_per_chip: int |
 
 
 def main(argv: list[str] | None = None) -> None:
+    from stmem_jax.cli import config_help, help_requested, parse_flags
+
+    options = {"--topology": "TPU topology, e.g. v5e:4x4, v4:2x2x2, v5p:4x4x4, v6e:8x8",
+               "--batch_per_chip": "examples per device (default: train.batch_size over the devices)",
+               "--max_batch": "also find the largest per-device batch up to this that fits",
+               "--num_classes": "fine-tuning: classes of the head (default 5)"}
+    args = sys.argv if argv is None else argv
+    if help_requested(args):
+        print(config_help("stmem-plan", args, "st_mem:vit_base", options))
+        sys.exit(0)
     from absl import app, flags, logging
     from ml_collections import config_flags
 
-    from stmem_jax.cli import parse_flags
-
-    config_flags.DEFINE_config_file("config", None, "a config file and its argument, e.g. "
-                                    "st_mem:vit_base", lock_config=True)
-    flags.DEFINE_string("topology", None, "TPU topology, e.g. v5e:4x4, v4:2x2x2, v5p:4x4x4, v6e:8x8")
-    flags.DEFINE_integer("batch_per_chip", None, "examples per device (default: train.batch_size over the devices)")
-    flags.DEFINE_integer("max_batch", None, "also find the largest per-device batch up to this that fits")
-    flags.DEFINE_integer("num_classes", 5, "fine-tuning: classes of the head")
+    config_flags.DEFINE_config_file("config", None, "a shipped config's name or a config file, and its argument, "
+                                    "e.g. st_mem:vit_base", lock_config=True)
+    flags.DEFINE_string("topology", None, options["--topology"])
+    flags.DEFINE_integer("batch_per_chip", None, options["--batch_per_chip"])
+    flags.DEFINE_integer("max_batch", None, options["--max_batch"])
+    flags.DEFINE_integer("num_classes", 5, options["--num_classes"])
     flags.mark_flags_as_required(["config", "topology"])
 
     def run(_):

@@ -32,7 +32,6 @@ from stmem_jax.core.leads import lead_indices, parse_leads
 from stmem_jax.core.recipe import Recipe
 from stmem_jax.core.shards import read_manifests
 from stmem_jax.core.signal import EXIT_SKIPPED
-from stmem_jax.data.pipeline import InputConfig
 from stmem_jax.model_dir import MODEL_FILE
 
 
@@ -52,9 +51,11 @@ def load_classifier(path: str) -> tuple[Any, dict[str, Any], dict[str, Any]]:
     return model, variables, info
 
 
-def split_input(data_dir: str, split: str, info: dict[str, Any], batch_size: int) -> InputConfig:
+def split_input(data_dir: str, split: str, info: dict[str, Any], batch_size: int):
     """The evaluation input of a prepared split that shows the model what it was trained on; an error
     naming the folder when its rate, window or filter cannot give that."""
+    from stmem_jax.data.pipeline import InputConfig  # TensorFlow: only to read a split
+
     recipe: Recipe = info["recipe"]
     for directory, manifest in read_manifests(data_dir).items():
         data = Recipe.of_manifest(manifest)

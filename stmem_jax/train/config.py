@@ -9,8 +9,11 @@ reads a config as ``--config`` does: a shipped config by name (``st_mem:vit_base
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import json
 import os
+import re
+import sys
 from typing import Any
 
 import ml_collections
@@ -167,6 +170,7 @@ def downstream() -> ml_collections.ConfigDict:
         exclude_pretraining_overlap=False,  # leave out windows also in init's pre-training data (a workdir)
     )
     config.train.layer_decay = 0.75    # finetune only
+    config.train.min_steps = 1000      # with epochs: at least this many steps (1-5% of the labels: few per epoch)
     config.eval.update(
         crops=Recipe.eval_crops,
         max_evals=50,                  # with every_steps 0: every epoch, at most this many times
@@ -178,7 +182,8 @@ def downstream() -> ml_collections.ConfigDict:
 # field -> (lowest, highest, whether the lowest is allowed): the ranges in which a value means something
 RANGES = {
     "train.batch_size": (1, None, True), "train.grad_accum_steps": (0, None, True), "train.epochs": (0, None, True),
-    "train.num_steps": (0, None, True), "train.warmup_epochs": (0, None, True), "train.base_lr": (0, None, False),
+    "train.num_steps": (0, None, True), "train.min_steps": (0, None, True), "train.warmup_epochs": (0, None, True),
+    "train.base_lr": (0, None, False),
     "train.lr": (0, None, True), "train.min_lr": (0, None, True), "train.weight_decay": (0, None, True),
     "train.b1": (0, 1, True), "train.b2": (0, 1, True), "train.clip_norm": (0, None, True),
     "train.layer_decay": (0, 1, False), "train.max_steps_per_run": (0, None, True),
@@ -254,3 +259,57 @@ def describe_changes(changed: dict[str, tuple[Any, Any]], most: int = 8) -> str:
     """``field (saved -> now), ...`` of the first ``most`` changes, identity fields first."""
     order = sorted(changed, key=lambda k: k not in RUN_IDENTITY)
     return ", ".join(f"{k} ({changed[k][0]!r} -> {changed[k][1]!r})" for k in order[:most])
+
+
+def _comments(source: str) -> dict[str, str]:
+    """``{field: comment}`` from the comments beside fields in a config schema's source: ``name=...,  #``
+    inside ``config.<section> = ConfigDict(dict(`` or ``config.<section>.update(`` (``model`` inside a
+    method's ``fields = ConfigDict(``), ``config.<field> =``, ``config.<section>.<name> =`` and
+    ``fields.<name> =`` lines; a comment line right below continues the one above."""
+    helps, section, last = {}, "", None
+    for line in source.splitlines():
+        text = line.strip()
+        opened = re.match(r"(?:config\.(\w+)\s*=\s*ml_collections\.ConfigDict\(|config\.(\w+)\.update\(|"
+                          r"fields\s*=\s*ml_collections\.ConfigDict\()", text)
+        if opened:
+            section = opened[1] or opened[2] or "model"
+        if text.startswith("#") and last:
+            helps[last] += " " + text.lstrip("# ")
+            continue
+        field = re.match(r"(?:config\.(\w+)\.(\w+)|config\.(\w+)|fields\.(\w+)|(\w+))\s*=[^=].*?#\s*(.+)$", text)
+        if field is None:
+            last = None
+            continue
+        last = (f"{field[1]}.{field[2]}" if field[1] else field[3] or
+                (f"model.{field[4]}" if field[4] else f"{section}.{field[5]}"))
+        helps[last] = field[6]
+    return helps
+
+
+def describe_fields(config: ml_collections.ConfigDict, file: str = "") -> list[str]:
+    """A line per field of ``config``: ``--config.<field>``, its default, what it means (from the
+    comments where the schemas, the methods' fields and the config ``file`` write them)."""
+    from stmem_jax.methods.base import Method
+
+    sources = [inspect.getsource(sys.modules[__name__])] + ([open(file).read()] if file else [])
+    sources += [inspect.getsource(cls.config) for method in methods.names()
+                for cls in type(methods.get(method)).__mro__ if issubclass(cls, Method) and "config" in vars(cls)]
+    helps = {}
+    for source in sources:
+        helps |= _comments(source)
+
+    def flat(tree, prefix=""):
+        for key, value in tree.items():
+            if isinstance(value, dict):
+                yield from flat(value, f"{prefix}{key}.")
+            else:
+                yield f"{prefix}{key}", value
+
+    rows = list(flat(config.to_dict()))
+    size = max(len(k) for k, _ in rows) + 10
+    lines = []
+    for key, value in rows:
+        meaning = helps.get(key) or helps.get(key.split(".", 1)[-1]) or \
+            ("set to override the preset" if value is None else "")
+        lines.append(f"  --config.{key:<{size - 10}}  {value!r:<14}  {meaning}".rstrip())
+    return lines

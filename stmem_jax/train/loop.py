@@ -106,12 +106,13 @@ class Schedule:
 
     @classmethod
     def of(cls, train: ml_collections.ConfigDict, global_batch: int, steps_per_epoch: int) -> Schedule:
-        """``num_steps`` or ``epochs``; warm-up in steps or epochs; peak ``lr``, or ``base_lr`` x
+        """``num_steps``, or ``epochs`` but at least ``min_steps`` (downstream: a training set of a few
+        examples gets the updates a larger one does); warm-up in steps or epochs; peak ``lr``, or ``base_lr`` x
         ``train.batch_size`` / 256, then half-cycle cosine to ``min_lr``. The rate follows the
         configured batch, not ``global_batch``: a run with fewer training examples than a batch (1% of
         the labels) trains on all of them in each step, at the recipe's rate, not at a rate shrunk
         with its batch."""
-        total = train.num_steps or train.epochs * steps_per_epoch
+        total = train.num_steps or max(train.epochs * steps_per_epoch, train.get("min_steps", 0))
         if total < 1:
             raise ValueError(f"the run has no step to train: train.num_steps is 0 and train.epochs ({train.epochs}) "
                              f"x {steps_per_epoch} step(s) per epoch is 0 (fewer examples than a batch?)")
@@ -123,6 +124,9 @@ class Schedule:
                     f"batch, not this one")
         description = (f"learning rate: peak {peak:.3g} ({why}), {min(warmup, total - 1)} warm-up step(s), "
                        f"half-cycle cosine to {train.min_lr:g} at step {total}")
+        if not train.num_steps and total > train.epochs * steps_per_epoch:
+            description += (f" (train.min_steps: {train.epochs} epochs of {steps_per_epoch} step(s) are fewer; the "
+                            f"few training examples are repeated)")
         return cls(total, steps_per_epoch, global_batch, lr_schedule(peak, total, warmup, train.min_lr), description)
 
 
