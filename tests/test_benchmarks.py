@@ -26,6 +26,7 @@ def test_prepare_benchmark_prints_records_per_second(source, records):
     assert (name, workers, int(used)) == (source, "1", records) and float(rate) > 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("step", ["pretrain", "finetune"])
 def test_train_throughput_benchmark_prints_mfu_and_memory_without_tensorflow(step, tmp_path):
     for package in ("tensorflow", "tensorflow_datasets"):  # as on a GPU host that has no TensorFlow
@@ -38,11 +39,13 @@ def test_train_throughput_benchmark_prints_mfu_and_memory_without_tensorflow(ste
     assert row[7].endswith("%") and float(row[9]) > 0.1  # peak RSS in GB
 
 
+@pytest.mark.slow
 def test_input_pipeline_benchmark_prints_rates():
     out = run("input_pipeline.py", "--windows", "64", "--batch-size", "16", "--batches", "2")
     assert "examples/s" in out and "pre-training" in out and "3 folders mixed" in out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("step", ["pretrain", "finetune"])
 def test_torch_reference_benchmark_prints_the_same_columns(step):
     out = run("torch_reference.py", "--step", step, "--presets", "tiny", "--batch", "2", "--steps", "1",
@@ -52,6 +55,7 @@ def test_torch_reference_benchmark_prints_the_same_columns(step):
     assert float(row[5]) > 0.1  # peak RSS in GB
 
 
+@pytest.mark.slow
 def test_fault_injection_kills_preparation_and_the_rerun_gives_the_same_shards():
     out = run("fault_injection.py", "--runs", "2", "--kinds", "prepare", "--records", "40").splitlines()
     trials = [line.split() for line in out if line.split()[:1] in (["0"], ["1"])]

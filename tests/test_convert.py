@@ -46,6 +46,7 @@ def test_vit_base_layout_has_the_public_keys_and_shapes():
         f"to_patch_embedding.{i}.{p}" for i in (1, 2, 3) for p in ("weight", "bias")}
 
 
+@pytest.mark.slow
 def test_pretraining_file_round_trip_is_lossless_and_matches_reference(tmp_path, tiny_stmem, series):
     model, variables = tiny_stmem
     path = tmp_path / "st_mem.pth"
@@ -122,6 +123,7 @@ def test_import_errors_name_the_key(tmp_path, tiny_stmem):
         load_torch_checkpoint(tmp_path / "nothing.pth")
 
 
+@pytest.mark.slow
 def test_preset_inferred_from_shapes():
     for preset in ("vit_small", "vit_base"):
         model = create_model("st_mem", preset)
@@ -205,6 +207,7 @@ def zero_variables(model):
                         jax.eval_shape(lambda: init_variables(model, jax.random.key(0))))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["mtae", "mlae"])
 def test_baseline_pretraining_file_round_trip_is_lossless_and_matches_reference(kind, tmp_path, series):
     model, variables = tiny_baseline(kind)
@@ -258,6 +261,7 @@ def test_baseline_encoder_file_imports_as_classification_encoder(kind, tmp_path,
     assert_same_tree(back_vars, clf_vars)
 
 
+@pytest.mark.slow
 def test_kind_hint_model_name_and_config_sizes_pick_the_baseline(tmp_path):
     # an MLAE of 750 samples has F = 750 = 10 x 75: by shapes alone it reads as an MTAE of 10 leads
     model, variables = tiny_baseline("mlae", seq_len=750)
@@ -295,6 +299,7 @@ def test_kind_hint_model_name_and_config_sizes_pick_the_baseline(tmp_path):
         variables_from_state_dict(state_dict, kind="mae")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["mtae", "mlae", "mtae_classifier", "mlae_classifier"])
 def test_baseline_preset_inferred_from_shapes(kind):
     for preset in ("vit_small", "vit_base"):

@@ -1,8 +1,10 @@
+import pytest
 import os
 
 from stmem_jax.demo import SHIPPED, run_demo
 
 
+@pytest.mark.slow
 def test_demo_runs_end_to_end_with_the_shipped_encoder_and_resumes(tmp_path, capsys):
     small = dict(records=240, pretrain_steps=10, downstream_epochs=2, fraction=0.05, seeds=(0,))
     summary = run_demo(str(tmp_path), **small)

@@ -66,6 +66,7 @@ def finetuned(synthetic_shards, pretrained, tmp_path_factory):
     return workdir, downstream.train(config, workdir)
 
 
+@pytest.mark.slow
 def test_finetune_learns_the_rhythm_and_writes_its_results(finetuned, synthetic_shards):
     workdir, record = finetuned
     assert record["multilabel"] and record["classes"] == ["AFIB", "SR"]
@@ -88,6 +89,7 @@ def test_finetune_learns_the_rhythm_and_writes_its_results(finetuned, synthetic_
     assert json.load(open(os.path.join(workdir, "test_metrics.json"))) == record
 
 
+@pytest.mark.slow
 def test_run_killed_after_an_evaluation_resumes_to_the_same_result(finetuned, pretrained, synthetic_shards,
                                                                       tmp_path, monkeypatch):
     """Killed after keeping its best state (step 30) but before its first periodic checkpoint (40):
@@ -110,6 +112,7 @@ def test_run_killed_after_an_evaluation_resumes_to_the_same_result(finetuned, pr
     np.testing.assert_allclose(record["test"]["auroc"], expected["test"]["auroc"], atol=1e-6)
 
 
+@pytest.mark.slow
 def test_scratch_learns_a_single_label_task_and_reports_absent_classes(synthetic_shards, tmp_path):
     config = run_config(synthetic_shards, "st_mem", mode="scratch", **{"train.num_steps": 60, "eval.select": "auroc"})
     record = downstream.train(config, str(tmp_path / "run"))
@@ -121,6 +124,7 @@ def test_scratch_learns_a_single_label_task_and_reports_absent_classes(synthetic
     assert model.num_classes == 5
 
 
+@pytest.mark.slow
 def test_linear_probe_keeps_the_encoder_and_caches_features(finetuned, synthetic_shards, tmp_path, monkeypatch):
     init = finetuned[0]  # a downstream workdir: its classifier's head is replaced
     config = run_config(synthetic_shards, mode="linprobe", init=init, **{"train.num_steps": 100, "train.lr": 0.02})
@@ -191,6 +195,7 @@ def test_linear_probe_stopped_by_a_signal_resumes_to_the_same_result(finetuned, 
     np.testing.assert_allclose(resumed["validation"]["loss"], full["validation"]["loss"], rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_three_crop_evaluation_is_the_mean_of_single_crop_passes():
     model = create_model("st_mem_classifier", "tiny", **SIZES, num_classes=3)
     params = init_variables(model, jax.random.key(0))["params"]
@@ -217,6 +222,7 @@ def test_encoders_from_every_source(pretrained, tmp_path):
             np.testing.assert_allclose(a, b, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_baseline_encoders_take_fewer_leads_zero_filled_and_a_random_encoder_is_a_control(synthetic_shards, tmp_path):
     """MTAE/MLAE encoders see 6 or 1 leads zero-filled at their standard positions; ``init=random:<method>``
     probes that method's encoder at its random initialisation (seeded: the same twice)."""
@@ -255,6 +261,7 @@ def test_config_files_set_their_tasks():
         downstream.train(af, "/nonexistent/never/created")
 
 
+@pytest.mark.slow
 def test_eight_devices_score_every_test_example_once(synthetic_shards, tmp_path):
     """The CLI on 8 simulated devices: test examples (49, an odd number) each scored exactly once,
     with the probabilities a one-device evaluation of the saved model gives."""
@@ -281,6 +288,7 @@ def test_eight_devices_score_every_test_example_once(synthetic_shards, tmp_path)
     np.testing.assert_allclose(single["outputs"], predictions["probs"], atol=1e-5)
 
 
+@pytest.mark.slow
 def test_finetune_from_a_pretraining_workdir_on_eight_devices(pretrained, synthetic_shards, tmp_path):
     """The restored encoder (on one device) is placed onto the 8-device mesh."""
     overrides = {**SMALL, "data.dir": synthetic_shards, "mode": "finetune", "init": pretrained,
@@ -295,6 +303,7 @@ def test_finetune_from_a_pretraining_workdir_on_eight_devices(pretrained, synthe
     assert record["selected_step"] == 2 and record["test"]["num_examples"] == 49
 
 
+@pytest.mark.slow
 def test_benchmark_runs_a_grid_and_resumes(pretrained, synthetic_shards, tmp_path):
     config = load_config(os.path.join(CONFIGS, "grid.py"), "ptbxl:rhythm")
     for key, value in {**SMALL, "data.dir": synthetic_shards, "train.num_steps": 20, "train.lr": 0.02}.items():
@@ -372,6 +381,7 @@ def test_predict_gives_the_finetuned_runs_test_probabilities_for_its_split_and_f
     np.testing.assert_allclose([np.array(r[2:], float) for r in rows], [by_id[r] for r in chosen], atol=2e-3)
 
 
+@pytest.mark.slow
 def test_scratch_and_the_random_encoder_take_the_architecture_they_are_compared_with(pretrained, synthetic_shards,
                                                                                       tmp_path):
     """Scratch with ``init`` trains that encoder's architecture from random weights (not ViT-B), and

@@ -94,6 +94,7 @@ def on_eight_devices(synthetic_shards, tmp_path_factory):
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", list(CASES))
 def test_method_pretrains_resumes_exports_finetunes_and_probes_alike_on_one_and_eight_devices(
         case, synthetic_shards, tmp_path, on_eight_devices):

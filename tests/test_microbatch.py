@@ -77,6 +77,7 @@ def test_micro_batched_classifier_step_equals_one_batch():
         np.testing.assert_allclose(grad_four, grad_one, rtol=1e-4, atol=1e-4 * np.abs(grad_one).max() + 1e-9)
 
 
+@pytest.mark.slow
 def test_the_same_on_eight_devices():
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
     result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__,
@@ -102,6 +103,7 @@ print(compiled.memory_analysis().temp_size_in_bytes)
 """
 
 
+@pytest.mark.slow
 def test_cpu_steps_keep_fewer_activations_alive_unless_xla_flags_say_otherwise():
     """Importing stmem_jax has XLA:CPU order a step's operations to save memory, not for concurrency
     (the ViT-B fine-tuning step at batch 32: 6.6 instead of 8.7 GB of temporaries); a user's

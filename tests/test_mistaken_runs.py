@@ -48,6 +48,7 @@ def finished(synthetic_shards, tmp_path_factory):
     return workdir
 
 
+@pytest.mark.slow
 def test_resuming_a_workdir_with_another_model_names_the_fields_and_touches_nothing(finished, synthetic_shards):
     before = tree_state(finished)
     for flags, says in [(["--config.model.width=128"], "model.width (64 -> 128)"),
@@ -59,6 +60,7 @@ def test_resuming_a_workdir_with_another_model_names_the_fields_and_touches_noth
     assert tree_state(finished) == before  # no checkpoint moved aside, no model, encoder or config.json rewritten
 
 
+@pytest.mark.slow
 def test_checksums_that_cannot_verify_stop_the_resume_and_a_step_without_one_is_damage(synthetic_shards, tmp_path):
     workdir = str(tmp_path / "run")
     config = small_config(synthetic_shards, **{"train.num_steps": 4, "checkpoint.every_steps": 1,
@@ -122,6 +124,7 @@ def test_model_files_that_ask_for_huge_memory_or_describe_no_model_are_refused(t
         api.load_encoder(str(tmp_path / "unknown_kind"))
 
 
+@pytest.mark.slow
 def test_configs_that_make_no_sense_are_refused_naming_every_field(synthetic_shards, tmp_path):
     result = command("pretrain", f"{CONFIG}:tiny", "--config.train.lr=-0.001", "--config.model.mask_ratio=0",
                      "--config.checkpoint.keep=0", workdir=str(tmp_path / "run"), data_dir=synthetic_shards)

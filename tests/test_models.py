@@ -46,6 +46,7 @@ def test_vit_base_parameter_count_as_the_paper_counts():
     assert round((encoder + 32 * 768) / 1e6, 2) == 85.15  # encoder with its positional table
 
 
+@pytest.mark.slow
 def test_configurable_length_patch_and_leads():
     model = create_model("st_mem", "tiny", seq_len=1000, patch_size=50, num_leads=8)
     variables = init_variables(model, jax.random.key(0))
@@ -66,6 +67,7 @@ def test_pretraining_loss_matches_numpy_reference(tiny_stmem, series):
     np.testing.assert_array_equal(out["mask"], mask)
 
 
+@pytest.mark.slow
 def test_pretraining_with_named_lead_subset_matches_reference(tiny_stmem, series):
     model, variables = tiny_stmem
     subset = series[:, [7, 1]]
@@ -113,6 +115,7 @@ def test_decoder_attention_never_crosses_leads(tiny_stmem):
     assert np.abs(out[:, 3] - base[:, 3]).min() > 0
 
 
+@pytest.mark.slow
 def test_lead_selection_by_name(tiny_classifier, series):
     model, variables = tiny_classifier
     lead_ii = series[:, 1:2]
@@ -164,6 +167,7 @@ def test_classifier_embeddings_are_trainable_standard_normal_and_pretraining_one
     np.testing.assert_array_equal(pretrain["encoder"]["blocks"]["block_0"]["attn"]["qkv"]["bias"], 0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("preset", sorted(PRESETS))
 def test_jit_forward_and_grad_for_every_preset(preset):
     model = create_model("st_mem", preset)
@@ -186,6 +190,7 @@ def test_jit_forward_and_grad_for_every_preset(preset):
         assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grads))
 
 
+@pytest.mark.slow
 def test_bfloat16_compute_keeps_float32_parameters(tiny_stmem, series):
     model, variables = tiny_stmem
     half = model.clone(dtype=jnp.bfloat16)
@@ -259,6 +264,7 @@ def test_remat_keeps_parameters_loss_and_gradients(series):
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), remat_grads, grads)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("indicators", ["both", "lead", "sep", "none"])
 def test_lead_indicators_ablation_drops_what_it_names_and_keeps_the_rest(indicators, series):
     """``lead_indicators``: without lead embeddings the encoder cannot tell leads apart (permuting the

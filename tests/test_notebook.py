@@ -14,6 +14,7 @@ import subprocess
 import sys
 
 import nbformat
+import pytest
 from nbclient import NotebookClient
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -24,6 +25,7 @@ def _install_cell() -> str:
     return next(c.source for c in nbformat.read(NOTEBOOK, as_version=4).cells if c.cell_type == "code")
 
 
+@pytest.mark.slow
 def test_colab_notebook_runs_headless(tmp_path, monkeypatch):
     content = tmp_path / "content"  # like Colab's /content: the notebook, no clone around it
     content.mkdir()

@@ -94,6 +94,7 @@ def test_folders_without_a_fingerprint_file_are_fingerprinted_from_their_shards_
             overlap.compare(str(old), folders["ptbxl"])
 
 
+@pytest.mark.slow
 def test_finetuning_from_a_pretraining_workdir_reports_and_can_exclude_the_overlap(folders, tmp_path):
     init = tmp_path / "pretrain"
     model = create_model("st_mem", "tiny", **SIZES, decoder_width=64, decoder_depth=1, decoder_heads=1)

@@ -289,6 +289,7 @@ def test_a_shard_cut_at_an_example_boundary_is_an_error_without_a_task_too(tmp_p
         make_dataset(InputConfig(str(cut), batch_size=2))
 
 
+@pytest.mark.slow
 def test_global_batches_on_8_devices(data):
     script = textwrap.dedent(f"""
         import os

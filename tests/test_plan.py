@@ -20,6 +20,7 @@ def devices():
     return plan.topology_devices("v5e:2x2")
 
 
+@pytest.mark.slow
 def test_tiny_pretraining_step_compiles_for_v5e_and_fits(devices, capsys):
     config = load_config("st_mem:tiny")
     assert len(devices) == 4 and devices[0].device_kind == "TPU v5 lite"
@@ -37,6 +38,7 @@ def test_a_v4_device_is_a_tensorcore_with_half_its_chips_hbm(devices):
     assert plan.devices_per_chip(devices) == 1
 
 
+@pytest.mark.slow
 def test_fine_tuning_step_compiles_with_fsdp_and_linear_probing_is_refused(devices):
     config = load_config("ptbxl:st_mem")
     config.model.preset = "tiny"

@@ -190,6 +190,7 @@ def test_resume_after_kill_redoes_nothing_and_matches_a_full_run(tmp_path, monke
     assert len(ids) == len(set(ids)) == 8
 
 
+@pytest.mark.slow
 def test_sigterm_stops_the_workers_and_the_same_command_resumes(tmp_path):
     from data_prep.synthetic import write_ptbxl
 

@@ -65,6 +65,7 @@ def run_cli(workdir, data_dir, devices=1, extra=(), **overrides):
     return result
 
 
+@pytest.mark.slow
 def test_tiny_run_lowers_the_loss_and_writes_everything(synthetic_shards, tmp_path):
     workdir = str(tmp_path / "run")
     config = small_config(synthetic_shards, **{"train.num_steps": 40, "log.every_steps": 10,
@@ -84,6 +85,7 @@ def test_tiny_run_lowers_the_loss_and_writes_everything(synthetic_shards, tmp_pa
     assert variables["params"]["encoder"]["pos_embedding"].shape == (32, 64)
 
 
+@pytest.mark.slow
 def test_accumulated_micro_batches_equal_one_big_batch():
     model = create_model("st_mem", "tiny", depth=1, decoder_depth=1)
     params = model.init({"params": jax.random.key(0), "masking": jax.random.key(0)}, jnp.zeros((1, 12, 2250)))["params"]
@@ -102,6 +104,7 @@ def test_accumulated_micro_batches_equal_one_big_batch():
         np.testing.assert_allclose(grad_four, grad_one, rtol=1e-4, atol=1e-4 * np.abs(grad_one).max() + 1e-9)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("on", ["kernels", "all"])
 def test_weight_decay_applies_to_kernels_or_to_every_parameter(on):
     from stmem_jax.train.config import pretraining
@@ -153,6 +156,7 @@ def test_non_finite_guard_keeps_parameters_and_names_the_step(synthetic_shards, 
     assert sorted(n for n in os.listdir(os.path.join(workdir, "checkpoints")) if n.isdigit()) == ["4"]
 
 
+@pytest.mark.slow
 def test_killed_run_over_a_mixture_resumed_equals_uninterrupted_run(synthetic_shards, tmp_path):
     other = write_dataset(tmp_path / "other", num_records=40, tasks={}, splits={"train": 1.0}, seed=3)
     mixture = {"data.dir": f"{synthetic_shards},{other}", "data.weights": "3,1", "train.num_steps": 8}
@@ -177,6 +181,7 @@ def test_killed_run_over_a_mixture_resumed_equals_uninterrupted_run(synthetic_sh
     assert sum(drawn) == 8 * 16 and 0.6 < drawn[0] / sum(drawn) < 0.9  # 3:1 of the 128 examples
 
 
+@pytest.mark.slow
 def test_command_errors_name_the_unknown_field_and_the_missing_folder(tmp_path):
     def command(*flags):
         return subprocess.run([sys.executable, "-m", "stmem_jax.cli", "pretrain", f"--config={CONFIG}:tiny",
@@ -198,6 +203,7 @@ def test_command_errors_name_the_unknown_field_and_the_missing_folder(tmp_path):
         assert result.returncode == code and says in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_eight_devices_match_one_and_their_checkpoint_restores_on_one(synthetic_shards, tmp_path):
     one, eight = str(tmp_path / "one"), str(tmp_path / "eight")
     other = write_dataset(tmp_path / "other", num_records=40, tasks={}, splits={"train": 1.0}, seed=3)
@@ -210,6 +216,7 @@ def test_eight_devices_match_one_and_their_checkpoint_restores_on_one(synthetic_
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_two_processes_train_together(synthetic_shards, tmp_path):
     import socket
 
@@ -234,6 +241,7 @@ def test_two_processes_train_together(synthetic_shards, tmp_path):
     assert summary_of(out)["local_params_checksum"] == pytest.approx(checksums[0], rel=1e-5)
 
 
+@pytest.mark.slow
 def test_command_prepares_synthetic_data_and_a_signal_stops_it_with_a_checkpoint(tmp_path):
     """``stmem-pretrain`` with ``data.dir`` empty prepares the built-in data through ``stmem-prepare
     synthetic``; SIGTERM saves a checkpoint and the command exits with 128 + 15."""

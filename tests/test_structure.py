@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -31,6 +33,7 @@ def loaded_by(statement):
     return eval(result.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_the_inference_path_loads_no_trainer_and_the_api_no_tensorflow():
     modules = loaded_by("import stmem_jax.api, stmem_jax.embed, stmem_jax.predict")
     assert [m for m in modules if m.startswith(("stmem_jax.train", "data_prep"))] == []
