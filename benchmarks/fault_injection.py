@@ -49,7 +49,8 @@ CHANGED = {"pretrain": {"model.width": 128}, "finetune": {"init": "random:mlae"}
 
 def commands(tmp: str) -> dict:
     """kind -> function of the output directory (and changed settings) giving the command."""
-    native, shards, encoder = (os.path.join(tmp, name) for name in ("native", "reference-prepare", "reference-pretrain"))
+    native, shards, encoder = (os.path.join(tmp, name)
+                               for name in ("native", "reference-prepare", "reference-pretrain"))
 
     def config_command(name, config, values):
         return lambda out, changed=(): [sys.executable, "-m", "stmem_jax.cli", name, f"--config={config}",

@@ -166,8 +166,8 @@ def predict(fn: Callable, params: Any, input_config: InputConfig, mesh) -> dict[
     from stmem_jax.data.pipeline import global_batches, steps_per_epoch
 
     parts: dict[str, list] = {}
-    batches = tqdm(global_batches(input_config, mesh, data_axis=meshlib.BATCH_AXES), total=steps_per_epoch(input_config),
-                   desc=f"evaluating {input_config.split}", unit="batch", delay=5, mininterval=10,
+    batches = tqdm(global_batches(input_config, mesh, data_axis=meshlib.BATCH_AXES),
+                   total=steps_per_epoch(input_config), desc=f"evaluating {input_config.split}", unit="batch", delay=5, mininterval=10,
                    disable=jax.process_index() != 0)
     for batch in batches:
         device = {"outputs": fn(params, batch["series"]), "valid": batch["valid"], "window": batch["window"],

@@ -377,7 +377,7 @@ def test_one_head_as_wide_as_its_block_has_no_output_projection_in_the_public_la
     load strictly."""
     model = create_model("st_mem", "tiny", width=64, heads=1, mlp_dim=128, depth=1)
     variables = init_variables(model, jax.random.key(0))
-    with pytest.raises(ValueError, match=r"encoder/blocks/block_0/attn/out: the public code builds no output projection"):
+    with pytest.raises(ValueError, match=r"encoder/blocks/block_0/attn/out: the public code builds no output proj"):
         state_dict_from_variables(model, variables)
     params = jax.tree_util.tree_map_with_path(
         lambda path, x: np.eye(64, dtype=np.float32) if "out" in str(path) and "kernel" in str(path) else

@@ -214,7 +214,8 @@ def test_encoders_from_every_source(pretrained, tmp_path):
     public = create_model("st_mem", "tiny", depth=1, decoder_width=128, decoder_heads=2)  # has a public layout
     public_vars = init_variables(public, jax.random.key(1))
     save_torch_checkpoint(str(tmp_path / "st_mem.pth"), public, public_vars)
-    for path, model, variables in [(pretrained, model, variables), (os.path.join(pretrained, "model"), model, variables),
+    for path, model, variables in [(pretrained, model, variables),
+                                   (os.path.join(pretrained, "model"), model, variables),
                                    (str(tmp_path / "st_mem.pth"), public, public_vars)]:
         encoder, loaded = infer.load_encoder(path)
         assert encoder.num_classes == 0 and encoder.width == model.width

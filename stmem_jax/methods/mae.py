@@ -5,6 +5,7 @@ the validation split, the reconstruction figure and the export of the encoder.""
 from __future__ import annotations
 
 from collections.abc import Sequence
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
