@@ -69,8 +69,8 @@ def use_compilation_cache() -> None:
 
 def guarded(name: str, body: Callable[[], int | None], *, traceback_for_user_errors: bool = False) -> int:
     """Runs a command's ``body`` and returns its exit status: 0 (or what it returns); 1 with one line
-    ``<name>: error: ...`` for a user error (``USER_ERRORS``: a missing or unreadable file, a full or
-    read-only disk, a bad setting); 128 + the signal number when stopped by a signal (a checkpoint
+    ``<name>: error: ...`` for a user error (OSError, ValueError, KeyError, ImportError, a non-finite
+    loss: a missing or unreadable file, a full or read-only disk, a bad setting); 128 + the signal number when stopped by a signal (a checkpoint
     kept). Anything else is a bug: its traceback, then a line that says so (exit 1)."""
     from stmem_jax.train.loop import Interrupted, NonFiniteLoss
 
@@ -123,7 +123,7 @@ def parse_flags(args: list[str]) -> list[str]:
         culprit = next((a.split("=")[0][2:] for a in args if a.startswith("--config.")
                         and key in a.split("=")[0].split(".")), key)
         print(f"{os.path.basename(args[0])}: error: {culprit} is not a field of the config "
-              f"(stmem_jax/train/config.py lists every field)", file=sys.stderr)
+              f"(--help lists every field)", file=sys.stderr)
         sys.exit(2)
 
 
