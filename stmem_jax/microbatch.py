@@ -58,17 +58,20 @@ def apply(fn: Callable[[jax.Array], jax.Array], x: jax.Array, k: int) -> jax.Arr
     return fn(x) if k == 1 else merge(jax.lax.map(fn, split(x, k)))
 
 
-def mean_gradients(grad_fn: Callable, params: Any, batch: Any, k: int) -> tuple[jax.Array, Any]:
-    """(loss, gradients) of ``grad_fn(params, micro_batch, index)`` averaged over ``k`` micro-batches of
-    ``batch`` (a tree of arrays with the batch as leading axis); ``index`` is the micro-batch's number,
-    None when ``k`` is 1 (for example to draw its own dropout key)."""
+def mean_gradients(grad_fn: Callable, params: Any, batch: Any, k: int) -> Any:
+    """``grad_fn(params, micro_batch, index)`` (a tree of arrays: the loss and its gradients, and
+    whatever else it returns) averaged over ``k`` micro-batches of ``batch`` (a tree of arrays with
+    the batch as leading axis); ``index`` is the micro-batch's number, None when ``k`` is 1 (for
+    example to draw its own dropout key)."""
     if k == 1:
         return grad_fn(params, batch, None)
+    micros = jax.tree.map(lambda x: split(x, k), batch)
 
     def body(carry, micro):
         index, rows = micro
         return jax.tree.map(jnp.add, carry, grad_fn(params, rows, index)), None
 
-    zero = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, params))
-    total, _ = jax.lax.scan(body, zero, (jnp.arange(k), jax.tree.map(lambda x: split(x, k), batch)))
+    shapes = jax.eval_shape(grad_fn, params, jax.tree.map(lambda x: x[0], micros), jnp.zeros((), jnp.int32))
+    zero = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+    total, _ = jax.lax.scan(body, zero, (jnp.arange(k), micros))
     return jax.tree.map(lambda x: x / k, total)

@@ -18,7 +18,7 @@ from scipy import signal as sps  # noqa: E402
 from stmem_jax.data import labels as labels_lib  # noqa: E402
 from stmem_jax.data.pipeline import (InputConfig, global_batches, lead_indices_for, make_dataset,  # noqa: E402
                                      steps_per_epoch)
-from stmem_jax.core.recipe import Recipe, crop_starts  # noqa: E402
+from stmem_jax.core.recipe import Recipe, crop_starts, resample  # noqa: E402
 from stmem_jax.data.transforms import band_filter  # noqa: E402
 from tests.data_fixtures import write_dataset  # noqa: E402
 
@@ -346,3 +346,44 @@ def test_one_evaluation_crop_is_centred_in_the_pipeline_and_the_api(data):
         window = ref[key][0]
         np.testing.assert_allclose(series[0], z(window[:, 125:125 + T]), atol=2e-5)
         np.testing.assert_allclose(series[0], api.prepare(window, fs=250, crops=1, bandpass=False)[0, 0], atol=2e-5)
+
+
+def test_views_two_crops_segments_patients_and_resampling_match_numpy(data):
+    """The inputs of the contrastive methods: two independently cropped views, two adjacent segments
+    with the patient, and windows resampled in the pipeline (as ``core.recipe.resample``)."""
+    ref = reference(data, "train")
+    config = InputConfig(data, batch_size=6, leads=("I", "II"), shuffle_buffer=16,
+                         views=("view1", "view2", "segment1", "segment2", "patient"), segment_samples=1000)
+    batch = batches(config, 1)[0]
+    assert "series" not in batch and batch["patient"].dtype == np.int32
+    differ = 0
+    for key, v1, v2, s1, s2 in zip(keys(batch), batch["view1"], batch["view2"], batch["segment1"], batch["segment2"]):
+        signal = ref[key][0][[0, 1]]
+        starts = {name: [s for s in range(signal.shape[1] - v.shape[1] + 1)
+                         if np.allclose(z(signal[:, s:s + v.shape[1]]), v, atol=1e-4)]
+                  for name, v in (("view1", v1), ("view2", v2), ("segment1", s1), ("segment2", s2))}
+        assert all(starts.values()), key
+        assert starts["segment2"][0] == starts["segment1"][0] + 1000  # adjacent, not overlapping
+        differ += starts["view1"][0] != starts["view2"][0]
+    assert differ  # independent crops
+    ids = {k[0]: p for k, p in zip(keys(batch), batch["patient"])}
+    manifest_patients = {}
+    for path in sorted(glob.glob(os.path.join(data, "train-*"))):
+        for raw in tf.data.TFRecordDataset(path).as_numpy_iterator():
+            f = tf.train.Example.FromString(raw).features.feature
+            manifest_patients[f["record_id"].bytes_list.value[0].decode()] = f["patient_id"].bytes_list.value[0]
+    for a in ids:
+        for b in ids:
+            assert (ids[a] == ids[b]) == (manifest_patients[a] == manifest_patients[b])
+
+    evaluation = InputConfig(data, split="validation", batch_size=4, training=False, leads="I",
+                             views=("view1", "view2"), sample_rate=100, crop_samples=900)
+    batch = batches(evaluation, 1)[0]
+    ref = reference(data, "validation")
+    for key, v1, v2 in zip(keys(batch), batch["view1"], batch["view2"]):
+        signal = resample(ref[key][0][[0]], 250, 100)
+        assert signal.shape[1] == 1000 and v1.shape == (1, 900)
+        np.testing.assert_allclose(v1, z(signal[:, :900]), atol=1e-4)
+        np.testing.assert_allclose(v2, z(signal[:, 100:]), atol=1e-4)
+    with pytest.raises(ValueError, match="unknown input view"):
+        batches(dataclasses.replace(config, views=("view3",)), 1)

@@ -26,7 +26,7 @@ class AveragedStMem(StMem):
     def init_extra(self, model, params):
         return jax.tree.map(jnp.array, params)
 
-    def update_extra(self, model, params, extra, progress):
+    def update_extra(self, model, params, extra, progress, aux=None):
         momentum = 1.0 - 0.01 * (1.0 + jnp.cos(jnp.pi * progress)) / 2.0
         return jax.tree.map(lambda avg, p: momentum * avg + (1.0 - momentum) * p, extra, params)
 

@@ -9,8 +9,17 @@ Batches (per host, B = global batch / process count; C leads, T = crop_samples):
   record_id   bytes (B,) and window int32 (B,): host-side only (b"" and -1 on padding)
   source      int32 (B,), host-side: which of the folders read (``folders``) the example is from (-1: padding)
 
-Per example: int16 * scale -> lead selection -> optional band filter (full window) -> crop(s) ->
-z-score -> RandAugment (training with ``augment``): the dataset's recipe (``manifest.json``,
+Views (``views``, what a pre-training method's ``inputs`` name; ``series`` alone by default):
+  view1, view2        two crops of the window, each z-scored and (with ``augment``) augmented on its own
+                      (MoCo v3); training: independent random crops, evaluation: the first and the
+                      last of ``fixed_crops(2)``, not augmented; float32 (B, C, T)
+  segment1, segment2  two adjacent segments of ``segment_samples`` each, z-scored on their own (CMSC):
+                      a random (evaluation: centred) crop of twice that length cut in halves
+  patient             int32 (B,): the example's patient (a hash of ``patient_id``; of the record id
+                      when the shards hold none), for same-patient positives
+
+Per example: int16 * scale -> lead selection -> optional band filter (full window) -> optional
+resampling to ``sample_rate`` (full window, ``core.recipe.resample``) -> crop(s) -> z-score -> RandAugment (training with ``augment``): the dataset's recipe (``manifest.json``,
 ``stmem_jax.core.recipe``) as TensorFlow ops; the band filter on the fly is the default recipe's
 band at the stored rate. Single-label tasks use only examples with
 exactly one class (others are dropped, training and evaluation alike).
@@ -63,7 +72,7 @@ from stmem_jax.core import shards as fmt
 from stmem_jax.data import labels as labels_lib
 from stmem_jax.data.augment import rand_augment
 from stmem_jax.core.recipe import Recipe
-from stmem_jax.data.transforms import band_filter, fixed_crops, random_crop, zscore
+from stmem_jax.data.transforms import band_filter, fixed_crops, random_crop, resample, split_segments, zscore
 from stmem_jax.core.leads import LEAD_NAMES, lead_indices
 
 try:  # the pipeline runs on the CPU; leave accelerators to JAX
@@ -71,7 +80,8 @@ try:  # the pipeline runs on the CPU; leave accelerators to JAX
 except RuntimeError:  # TensorFlow was initialised already
     pass
 
-DEVICE_KEYS = ("series", "label", "valid")  # global jax.Arrays in ``global_batches``; others stay numpy
+VIEWS = ("series", "view1", "view2", "segment1", "segment2", "patient")
+DEVICE_KEYS = (*VIEWS, "label", "valid")  # global jax.Arrays in ``global_batches``; others stay numpy
 _MAX_EPOCHS = 1 << 40
 
 
@@ -100,6 +110,9 @@ class InputConfig:
     eval_crops: int = Recipe.eval_crops
     weights: tuple[float, ...] | None = None
     exclude: frozenset[tuple[str, str, int]] = frozenset()  # (folder, record id, window) to leave out (needs a task)
+    views: tuple[str, ...] = ("series",)  # the entries of ``VIEWS`` a batch holds
+    segment_samples: int = 1200  # each of segment1 and segment2
+    sample_rate: int = 0  # > 0: windows resampled to this rate before cropping; 0: the stored rate
 
 
 @dataclasses.dataclass(frozen=True)
@@ -181,7 +194,8 @@ def model_recipe(config: InputConfig) -> Recipe:
     recipe = Recipe.of_manifest(next(iter(fmt.read_manifests(config.data_dir).values())))
     if config.bandpass:
         recipe = recipe.with_band_of(Recipe())
-    return dataclasses.replace(recipe, crop_samples=config.crop_samples, eval_crops=config.eval_crops)
+    return dataclasses.replace(recipe, fs=config.sample_rate or recipe.fs, crop_samples=config.crop_samples,
+                               eval_crops=config.eval_crops)
 
 
 def steps_per_epoch(config: InputConfig, *, process_count: int | None = None) -> int:
@@ -407,13 +421,47 @@ def _transform(config: InputConfig, manifests: dict[str, dict], splits: list[_Sp
     band = model_recipe(config)
     layouts = [(len(manifests[s.directory]["leads"]), _lead_rows(config, manifests[s.directory], s.directory))
                for s in splits]
-    spec = _spec(first, ("signal", "scale", "record_id", "window"))
+    unknown = [v for v in config.views if v not in VIEWS]
+    if unknown or not config.views:
+        raise ValueError(f"unknown input view(s) {unknown or '(none)'}: choose from {', '.join(VIEWS)}")
+    keys = ("signal", "scale", "record_id", "window") + (("patient_id",) if "patient" in config.views else ())
+    spec = _spec(first, keys)
     starts = tf.constant([s.offset for s in splits[1:]], tf.int64)
     shard_paths = tf.constant([path for s in splits for path in s.files])
     shard_lengths = np.array(sum((s.lengths for s in splits), ()), np.int64)
     shard_ends = np.concatenate([s.offset + np.cumsum(s.lengths) for s in splits]).astype(np.int64)
     shard_starts, shard_ends = tf.constant(shard_ends - shard_lengths), tf.constant(shard_ends)
     labels = None if splits[0].labels is None else tf.constant(np.concatenate([s.labels for s in splits]))
+
+    def augmented(x, seed):
+        if seed is None or not config.augment:
+            return x
+        return rand_augment(x, seed, level=config.augment_level, num_ops=config.augment_ops,
+                            prob=config.augment_prob, sampling_rate=band.fs)
+
+    def views(x, seed, example):
+        """The entries of ``config.views`` of one window: training with a seed, evaluation without."""
+        seeds = [None] * 6 if seed is None else tf.unstack(tf.random.experimental.stateless_split(seed, 6))
+        out = {}
+        if "series" in config.views:
+            if seed is None:
+                out["series"] = zscore(fixed_crops(x, config.crop_samples, config.eval_crops))
+            else:
+                out["series"] = augmented(zscore(random_crop(x, config.crop_samples, seeds[0])), seeds[1])
+        if {"view1", "view2"} & set(config.views):
+            two = fixed_crops(x, config.crop_samples, 2) if seed is None else None
+            for i, name in enumerate(("view1", "view2")):
+                crop = two[i] if seed is None else random_crop(x, config.crop_samples, seeds[2 + i])
+                out[name] = augmented(zscore(crop), None if seed is None else tf.random.experimental.stateless_fold_in(
+                    seeds[2 + i], 1))
+        if {"segment1", "segment2"} & set(config.views):
+            first, second = split_segments(x, config.segment_samples, seeds[4])
+            out["segment1"], out["segment2"] = zscore(first), zscore(second)
+        if "patient" in config.views:
+            patient = tf.where(tf.strings.length(example["patient_id"]) > 0, example["patient_id"],
+                               tf.strings.join(["record:", example["record_id"]]))
+            out["patient"] = tf.cast(tf.strings.to_hash_bucket_fast(patient, (1 << 31) - 1), tf.int32)
+        return out
 
     def decode(signal, layout):
         num_leads, rows = layout
@@ -434,16 +482,10 @@ def _transform(config: InputConfig, manifests: dict[str, dict], splits: list[_Sp
         with tf.control_dependencies([finite]):  # a damaged shard is an error naming it, never NaN inputs
             x = tf.cast(x, tf.float32) * example["scale"]
         if config.bandpass:
-            x = band_filter(x, band)
-        if config.training:
-            crop_seed, augment_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-            x = zscore(random_crop(x, config.crop_samples, crop_seed))
-            if config.augment:
-                x = rand_augment(x, augment_seed, level=config.augment_level, num_ops=config.augment_ops,
-                                 prob=config.augment_prob, sampling_rate=fs)
-            out = {"series": x}
-        else:
-            out = {"series": zscore(fixed_crops(x, config.crop_samples, config.eval_crops)), "valid": tf.constant(True)}
+            x = band_filter(x, dataclasses.replace(band, fs=fs))
+        if band.fs != fs:
+            x = resample(x, fs, band.fs)
+        out = views(x, seed, example) if config.training else {"valid": tf.constant(True), **views(x, None, example)}
         out.update(record_id=example["record_id"], window=tf.cast(example["window"], tf.int32), source=source)
         if labels is not None:
             out["label"] = tf.gather(labels, g)
@@ -506,9 +548,11 @@ def _load_split(config: InputConfig, directory: str, manifest: dict, task: tuple
     missing = [f for f in files if not os.path.isfile(f)]
     if missing:
         raise FileNotFoundError(f"shard(s) listed in the manifest are missing: {', '.join(missing)}")
-    if config.crop_samples > manifest["window_samples"]:
-        raise ValueError(f"crop of {config.crop_samples} samples is longer than the stored "
-                         f"{manifest['window_samples']}-sample windows of {directory}")
+    window = model_recipe(dataclasses.replace(config, data_dir=directory)).window_samples
+    longest = max(config.crop_samples, 2 * config.segment_samples if "segment1" in config.views else 0)
+    if longest > window:
+        raise ValueError(f"crop of {longest} samples is longer than the {window}-sample windows of {directory}"
+                         + (f" at {config.sample_rate} Hz" if config.sample_rate else ""))
     if config.bandpass and manifest.get("filter"):
         raise ValueError(f"{directory} is stored filtered ({manifest['filter']}); set bandpass=False")
     _lead_rows(config, manifest, directory)

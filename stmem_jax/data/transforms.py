@@ -27,6 +27,24 @@ def fixed_crops(x: tf.Tensor, length: int, count: int) -> tf.Tensor:
     return tf.stack([x[:, s:s + length] for s in crop_starts(x.shape[-1], length, count)])
 
 
+def split_segments(x: tf.Tensor, length: int, seed: tf.Tensor | None) -> tuple[tf.Tensor, tf.Tensor]:
+    """Two adjacent, non-overlapping ``length``-sample segments: a random crop of ``2 * length``
+    (centred without ``seed``) cut in halves."""
+    both = random_crop(x, 2 * length, seed) if seed is not None else fixed_crops(x, 2 * length, 1)[0]
+    return both[:, :length], both[:, length:]
+
+
+def resample(x: tf.Tensor, fs_in: int, fs_out: int) -> tf.Tensor:
+    """``recipe.resample`` (polyphase, anti-aliased) of a fixed-length window, as one matmul."""
+    return tf.matmul(x, resample_operator(x.shape[-1], fs_in, fs_out))
+
+
+@functools.lru_cache(maxsize=8)
+def resample_operator(samples: int, fs_in: int, fs_out: int) -> tf.Tensor:
+    """(samples, resampled) float32: row i is the resampled unit impulse at i."""
+    return tf.constant(recipe_lib.resample(np.eye(samples), fs_in, fs_out).astype(np.float32))
+
+
 def zscore(x: tf.Tensor) -> tf.Tensor:
     """(x - mean) / std over the last two axes together (population std); 0 where std is 0."""
     mean = tf.reduce_mean(x, axis=(-2, -1), keepdims=True)

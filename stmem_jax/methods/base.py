@@ -28,14 +28,18 @@ class Method(abc.ABC):
 
     ``model``, ``params``, ``extra`` (see :meth:`init_extra`) and ``leads`` (standard indices of
     the input's leads) are passed to every function; ``rows`` holds the pipeline's inputs
-    (:attr:`inputs`) and the arrays of :meth:`randomness`, the example as leading axis.
+    (:attr:`inputs`: ``series``, two augmented views ``view1``/``view2``, two adjacent segments
+    ``segment1``/``segment2`` with ``patient``; see ``stmem_jax.data.pipeline``) and the arrays of
+    :meth:`randomness`, the example as leading axis. The config's ``data`` section says how the
+    pipeline makes them (``augment``, ``segment_samples``, ``sample_rate``); a method's config file
+    sets what it needs there.
     """
 
     name: str = ""                         # config.method, and the model kind of its pre-training model
     label: str = ""                        # the method as tables name it
     paper: str = ""                        # where it comes from
     classifier: str = ""                   # model kind of the classification encoder its encoder loads into
-    inputs: tuple[str, ...] = ("series",)  # the pipeline entries its step takes
+    inputs: tuple[str, ...] = ("series",)  # the pipeline views its step takes (``data.pipeline.VIEWS``)
     splittable: bool = True                # the loss is a mean over examples: micro-batches change nothing
 
     def config(self) -> ml_collections.ConfigDict:
@@ -62,17 +66,21 @@ class Method(abc.ABC):
         return {}
 
     @abc.abstractmethod
-    def loss(self, model: nn.Module, params: Any, extra: Any, rows: Rows, leads: tuple[int, ...]) -> jax.Array:
-        """The training loss of ``rows`` (a scalar), differentiated with respect to ``params``."""
+    def loss(self, model: nn.Module, params: Any, extra: Any, rows: Rows, leads: tuple[int, ...]
+             ) -> jax.Array | tuple[jax.Array, Any]:
+        """The training loss of ``rows`` (a scalar), differentiated with respect to ``params``; or
+        (loss, aux): arrays the step hands to :meth:`update_extra` (e.g. batch statistics)."""
 
-    def update_extra(self, model: nn.Module, params: Any, extra: Any, progress: jax.Array) -> Any:
-        """``extra`` after an optimizer step that gave ``params``; ``progress`` is step / total steps."""
+    def update_extra(self, model: nn.Module, params: Any, extra: Any, progress: jax.Array, aux: Any = None) -> Any:
+        """``extra`` after an optimizer step that gave ``params``; ``progress`` is step / total steps,
+        ``aux`` the loss's aux (None without)."""
         return extra
 
     @abc.abstractmethod
     def validation(self, model: nn.Module, params: Any, extra: Any, rows: Rows, leads: tuple[int, ...]) -> jax.Array:
         """The validation metric of each example of ``rows``, (B,), lower is better; its mean over the
-        validation split selects the kept best state."""
+        validation split selects the kept best state. ``rows`` also holds ``valid`` (B,): False on
+        the padding of the last batch (a contrastive loss leaves those out of its negatives)."""
 
     def figure(self, model: nn.Module, params: Any, rows: Rows, leads: tuple[int, ...], path: str,
                title: str) -> str | None:

@@ -73,6 +73,7 @@ def _common(preset: str) -> ml_collections.ConfigDict:
         weights="",                    # with several folders: sampling share of each (comma-separated); empty: the union
         leads="12",                    # 12 | limb | 1 (lead I) | a lead name | comma-separated names (I,II,V1)
         crop_samples=Recipe.crop_samples,
+        sample_rate=0,                 # > 0: windows resampled to this rate (Hz) in the pipeline; 0: the stored rate
         bandpass=False,                # filter on the fly (for shards prepared with --no-filter)
         shuffle_buffer=10_000,
         synthetic_records=2_000,       # the built-in synthetic data (data.dir empty)
@@ -123,6 +124,11 @@ def pretraining(preset: str = "vit_base", method: str = "st_mem") -> ml_collecti
         val_split="validation",
         lead_masking=0.0,              # random lead masking (RLM): each lead zeroed with this probability
         lead_masking_restandardize=False,  # then re-standardise the kept leads together (the public code's variant)
+        augment=False,                 # RandAugment of the method's inputs (each view on its own)
+        augment_level=10,              # RandAugment magnitude 0..10
+        augment_ops=2,                 # ops drawn per input
+        augment_prob=0.5,              # probability of each drawn op
+        segment_samples=1200,          # segment1 / segment2 inputs (CMSC): each this long, adjacent
     )
     config.train.update(
         batch_size=512,
@@ -189,6 +195,8 @@ RANGES = {
     "train.layer_decay": (0, 1, False), "train.max_steps_per_run": (0, None, True),
     "model.mask_ratio": (0, 1, False), "model.drop_path": (0, 1, True), "model.dropout": (0, 1, True),
     "data.label_fraction": (0, 1, False), "data.lead_masking": (0, 1, True), "data.crop_samples": (1, None, True),
+    "data.sample_rate": (0, None, True), "data.segment_samples": (1, None, True), "data.augment_level": (0, 10, True),
+    "data.augment_ops": (0, None, True), "data.augment_prob": (0, 1, True),
     "data.shuffle_buffer": (1, None, True), "data.synthetic_records": (1, None, True), "data.workers": (1, None, True),
     "checkpoint.every_steps": (1, None, True), "checkpoint.keep": (1, None, True), "eval.every_steps": (0, None, True),
     "eval.batch_size": (1, None, True), "eval.max_evals": (1, None, True), "eval.crops": (1, None, True),

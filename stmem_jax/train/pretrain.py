@@ -49,10 +49,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     workdir = os.path.abspath(workdir)
     os.makedirs(workdir, exist_ok=True)
     mesh = meshlib.make_mesh(config.mesh.fsdp)
-    input_config = InputConfig(data_dir=config.data.dir, split=config.data.split, batch_size=config.train.batch_size,
-                               training=True, leads=config.data.leads, crop_samples=config.data.crop_samples,
-                               bandpass=config.data.bandpass, seed=config.train.seed,
-                               shuffle_buffer=config.data.shuffle_buffer, weights=parse_weights(config.data.weights))
+    input_config = method_input(config, method, config.data.split, True, config.train.batch_size)
     lead_ids = lead_indices_for(input_config)
     schedule = loop.Schedule.of(config.train, config.train.batch_size, steps_per_epoch(input_config))
     run = setup.build(config, lead_ids, schedule, mesh.devices.flat)
@@ -88,6 +85,19 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     return summary
 
 
+def method_input(config: ml_collections.ConfigDict, method: methods.Method, split: str, training: bool,
+                 batch_size: int) -> InputConfig:
+    """The pipeline of ``method``'s inputs (its views) with the config's data settings."""
+    d = config.data
+    return InputConfig(data_dir=d.dir, split=split, batch_size=batch_size, training=training, leads=d.leads,
+                       crop_samples=d.crop_samples, bandpass=d.bandpass, seed=config.train.seed,
+                       shuffle_buffer=d.shuffle_buffer, weights=parse_weights(d.weights) if training else None,
+                       views=method.inputs, segment_samples=d.get("segment_samples", 1200),
+                       sample_rate=d.get("sample_rate", 0), augment=d.get("augment", False),
+                       augment_level=d.get("augment_level", 10), augment_ops=d.get("augment_ops", 2),
+                       augment_prob=d.get("augment_prob", 0.5), eval_crops=1)
+
+
 def _local_checksum(params) -> float:
     """Sum of |x| over this process's first shard of every parameter (replicas must agree)."""
     return float(sum(np.abs(np.asarray(leaf.addressable_shards[0].data, np.float64)).sum()
@@ -117,9 +127,7 @@ class _Evaluator:
         data_dir = config.data.dir
         self.has_validation = any(config.data.val_split in m["splits"] for m in read_manifests(data_dir).values())
         split = config.data.val_split if self.has_validation else config.data.split
-        self.input = InputConfig(data_dir=data_dir, split=split, batch_size=config.eval.batch_size, training=False,
-                                 leads=config.data.leads, crop_samples=config.data.crop_samples,
-                                 bandpass=config.data.bandpass, eval_crops=1)
+        self.input = method_input(config, method, split, False, config.eval.batch_size)
         self.key = jax.random.key(config.train.seed + 1)
 
         def values(params, extra, rows, key):
@@ -131,7 +139,8 @@ class _Evaluator:
 
     def _batches(self):
         for batch in global_batches(self.input, self.mesh, data_axis=meshlib.BATCH_AXES):
-            yield {name: batch["series"][:, 0] for name in self.method.inputs}, batch["valid"]
+            rows = {name: batch[name][:, 0] if name == "series" else batch[name] for name in self.method.inputs}
+            yield rows | {"valid": batch["valid"]}, batch["valid"]
 
     def loss(self, state: loop.TrainState) -> float | None:
         """Mean metric over the validation split (each example once), or None without one."""

@@ -46,14 +46,18 @@ def pretrain_step(method: Method, model: nn.Module, tx: optax.GradientTransforma
                     for i, (name, x) in enumerate(rows.items())}
         rows |= method.randomness(model, rows, step_key)
 
+        def loss_and_aux(params, micro):
+            out = method.loss(model, params, state.extra, micro, leads)
+            return out if isinstance(out, tuple) else (out, None)
+
         def grad_fn(params, micro, index):
             del index
-            return jax.value_and_grad(lambda p: method.loss(model, p, state.extra, micro, leads))(params)
+            return jax.value_and_grad(loss_and_aux, has_aux=True)(params, micro)
 
-        loss, grads = microbatch.mean_gradients(grad_fn, state.params, rows, accum_steps)
+        (loss, aux), grads = microbatch.mean_gradients(grad_fn, state.params, rows, accum_steps)
         progress = (state.step + 1) / total_steps
         return loop.guarded_update(state, tx, loss, grads,
-                                   lambda params: method.update_extra(model, params, state.extra, progress))
+                                   lambda params: method.update_extra(model, params, state.extra, progress, aux))
 
     return step
 
