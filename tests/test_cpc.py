@@ -1,0 +1,193 @@
+"""CPC (``stmem_jax.methods.cpc``): the loss against NumPy, one loss on 1 and 8 devices, the
+exported encoder and its heads, BatchNorm's running statistics, and pre-training, fine-tuning and
+a linear probe at 250 Hz and at 100 Hz."""
+
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from stmem_jax import methods, models
+from stmem_jax.methods import cpc
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LEADS = tuple(range(12))
+SMALL = dict(seq_len=30, width=8, depth=2, negatives=6)
+
+
+def small_model():
+    return models.create_model("cpc", "tiny", **SMALL)
+
+
+def batch(model, size=4, seed=0):
+    series = np.random.default_rng(seed).standard_normal((size, 12, model.seq_len)).astype(np.float32)
+    return {"series": series} | cpc.Cpc().randomness(model, {"series": series}, jax.random.key(seed))
+
+
+def test_loss_matches_numpy():
+    rng = np.random.default_rng(0)
+    b, s, d, n, k = 3, 20, 4, 5, 12
+    z, pred = rng.standard_normal((b, s, d)), rng.standard_normal((b, s, d))
+    negatives = np.asarray(cpc.draw_negatives(jax.random.key(1), b, s, n, k))
+    assert negatives.shape == (b, s - k, n) and negatives.min() >= 0 and negatives.max() < s
+    assert not np.any(negatives == (np.arange(s - k) + k)[None, :, None])  # never the positive
+
+    total = 0.0
+    for t in range(s - k):
+        per_example = []
+        for i in range(b):
+            scores = np.array([pred[i, t] @ z[i, t + k]] + [pred[i, t] @ z[i, j] for j in negatives[i, t]])
+            per_example.append(np.log(np.exp(scores).sum()) - scores[0])
+        total += np.mean(per_example)  # a batch mean per t, summed over t
+    losses = cpc.cpc_losses(jnp.asarray(z, jnp.float32), jnp.asarray(pred, jnp.float32), jnp.asarray(negatives), k)
+    np.testing.assert_allclose(float(losses.mean()), total, rtol=1e-5)
+
+
+def test_negatives_cover_the_other_positions():
+    drawn = np.asarray(cpc.draw_negatives(jax.random.key(0), 1, 16, 4000, 12))
+    for t in range(4):
+        assert set(np.unique(drawn[0, t])) == set(range(16)) - {t + 12}
+
+
+def test_running_statistics_and_export():
+    model, method = small_model(), cpc.Cpc()
+    params = method.init_params(model, jax.random.key(0), LEADS)
+    rows = batch(model)
+    loss, stats = jax.jit(lambda p, r: method.loss(model, p, None, r, LEADS))(params, rows)
+    extra = method.init_extra(model, params)
+    updated = method.update_extra(model, params, extra, 0.5, stats)
+    x = np.asarray(rows["series"]).transpose(0, 2, 1) @ np.asarray(params["encoder"]["dense_0"]["kernel"])
+    np.testing.assert_allclose(updated["norm_0"]["mean"], 0.1 * x.mean((0, 1)), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(updated["norm_0"]["var"], 0.9 + 0.1 * x.var((0, 1)), rtol=1e-4)
+
+    # the exported encoder normalises with the running statistics, as the method's validation does
+    encoder, variables = method.encoder(model, {"params": params, "extra": updated})
+    assert type(encoder).__name__ == "CpcClassifier" and encoder.num_classes == 0
+    np.testing.assert_array_equal(variables["params"]["encoder"]["norm_2"]["var"], updated["norm_2"]["var"])
+    c = np.asarray(jax.jit(lambda p, s, r: model.apply({"params": p}, s, method=lambda m, x: m.encoder(x, r)[1]))(
+        params, rows["series"], updated))
+    pooled = np.concatenate([c.mean(1), c.max(1), c[:, -1]], axis=-1)
+    np.testing.assert_allclose(jax.jit(encoder.apply)(variables, rows["series"]), pooled, rtol=1e-5, atol=1e-6)
+    assert c.shape == (4, model.seq_len, model.width)
+    # without the method's state (a random encoder): the initial statistics
+    _, fresh = method.encoder(model, {"params": params})
+    np.testing.assert_array_equal(fresh["params"]["encoder"]["norm_0"]["var"], np.ones(model.width))
+
+
+def test_classifier_heads_and_frozen_statistics():
+    model, method = small_model(), cpc.Cpc()
+    encoder, variables = method.encoder(model, {"params": method.init_params(model, jax.random.key(0), LEADS)})
+    series = batch(model, 3)["series"]
+    classifier = encoder.clone(num_classes=5)
+    params = jax.jit(classifier.init)(jax.random.key(1), series)["params"] | variables["params"]
+    logits = jax.jit(lambda p, s: classifier.apply({"params": p}, s, train=True, rngs={"dropout": jax.random.key(2)}))(
+        params, series)
+    assert logits.shape == (3, 5) and set(params["head"]) == {"norm_0", "dense_0", "norm_1", "dense_1"}
+    assert params["head"]["dense_0"]["kernel"].shape == (3 * model.width, cpc.HIDDEN)
+
+    grads = jax.jit(jax.grad(lambda p: classifier.apply({"params": p}, series).sum()))(params)
+    for name in ("mean", "var"):  # statistics are parameters, never trained
+        assert not np.any(grads["encoder"]["norm_1"][name]) and not np.any(grads["head"]["norm_0"][name])
+    assert np.any(grads["encoder"]["norm_1"]["scale"])
+
+    linear = encoder.clone(num_classes=5, linear_head=True)
+    head = linear.init(jax.random.key(0), jnp.zeros((1, linear.feature_size)), method=lambda m, f: m.head(f))
+    assert jax.tree.map(np.shape, head["params"]["head"]) == {"kernel": (3 * model.width, 5), "bias": (5,)}
+    apply = jax.jit(encoder.apply, static_argnames="leads")
+    features = apply(variables, series[:, :6], leads=LEADS[:6])  # limb leads, the rest zero-filled
+    assert features.shape == (3, 3 * model.width)
+    full = series.copy()
+    full[:, 6:] = 0
+    np.testing.assert_allclose(features, apply(variables, full), rtol=1e-6)
+
+
+def test_model_description_and_flops():
+    model = models.create_model("cpc", "tiny", seq_len=1000, width=512, depth=2, negatives=128)
+    assert models.model_from_config(models.model_config(model)) == model
+    w, s = 512, 1000
+    lstm = 2 * s * 2 * 4 * (2 * w) * w
+    expected = 2 * s * (12 * w + 3 * w * w) + lstm + 2 * s * w * w + 2 * (s - 12) * s * w
+    assert model.forward_flops(12) == expected
+    assert model.activation(12) > 0 and model.encoder_tokens(12) == s
+    assert methods.get("cpc").splittable is False
+    with pytest.raises(ValueError, match="seq_len"):
+        models.create_model("cpc", "tiny", seq_len=0)
+
+
+def test_loss_sharded():
+    """Run by test_the_same_on_eight_devices: BatchNorm over the global batch and the loss on an
+    8-device mesh, as on one device."""
+    if jax.device_count() != 8:
+        pytest.skip("needs 8 devices (XLA_FLAGS=--xla_force_host_platform_device_count=8)")
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+    model, method = small_model(), cpc.Cpc()
+    params = method.init_params(model, jax.random.key(0), LEADS)
+    rows = batch(model, 16)
+
+    def fn(p, r):
+        return jax.value_and_grad(lambda q: method.loss(model, q, None, r, LEADS), has_aux=True)(p)
+
+    one = jax.device_put((params, rows), jax.devices()[0])
+    (loss1, stats1), grads1 = jax.jit(fn)(*one)
+    mesh = Mesh(np.asarray(jax.devices()), ("data",))
+    sharded = jax.device_put(rows, NamedSharding(mesh, P("data")))
+    (loss8, stats8), grads8 = jax.jit(fn)(jax.device_put(params, NamedSharding(mesh, P())), sharded)
+    assert len(sharded["series"].sharding.device_set) == 8
+    np.testing.assert_allclose(loss8, loss1, rtol=1e-5)
+    for a, b in zip(jax.tree.leaves((stats8, grads8)), jax.tree.leaves((stats1, grads1))):
+        np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_the_same_on_eight_devices():
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__,
+                             "-k", "loss_sharded"], env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert result.returncode == 0 and "1 passed" in result.stdout, result.stdout[-3000:] + result.stderr[-2000:]
+
+
+def _set(config, values):
+    for key, value in values.items():
+        *path, field = key.split(".")
+        section = config
+        for name in path:
+            section = section[name]
+        section[field] = value
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("rate,crop", [(100, 1000), (0, 2250)])
+def test_pretrain_finetune_and_probe(synthetic_shards, tmp_path, monkeypatch, rate, crop):
+    from stmem_jax.data import transforms
+    from stmem_jax.model_dir import load_model
+    from stmem_jax.train import downstream, pretrain
+    from stmem_jax.train.config import downstream as downstream_config, load_config
+
+    # the cached resampling operator is a tf.constant of the first pipeline's graph, which a second
+    # pipeline (validation after training) cannot use: uncached here until it caches NumPy (reported)
+    monkeypatch.setattr(transforms, "resample_operator", transforms.resample_operator.__wrapped__)
+    config = load_config("cpc", "tiny")
+    sizes = {"data.sample_rate": rate, "data.crop_samples": crop}
+    _set(config, {**sizes, "model.width": 8, "model.negatives": 8, "train.batch_size": 8, "train.num_steps": 3,
+                  "train.warmup_steps": 1, "log.every_steps": 1, "eval.every_steps": 3, "eval.batch_size": 32,
+                  "checkpoint.asynchronous": False, "data.dir": synthetic_shards})
+    workdir = str(tmp_path / "pretrain")
+    summary = pretrain.train(config, workdir)
+    assert summary["step"] == 3
+    encoder, variables = load_model(os.path.join(workdir, "encoder"))
+    assert type(encoder).__name__ == "CpcClassifier" and encoder.seq_len == crop and encoder.width == 8
+    assert set(variables["params"]["encoder"]["norm_0"]) == {"scale", "bias", "mean", "var"}
+
+    for mode, steps in (("finetune", 2), ("linprobe", 4))[:2 if rate else 1]:  # the probe once: rate-blind
+        run = downstream_config()
+        _set(run, {**sizes, "train.batch_size": 16, "train.num_steps": steps, "train.min_steps": 0,
+                   "train.warmup_steps": 1, "eval.batch_size": 32, "model.drop_path": 0.0, "data.augment": False,
+                   "data.dir": synthetic_shards, "data.task": "rhythm", "mode": mode, "init": workdir,
+                   "checkpoint.asynchronous": False})
+        result = downstream.train(run, str(tmp_path / mode))
+        assert np.isfinite(result["test"]["auroc"])
