@@ -34,6 +34,10 @@ def test_output_shapes_for_every_kind_and_preset(kind, preset):
         assert out["pred"].shape == (3, 12, 30, 75) and out["mask"].shape == (3, 12, 30) and out["loss"].shape == ()
     elif kind == "mtae":
         assert out["pred"].shape == (3, 30, 75 * 12) and out["mask"].shape == (3, 30)
+    elif kind == "moco_v3":  # the predictor's output
+        assert out.shape == (3, model.out_dim)
+    elif kind == "cmsc":  # the representation
+        assert out.shape == (3, model.width)
     else:
         assert out["pred"].shape == (3, 12, 2250) and out["mask"].shape == (3, 12)
 

@@ -29,7 +29,7 @@ class Task:
         """The input config of ``split`` with a downstream config's data settings."""
         d = config.data
         return InputConfig(data_dir=self.data_dir, split=split, batch_size=batch_size, training=training,
-                           leads=self.leads, crop_samples=d.crop_samples, task=self.name,
+                           leads=self.leads, crop_samples=d.crop_samples, sample_rate=d.sample_rate, task=self.name,
                            label_fraction=label_fraction, augment=training and d.augment, bandpass=d.bandpass,
                            seed=config.train.seed, shuffle_buffer=d.shuffle_buffer, eval_crops=config.eval.crops,
                            weights=parse_weights(d.weights) if training else None, exclude=self.exclude)

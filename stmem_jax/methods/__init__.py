@@ -22,6 +22,7 @@ from stmem_jax.methods.base import Method, Rows, get, names, register
 
 # the built-in methods register themselves
 from stmem_jax.methods import st_mem, token_mae  # noqa: E402,F401
+from stmem_jax.methods import moco_v3, cmsc  # noqa: E402,F401
 from stmem_jax.methods import cpc  # noqa: E402,F401
 
 __all__ = ["Method", "Rows", "get", "names", "register", "of", "is_pretraining", "classification_encoder"]

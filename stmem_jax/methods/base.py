@@ -60,6 +60,11 @@ class Method(abc.ABC):
         """Training state besides parameters and optimizer state (e.g. a momentum encoder); None."""
         return None
 
+    def frozen(self, model: nn.Module, params: Any) -> Any:
+        """Which parameters never change (a tree of bools like ``params``: their updates are zero,
+        weight decay included), or None when all train."""
+        return None
+
     def randomness(self, model: nn.Module, rows: Rows, key: jax.Array) -> Rows:
         """Per-example random arrays for a step's whole batch, drawn once from ``key`` and split into
         micro-batches with it (so that micro-batches give one batch's result)."""

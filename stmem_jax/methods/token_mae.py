@@ -46,7 +46,6 @@ class TokenSettings(ViTSettings):
     def full_leads(self, series: jax.Array, leads: Any = None) -> jax.Array:
         """(B, C, T) holding the leads ``leads`` (names or standard indices; None: the first C) ->
         (B, num_leads, T) with every other lead zero."""
-        self.check_series(series)
         indices = lead_indices(leads, series.shape[1], num_leads=self.num_leads)
         if indices == tuple(range(self.num_leads)):
             return series
@@ -54,15 +53,20 @@ class TokenSettings(ViTSettings):
         return full.at[:, jnp.asarray(indices)].set(series)
 
     def tokenize(self, series: jax.Array) -> jax.Array:
-        """(B, C, T) of all leads -> (B, L, F): time patches of all leads (F = P * C) or whole leads (F = T)."""
-        self.check_series(series, self.num_leads)
+        """(B, C, T) of all leads -> (B, L, F): time patches of all leads (F = P * C) or whole leads (F = T).
+        Time tokens also come from a shorter series of whole patches (a segment: its first L tokens)."""
         if self.token_axis == "lead":
+            self.check_series(series, self.num_leads)
             return series
         if self.token_axis != "time":
             raise ValueError(f"token_axis must be one of {TOKEN_AXES}, got {self.token_axis!r}")
-        batch, channels, _ = series.shape
-        patches = series.reshape(batch, channels, self.num_patches, self.patch_size)
-        return patches.transpose(0, 2, 3, 1).reshape(batch, self.num_patches, self.patch_size * channels)
+        batch, channels, samples = series.shape
+        if channels != self.num_leads or samples % self.patch_size or samples > self.seq_len:
+            raise ValueError(f"expected series of shape (batch, {self.num_leads}, whole {self.patch_size}-sample "
+                             f"patches up to {self.seq_len}), got {series.shape}")
+        tokens = samples // self.patch_size
+        patches = series.reshape(batch, channels, tokens, self.patch_size)
+        return patches.transpose(0, 2, 3, 1).reshape(batch, tokens, self.patch_size * channels)
 
     def untokenize(self, tokens: jax.Array) -> jax.Array:
         """The inverse of :meth:`tokenize`, (B, L, F) -> (B, C, T)."""
@@ -117,9 +121,11 @@ class TokenEncoder(TokenSettings):
     """Token embedding, positions, CLS token, blocks and final norm of MTAE / MLAE."""
 
     trainable_embeddings: bool = False
+    embedding_std: float = 0.0  # of the CLS and positional embeddings; 0: 1.0 when trainable (the public
+                                # classifier's), else 0.02
 
     def setup(self):
-        init = nn.initializers.normal(1.0 if self.trainable_embeddings else 0.02)
+        init = nn.initializers.normal(self.embedding_std or (1.0 if self.trainable_embeddings else 0.02))
         self.patch_embed = PatchEmbedding(self.width, self.dtype)
         self.cls_token = self.param("cls_token", init, (self.width,))
         if self.trainable_embeddings:
@@ -132,8 +138,9 @@ class TokenEncoder(TokenSettings):
         return table.astype(self.dtype)
 
     def embed(self, series: jax.Array) -> jax.Array:
-        """(B, C, T) of all leads -> tokens with positions (B, L, W)."""
-        return self.patch_embed(self.tokenize(series).astype(self.dtype)) + self.positions()[1:]
+        """(B, C, T) of all leads -> tokens with positions (B, L, W) (a segment: the first L positions)."""
+        tokens = self.patch_embed(self.tokenize(series).astype(self.dtype))
+        return tokens + self.positions()[1:1 + tokens.shape[1]]
 
     def add_cls(self, tokens: jax.Array) -> jax.Array:
         cls = self.cls_token.astype(self.dtype) + self.positions()[0]

@@ -24,6 +24,7 @@ run resumes from its latest checkpoint (``stmem_jax.train.loop``).
 from __future__ import annotations
 
 import contextlib
+import copy
 import csv
 import dataclasses
 import json
@@ -42,7 +43,7 @@ from stmem_jax import mesh as meshlib
 from stmem_jax.core.shards import read_manifests
 from stmem_jax.data.pipeline import global_batches, mixture_names, model_recipe, steps_per_epoch
 from stmem_jax.data.tasks import resolve_task
-from stmem_jax.model_dir import save_model
+from stmem_jax.model_dir import MODEL_FILE, save_model
 from stmem_jax.train import linprobe, loop, setup
 from stmem_jax.train.classification import (checkpoints_for, eval_interval, num_examples, scalars_of, score,
                                             validation)
@@ -113,6 +114,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                          f"command prepares the built-in synthetic data when it is empty")
     workdir = os.path.abspath(workdir)
     os.makedirs(workdir, exist_ok=True)
+    config = encoder_input(config)
     if os.path.isfile(os.path.join(workdir, METRICS_FILE)):
         changed = config_lib.changes(workdir, config)
         if changed:
@@ -132,6 +134,27 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     run = linprobe.train_head if config.mode == "linprobe" else train_end_to_end
     params, selected, val, test = run(config, workdir, task, model, encoder_params, mesh, has_val)
     return _finish(config, workdir, task, model, params, selected, val, test, mesh, leak)
+
+
+def encoder_input(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """``config``, or with ``data.sample_rate`` 0 and an ``init`` pre-trained on resampled windows
+    (its saved config's ``data.sample_rate``, e.g. CPC at 100 Hz) a copy at that rate and crop length:
+    an encoder meets the input it was trained on (set ``data.sample_rate`` to choose another)."""
+    if config.data.sample_rate or not config.init or config.init.startswith(RANDOM) or os.path.isfile(config.init):
+        return config
+    try:
+        with open(os.path.join(infer.model_directory(config.init), MODEL_FILE)) as f:
+            data = json.load(f)["metadata"]["config"]["data"]
+        rate, crop = int(data.get("sample_rate", 0)), int(data["crop_samples"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return config  # no pre-training config: the run's own settings
+    if not rate:
+        return config
+    config = copy.deepcopy(config)
+    config.data.sample_rate, config.data.crop_samples = rate, crop
+    print(f"input: {rate} Hz, {crop}-sample crops, as {config.init} was pre-trained (data.sample_rate and "
+          f"data.crop_samples)", flush=True)
+    return config
 
 
 def pretraining_overlap(config: ml_collections.ConfigDict, task) -> tuple[dict[str, Any] | None, frozenset]:

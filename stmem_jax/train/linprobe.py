@@ -23,10 +23,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 
-from stmem_jax import infer
+from stmem_jax import infer, models
 from stmem_jax import mesh as meshlib
 from stmem_jax.data.tasks import Task
-from stmem_jax.models import model_config
 from stmem_jax.train import loop
 from stmem_jax.train.classification import (checkpoints_for, eval_interval, num_examples, scalars_of, score,
                                             validation)
@@ -48,7 +47,7 @@ def cached_features(config, workdir: str, task: Task, encoder: nn.Module, encode
     input_config = task.input(config, split, False, config.eval.batch_size, label_fraction)
     # an evaluation input's seed draws only its label-fraction subset: the seeds of a grid share the rest
     keyed = input_config if label_fraction < 1 else dataclasses.replace(input_config, seed=0)
-    key = json.dumps({"input": dataclasses.asdict(keyed), "encoder": model_config(encoder),
+    key = json.dumps({"input": dataclasses.asdict(keyed), "encoder": models.model_config(encoder),
                       "weights": _encoder_checksum(encoder_params)}, sort_keys=True,
                      default=lambda v: sorted(v) if isinstance(v, frozenset) else str(v))
     directory = config.data.feature_cache or os.path.join(workdir, "features")
@@ -88,7 +87,10 @@ def _feature_batches(x: np.ndarray, y: np.ndarray, batch: int, per_epoch: int, s
 
 def train_head(config, workdir, task, model, encoder_params, mesh, has_val):
     """The head trained on cached features of the frozen encoder (every process the same); returns
-    (classifier params, selected step, validation metrics, test predictions)."""
+    (classifier params, selected step, validation metrics, test predictions). A classifier with a
+    ``linear_head`` field (a deeper head for fine-tuning) is probed with its linear one."""
+    if "linear_head" in models.fields(type(model)):
+        model = model.clone(linear_head=True)
     encoder = model.clone(num_classes=0)
     crops = num_examples(task.input(config, config.data.train_split, False, 1, config.data.label_fraction)) * \
         config.eval.crops  # every evaluation crop of every training example
@@ -98,9 +100,12 @@ def train_head(config, workdir, task, model, encoder_params, mesh, has_val):
     def head_logits(head, feats):
         return model.apply({"params": {"head": head}}, feats, method=lambda m, f: m.head(f))
 
-    head = model.init(jax.random.key(config.train.seed), jnp.zeros((1, model.width)),
+    example = jnp.zeros((1, len(task.lead_ids), model.seq_len), jnp.float32)
+    width = jax.eval_shape(lambda p: encoder.apply({"params": {"encoder": p}}, example, leads=task.lead_ids),
+                           encoder_params).shape[-1]
+    head = model.init(jax.random.key(config.train.seed), jnp.zeros((1, width)),
                       method=lambda m, f: m.head(f))["params"]["head"]
-    tx = optimizer(config.train, schedule.learning_rate, {"head": head}, depth=model.depth)
+    tx = optimizer(config.train, schedule.learning_rate, {"head": head})
 
     def step(state, xb, yb, key):
         del key

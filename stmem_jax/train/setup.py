@@ -64,6 +64,9 @@ def build(config: ml_collections.ConfigDict, lead_ids: Sequence[int], schedule: 
             return method.init_params(model, init_key, lead_ids)
 
         tx = optimizer(config.train, schedule.learning_rate, jax.eval_shape(init_params))
+        frozen = method.frozen(model, jax.eval_shape(init_params))
+        if frozen is not None:
+            tx = optax.chain(tx, optax.masked(optax.set_to_zero(), frozen))
 
         def init_state(*_):
             params = init_params()

@@ -1,0 +1,146 @@
+"""MoCo v3 and CMSC: their losses against NumPy, over the global batch on 8 devices as on 1, the
+momentum encoder and the frozen patch embedding."""
+
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from stmem_jax import methods, models
+from stmem_jax.methods.cmsc import cmsc_terms
+from stmem_jax.methods.moco_v3 import moco_loss
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMALL = dict(width=64, depth=1, heads=1, mlp_dim=128, seq_len=450, num_leads=12)
+
+
+def _unit(rng, n, d):
+    x = rng.standard_normal((n, d))
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def _log_softmax(x, axis):
+    x = x - x.max(axis=axis, keepdims=True)
+    return x - np.log(np.exp(x).sum(axis=axis, keepdims=True))
+
+
+def test_moco_loss_is_symmetric_infonce_over_the_batch_times_two_tau():
+    rng = np.random.default_rng(0)
+    q1, q2, k1, k2 = (_unit(rng, 6, 8) for _ in range(4))
+    tau = 0.2
+    expected = []
+    for i in range(6):
+        a = -(q1[i] @ k2[i] / tau - np.log(np.exp(q1[i] @ k2.T / tau).sum()))
+        b = -(q2[i] @ k1[i] / tau - np.log(np.exp(q2[i] @ k1.T / tau).sum()))
+        expected.append((a + b) * 2 * tau)
+    np.testing.assert_allclose(moco_loss(q1, q2, k1, k2, tau), expected, rtol=1e-5)
+    # padding keys (invalid) are no negatives of anyone
+    valid = np.array([True] * 5 + [False])
+    got = moco_loss(q1, q2, k1, k2, tau, jnp.asarray(valid))
+    np.testing.assert_allclose(got[:5], moco_loss(q1[:5], q2[:5], k1[:5], k2[:5], tau), rtol=1e-5)
+
+
+def test_cmsc_loss_counts_adjacent_and_same_patient_segments_as_positives():
+    rng = np.random.default_rng(1)
+    e1, e2 = _unit(rng, 5, 8), _unit(rng, 5, 8)
+    patients = np.array([3, 7, 3, 9, 7])
+    tau = 0.1
+    logits = e1 @ e2.T / tau
+    rows, columns = _log_softmax(logits, 1), _log_softmax(logits, 0)
+    positive = patients[:, None] == patients[None, :]
+    assert positive.sum() == 9  # 5 adjacent pairs, (0, 2), (2, 0), (1, 4), (4, 1)
+    expected = -(rows[positive].mean() + columns[positive].mean()) / 2
+    terms, mask = cmsc_terms(jnp.asarray(e1), jnp.asarray(e2), jnp.asarray(patients), tau)
+    np.testing.assert_array_equal(mask, positive)
+    np.testing.assert_allclose(terms.sum() / mask.sum(), expected, rtol=1e-5)
+    # a padded example is neither a positive nor a negative
+    valid = np.array([True, True, True, True, False])
+    terms, mask = cmsc_terms(jnp.asarray(e1), jnp.asarray(e2), jnp.asarray(patients), tau, jnp.asarray(valid))
+    small, small_mask = cmsc_terms(jnp.asarray(e1[:4]), jnp.asarray(e2[:4]), jnp.asarray(patients[:4]), tau)
+    np.testing.assert_allclose(terms.sum() / mask.sum(), small.sum() / small_mask.sum(), rtol=1e-5)
+
+
+def _rows(name, batch, seq_len, seed=0):
+    rng = np.random.default_rng(seed)
+    series = lambda n: rng.standard_normal((batch, 12, n)).astype(np.float32)  # noqa: E731
+    if name == "moco_v3":
+        return {"view1": series(seq_len), "view2": series(seq_len)}
+    return {"segment1": series(seq_len // 2), "segment2": series(seq_len // 2),
+            "patient": rng.integers(0, batch // 2, batch).astype(np.int32)}
+
+
+def _model(name):
+    fields = dict(SMALL, hidden_dim=32, out_dim=16) if name == "moco_v3" else dict(SMALL)
+    return models.create_model(name, "tiny", **fields)
+
+
+LOSS_ON_DEVICES = """
+import json, sys
+import jax, numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+sys.path.insert(0, {root!r})
+from tests.test_contrastive import _model, _rows
+from stmem_jax import methods
+out = {{}}
+for name in ("moco_v3", "cmsc"):
+    method, model = methods.get(name), _model(name)
+    leads = tuple(range(12))
+    params = method.init_params(model, jax.random.key(0), leads)
+    extra = method.init_extra(model, params)
+    rows = _rows(name, 16, model.seq_len)
+    loss = jax.jit(lambda p, r: method.loss(model, p, extra, r, leads))
+    one = jax.device_put(rows, jax.devices()[0])
+    mesh = Mesh(np.array(jax.devices()), ("data",))
+    eight = jax.device_put(rows, NamedSharding(mesh, PartitionSpec("data")))
+    out[name] = [len(jax.devices()), float(loss(params, one)), float(loss(params, eight))]
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.slow
+def test_the_loss_over_a_batch_split_on_eight_devices_is_the_loss_on_one():
+    """Batch statistics and the negatives span the global batch, whatever the device count."""
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    result = subprocess.run([sys.executable, "-c", LOSS_ON_DEVICES.format(root=ROOT)], env=env, capture_output=True,
+                            text=True, timeout=600, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    import json
+    for name, (devices, one, eight) in json.loads(result.stdout.strip().splitlines()[-1]).items():
+        assert devices == 8
+        np.testing.assert_allclose(eight, one, rtol=1e-5, err_msg=name)
+
+
+@pytest.mark.slow
+def test_moco_step_keeps_the_patch_embedding_and_moves_the_momentum_encoder_by_its_schedule():
+    import optax
+
+    from stmem_jax.train import loop, steps
+
+    method, model = methods.get("moco_v3"), _model("moco_v3")
+    leads = tuple(range(12))
+    params = method.init_params(model, jax.random.key(0), leads)
+    tx = optax.chain(optax.adamw(1e-3, weight_decay=0.1),
+                     optax.masked(optax.set_to_zero(), method.frozen(model, params)))
+    state = loop.TrainState.create(params, tx, method.init_extra(model, params))
+    step = jax.jit(steps.pretrain_step(method, model, tx, 1, leads, total_steps=4))
+    rows = _rows("moco_v3", 8, model.seq_len)
+    new, metrics = step(state, rows["view1"], rows["view2"], jax.random.key(1))
+    assert np.isfinite(float(metrics["loss"]))
+    before, after = state.params["encoder"], new.params["encoder"]
+    for a, b in zip(jax.tree.leaves(before["patch_embed"]), jax.tree.leaves(after["patch_embed"])):
+        np.testing.assert_array_equal(a, b)
+    assert any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(before["blocks"]),
+                                                        jax.tree.leaves(after["blocks"])))
+    m = 1 - 0.01 * (1 + np.cos(np.pi * 1 / 4)) / 2
+    for e0, p1, e1 in zip(jax.tree.leaves(state.extra["projector"]), jax.tree.leaves(new.params["projector"]),
+                          jax.tree.leaves(new.extra["projector"])):
+        np.testing.assert_allclose(e1, m * np.asarray(e0) + (1 - m) * np.asarray(p1), rtol=1e-5, atol=1e-7)
+    # the exported encoder is MTAE's classifier encoder with the ViT's weights
+    encoder, variables = method.encoder(model, {"params": new.params})
+    assert models.model_config(encoder)["kind"] == "mtae_classifier"
+    features = encoder.apply(variables, rows["view1"], leads=leads)
+    assert features.shape == (8, 64)
