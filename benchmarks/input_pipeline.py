@@ -4,7 +4,9 @@
 
 Prints examples/s of the pre-training path (random crop + z-score), the same over a mixture of the
 dataset split into three folders (target: within 10% of one folder), the fine-tuning path (plus
-labels and RandAugment), the 3-crop evaluation path and the on-the-fly band filter, and the time to
+labels and RandAugment), the 3-crop evaluation path, the on-the-fly band filter, the contrastive
+methods' two views (two crops, each augmented) and two segments with the patient, and windows
+resampled to 100 Hz (CPC), and the time to
 the first batch when a training pipeline is positioned at step 0, mid-epoch and at a late step.
 """
 
@@ -32,7 +34,7 @@ def throughput(config: InputConfig, batches: int) -> float:
     start = time.perf_counter()
     for _ in range(batches):
         batch = next(it)
-    return batches * len(batch["series"]) / (time.perf_counter() - start)
+    return batches * len(batch["record_id"]) / (time.perf_counter() - start)
 
 
 def first_batch_seconds(config: InputConfig, step: int) -> float:
@@ -62,6 +64,12 @@ def main() -> None:
             ("fine-tuning: + labels + RandAugment", finetune, 2000),
             ("evaluation: 3 crops + z-score", dataclasses.replace(pretrain, training=False, task="rhythm"), None),
             ("pre-training + band filter", dataclasses.replace(pretrain, bandpass=True), None),
+            ("two views, each + RandAugment (MoCo v3)", dataclasses.replace(
+                pretrain, views=("view1", "view2"), augment=True), 5000),
+            ("two adjacent segments + patient (CMSC)", dataclasses.replace(
+                pretrain, views=("segment1", "segment2", "patient")), 5000),
+            ("resampled to 100 Hz, 1000-sample crop (CPC)", dataclasses.replace(
+                pretrain, sample_rate=100, crop_samples=1000), None),
         ]
         print(f"\n{'path':40s} {'examples/s':>11s} {'target':>8s}")
         for name, config, target in rows:

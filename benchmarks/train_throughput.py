@@ -25,9 +25,10 @@ import jax.numpy as jnp
 
 from stmem_jax import mesh as meshlib
 from stmem_jax import methods
+from stmem_jax.core.views import batch_shape
 from stmem_jax.flops import peak_flops
 from stmem_jax.train import setup
-from stmem_jax.train.config import downstream, pretraining
+from stmem_jax.train.config import config_names, downstream, load_config, pretraining
 from stmem_jax.train.loop import Schedule
 
 
@@ -45,9 +46,12 @@ def matmul_rate(dtype: str, n: int = 4096, repeats: int = 5) -> float:
 
 
 def step_config(kind: str, method: str, preset: str, dtype: str, batch: int, remat: bool, accum: int):
-    """The config of the measured step: the method's pre-training, or fine-tuning its encoder
-    (12 leads, drop-path 0.1)."""
-    config = pretraining(preset, method) if kind == "pretrain" else downstream()
+    """The config of the measured step: the method's pre-training (its shipped config at ``preset``
+    when it has one: ``cpc:100hz``), or fine-tuning its encoder (12 leads, drop-path 0.1)."""
+    if kind == "pretrain":
+        config = load_config(method, preset) if method in config_names() else pretraining(preset, method)
+    else:
+        config = downstream()
     if kind == "finetune":
         config.model.update(kind=method, preset=preset, drop_path=0.1)
     config.model.update(dtype=dtype, remat=remat)
@@ -70,7 +74,12 @@ def measure(preset: str, dtype: str, batch: int, steps: int, remat: bool = False
     inputs = {"series": series, "label": jax.device_put(jnp.arange(batch) % 5, meshlib.batch_sharding(mesh))}
     state = jax.device_put(jax.jit(run.init_state)(), meshlib.replicated(mesh))
     step = jax.jit(run.step, donate_argnums=0)
-    batch_args = [inputs[name] if name in inputs else series for name in run.inputs]
+    for view in run.inputs:
+        if view not in inputs:
+            shape, dtype = batch_shape(view, batch, len(leads), config.data)
+            inputs[view] = jax.device_put(jax.random.normal(jax.random.key(3), shape) if dtype == "float32" else
+                                          jnp.arange(batch, dtype=dtype) // 2, meshlib.batch_sharding(mesh))
+    batch_args = [inputs[name] for name in run.inputs]
     for _ in range(2):
         state, metrics = step(state, *batch_args, run.key)
     jax.block_until_ready(metrics)

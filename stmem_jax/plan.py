@@ -31,6 +31,7 @@ from jax.sharding import Mesh
 
 from stmem_jax import mesh as meshlib
 from stmem_jax.core.leads import lead_indices
+from stmem_jax.core.views import batch_shape
 from stmem_jax.train import loop, setup
 from stmem_jax.train.checkpoints import abstract_with_shardings
 
@@ -103,7 +104,8 @@ def _step_and_inputs(config: ml_collections.ConfigDict, mesh: Mesh, global_batch
         batch = [series, jax.ShapeDtypeStruct((global_batch,), jnp.int32, sharding=batch_sharding)]
     else:
         run = setup.build(config, lead_ids, schedule, mesh.devices.flat)
-        batch = [series] * len(run.inputs)
+        batch = [jax.ShapeDtypeStruct(*batch_shape(view, global_batch, len(lead_ids), config.data),
+                                      sharding=batch_sharding) for view in run.inputs]
     abstract = jax.eval_shape(run.init_state)
     return run.step, abstract_with_shardings(abstract, loop.state_shardings(mesh, abstract)), batch, \
         3 * run.forward_flops * global_batch

@@ -32,6 +32,16 @@ def test_tiny_pretraining_step_compiles_for_v5e_and_fits(devices, capsys):
     assert 0.7 < ratio < 1.5  # XLA's FLOP count against the analytic one
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("spec", ["moco_v3:tiny", "cmsc:tiny", "cpc:tiny"])
+def test_every_methods_pretraining_step_compiles_for_v5e_with_its_views(devices, spec):
+    """Two views, segments with the patient, a single 100 Hz or 250 Hz series: each method's step
+    takes the inputs it names, over the global batch, and XLA counts about the FLOPs it claims."""
+    step = plan.compile_step(load_config(spec), devices, 8)
+    assert step.global_batch == 32
+    assert 0.7 < step.compiled_flops / step.analytic_flops < 1.5, step
+
+
 def test_a_v4_device_is_a_tensorcore_with_half_its_chips_hbm(devices):
     v4 = plan.topology_devices("v4:2x2x1")  # 4 chips of 2 TensorCores, 32 GiB each
     assert len(v4) == 8 and plan.devices_per_chip(v4) == 2 and plan.hbm_bytes(v4) == 16 * 2 ** 30

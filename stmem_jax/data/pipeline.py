@@ -74,13 +74,13 @@ from stmem_jax.data.augment import rand_augment
 from stmem_jax.core.recipe import Recipe
 from stmem_jax.data.transforms import band_filter, fixed_crops, random_crop, resample, split_segments, zscore
 from stmem_jax.core.leads import LEAD_NAMES, lead_indices
+from stmem_jax.core.views import VIEWS
 
 try:  # the pipeline runs on the CPU; leave accelerators to JAX
     tf.config.set_visible_devices([], "GPU")
 except RuntimeError:  # TensorFlow was initialised already
     pass
 
-VIEWS = ("series", "view1", "view2", "segment1", "segment2", "patient")
 DEVICE_KEYS = (*VIEWS, "label", "valid")  # global jax.Arrays in ``global_batches``; others stay numpy
 _MAX_EPOCHS = 1 << 40
 

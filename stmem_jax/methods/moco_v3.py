@@ -49,10 +49,13 @@ class MoCoV3Model(ContrastiveViT):
         return self.predictor(self.project(series, leads))
 
     def forward_flops(self, channels: int) -> float:
-        """Both views through the online encoder, projector and predictor, and the momentum copy."""
+        """A third of a step's FLOPs per example (the convention of 3 x forward): both views through
+        the online encoder, projector and predictor, forward and backward, and through the momentum
+        encoder and projector, forward only."""
         projector = 2 * (self.width * self.hidden_dim + self.hidden_dim ** 2 + self.hidden_dim * self.out_dim)
         predictor = 4 * self.out_dim * self.hidden_dim
-        return 2 * (2 * (self.view_flops() + projector) + predictor)
+        online, momentum = 2 * (self.view_flops() + projector + predictor), 2 * (self.view_flops() + projector)
+        return online + momentum / 3
 
 
 models.register_model("moco_v3", MoCoV3Model)

@@ -124,7 +124,7 @@ def pretraining(preset: str = "vit_base", method: str = "st_mem") -> ml_collecti
         val_split="validation",
         lead_masking=0.0,              # random lead masking (RLM): each lead zeroed with this probability
         lead_masking_restandardize=False,  # then re-standardise the kept leads together (the public code's variant)
-        augment=False,                 # RandAugment of the method's inputs (each view on its own)
+        augment=False,                 # RandAugment of the training inputs (finetune, scratch; pre-training: each view)
         augment_level=10,              # RandAugment magnitude 0..10
         augment_ops=2,                 # ops drawn per input
         augment_prob=0.5,              # probability of each drawn op
@@ -171,7 +171,7 @@ def downstream() -> ml_collections.ConfigDict:
         train_split="train",
         val_split="validation",        # model selection; a dataset without it uses the last state
         test_split="test",
-        augment=True,                  # RandAugment (finetune, scratch)
+        augment=True,                  # RandAugment of the training inputs (finetune, scratch; pre-training: each view)
         feature_cache="",              # linprobe feature cache; empty: <workdir>/features
         exclude_pretraining_overlap=False,  # leave out windows also in init's pre-training data (a workdir)
     )
