@@ -219,7 +219,8 @@ def finetune(argv=None) -> None:
 
 
 def benchmark(argv=None) -> None:
-    """``stmem-benchmark``: the paper's evaluation grid (``stmem_jax.grid``)."""
+    """``stmem-benchmark``: the paper's evaluation grid (``stmem_jax.grid``). ``--reference paper``
+    is short for ``--config.grid.reference=paper``: the paper's numbers beside ours."""
     def run(config, workdir):
         from stmem_jax.grid import run_grid
 
@@ -227,7 +228,15 @@ def benchmark(argv=None) -> None:
         print(result["table"])
         print(f"ran {len(result['ran'])} run(s), {len(result['skipped'])} already done", flush=True)
 
-    run_config_command(run, argv, example="grid:ptbxl:st_mem",
+    args = list(sys.argv if argv is None else argv)
+    for i in reversed(range(len(args))):  # --reference X / --reference=X -> --config.grid.reference=X
+        if args[i] == "--reference" and i + 1 < len(args):
+            args[i:i + 2] = [f"--config.grid.reference={args[i + 1]}"]
+        elif args[i].startswith("--reference="):
+            args[i] = "--config.grid.reference=" + args[i].split("=", 1)[1]
+    if argv is None:
+        sys.argv[:] = args  # ml_collections reads the config overrides from sys.argv
+    run_config_command(run, None if argv is None else args, example="grid:ptbxl:st_mem",
                        workdir_help="grid directory (one sub-directory per run); a rerun resumes it",
                        run_section=lambda config: config.run)
 

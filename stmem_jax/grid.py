@@ -1,17 +1,18 @@
 """The paper's evaluation grid (command ``stmem-benchmark``): the downstream protocol as a grid of
-runs, and its table. (The speed scripts are in ``benchmarks/``.)
+runs, and its tables. (The speed scripts are in ``benchmarks/``.)
 
-    stmem-benchmark --config grid:ptbxl:st_mem --workdir runs/bench \\
+    stmem-benchmark --config grid:ptbxl:st_mem --workdir runs/bench --reference paper \\
         --config.grid.methods='("ST-MEM=runs/pretrain",)' --config.run.data.dir=/data/ptbxl
 
 The grid is tasks x methods x modes x label fractions x lead settings x seeds: ``finetune`` and
-``linprobe`` runs start from each method's weights (``NAME=path``, see ``config.init`` of
-stmem-finetune), ``scratch`` runs once per point as the ``Supervised`` row, with the first method's
-encoder architecture. Every run has its own
-directory under ``<workdir>/runs``; a run whose test metrics exist is skipped, so an interrupted
-grid resumes. The Markdown table (``results.md``: rows method (mode) and leads, columns label
-fractions, cells mean +- std over seeds of the test macro AUROC and macro F1) and a CSV of every run
-(``runs.csv``) are written at the end.
+``linprobe`` runs start from each method's weights (``NAME=init``, see ``config.init`` of
+stmem-finetune: a workdir, a model directory, a .pth or ``random:<method or path>``), ``scratch``
+runs once per point as the ``Supervised`` row, with the first method's encoder architecture;
+``grid.tasks`` entries ``TASK=DIR`` give a task its own prepared folder (datasets side by side). Every
+run has its own directory under ``<workdir>/runs``; a run whose test metrics exist is skipped, so an
+interrupted grid resumes. At the end it writes ``runs.csv`` (every run) and ``results.md``
+(:func:`paper_tables`: the paper's Table 1 layout and, with several lead settings, its
+lead-robustness layout; ``grid.reference=paper`` puts the paper's numbers beside ours).
 """
 
 from __future__ import annotations
@@ -28,10 +29,12 @@ import jax
 import ml_collections
 import numpy as np
 
+from stmem_jax import paper_results
+
 
 MODE_NAMES = {"finetune": "fine-tune", "linprobe": "linear probe", "scratch": "scratch"}
 LEAD_SETTING_NAMES = {"12": "12-lead", "limb": "6-lead (limb)", "1": "1-lead (I)"}
-SUPERVISED = "Supervised"
+SUPERVISED = paper_results.SUPERVISED  # the row of the scratch runs
 CSV_FIELDS = ("task", "method", "mode", "leads", "label_fraction", "seed", "auroc", "f1", "accuracy", "fmax",
               "loss", "num_examples", "selected_step", "workdir")
 
@@ -44,6 +47,7 @@ class Run(NamedTuple):
     fraction: float
     leads: str
     seed: int
+    data_dir: str = ""  # the task's own prepared folder (grid.tasks entry TASK=DIR); empty: run.data.dir
 
     @property
     def name(self) -> str:
@@ -67,13 +71,14 @@ def grid_runs(config: ml_collections.ConfigDict) -> list[Run]:
     if len(g.seeds) < 3:
         print(f"note: {len(g.seeds)} seed(s); the protocol uses at least 3", flush=True)
     runs = []
-    for task in g.tasks or (config.run.data.task,):
+    for entry in g.tasks or (config.run.data.task,):
+        task, _, data_dir = entry.partition("=")
         for mode in g.modes:
             # scratch runs once per point: the first method's encoder architecture, from random weights
             for method, init in methods if mode != "scratch" else [(SUPERVISED, methods[0][1] if methods else "")]:
                 for leads in g.leads:
                     for fraction in g.fractions:
-                        runs.extend(Run(task, method, init, mode, float(fraction), leads, int(seed))
+                        runs.extend(Run(task, method, init, mode, float(fraction), leads, int(seed), data_dir)
                                     for seed in g.seeds)
     return runs
 
@@ -82,6 +87,7 @@ def run_config(config: ml_collections.ConfigDict, run: Run) -> ml_collections.Co
     """The stmem-finetune config of one run: ``config.run`` with the run's settings."""
     c = copy.deepcopy(config.run)
     c.mode, c.init = run.mode, run.init
+    c.data.dir = run.data_dir or c.data.dir
     c.data.task, c.data.leads, c.data.label_fraction = run.task, run.leads, run.fraction
     c.train.seed = run.seed
     return c
@@ -100,6 +106,8 @@ def run_grid(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         raise ValueError("the grid needs run.data.dir (a stmem-prepare output); the stmem-benchmark command "
                          "prepares the built-in synthetic data when it is empty")
     config.run.data.feature_cache = config.run.data.feature_cache or os.path.join(workdir, "features")
+    reference = config.grid.get("reference", "")
+    check_reference(reference)
     ran, skipped, rows = [], [], []
     runs = grid_runs(config)
     for i, run in enumerate(runs):
@@ -115,13 +123,14 @@ def run_grid(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         rows.append({**run._asdict(), "label_fraction": run.fraction, "workdir": directory,
                      "selected_step": record["selected_step"],
                      "val_auroc": (record["validation"] or {}).get("auroc"), **record["test"]})
-    return {"ran": ran, "skipped": skipped, "rows": rows, "table": write_results(rows, config.grid.seeds, workdir)}
+    text = write_results(rows, config.grid.seeds, workdir, paper_tables(rows, config.grid.seeds, reference))
+    return {"ran": ran, "skipped": skipped, "rows": rows, "table": text}
 
 
-def write_results(rows: list[dict], seeds, workdir: str) -> str:
-    """Writes ``runs.csv`` and ``results.md`` (the :func:`table` of ``rows``) to ``workdir``; returns
-    the table."""
-    text = table(rows, seeds)
+def write_results(rows: list[dict], seeds, workdir: str, text: str | None = None) -> str:
+    """Writes ``runs.csv`` and ``results.md`` (``text``, by default the :func:`table` of ``rows``) to
+    ``workdir``; returns the text."""
+    text = table(rows, seeds) if text is None else text
     if jax.process_index() == 0:
         with open(os.path.join(workdir, "runs.csv"), "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
@@ -132,16 +141,25 @@ def write_results(rows: list[dict], seeds, workdir: str) -> str:
     return text
 
 
-def _cell(values: list[float], seeds: int) -> str:
-    if not values:
-        return "-"
-    std = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
-    note = "" if len(values) == seeds else f" (n={len(values)})"
-    return f"{np.mean(values):.3f} ± {std:.3f}{note}"
+def _cell(values: list[float], seeds: int, reference: bool = False, paper: paper_results.Value | None = None) -> str:
+    """Mean ± sample std over seeds (``(n=k)`` when fewer than ``seeds``), ``-`` without runs; with
+    ``reference`` the paper's number and our gap to it, or ``paper n/a``."""
+    text = "-"
+    if values:
+        std = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+        note = "" if len(values) == seeds else f" (n={len(values)})"
+        text = f"{np.mean(values):.3f} ± {std:.3f}{note}"
+    if not reference:
+        return text
+    if paper is None:
+        return f"{text} (paper n/a)"
+    gap = f", {round(float(np.mean(values)), 3) - paper.mean:+.3f}" if values else ""  # of the printed mean
+    return f"{text} (paper {paper.mean:.3f}{gap})"
 
 
 def table(rows: list[dict], seeds) -> str:
-    """One Markdown table per task: rows method (mode) x leads, columns label fraction x (AUROC, F1)."""
+    """The compact table (the demo's): one Markdown table per task, rows method (mode) x leads,
+    columns label fraction x (AUROC, F1)."""
     out = []
     for task in dict.fromkeys(r["task"] for r in rows):
         mine = [r for r in rows if r["task"] == task]
@@ -160,3 +178,93 @@ def table(rows: list[dict], seeds) -> str:
         out.append("\n".join(lines))
     return "\n\n".join(out) + "\n"
 
+
+
+# the paper's layouts: fine-tune (with the Supervised, i.e. scratch, rows) and linear probe as row groups
+SECTIONS = {"finetune": "Fine-tune", "linprobe": "Linear probe"}
+SECTION_OF = {"finetune": "finetune", "scratch": "finetune", "linprobe": "linprobe"}
+METRICS = {"auroc": "macro AUROC", "f1": "macro F1"}
+
+
+def check_reference(reference: str) -> None:
+    if reference and reference not in paper_results.REFERENCES:
+        raise ValueError(f"grid.reference={reference!r}: use {' or '.join(paper_results.REFERENCES)}, or empty")
+
+
+def paper_row(row: dict) -> str | None:
+    """The paper's row (``paper_results.ROWS``) of one run: Supervised for scratch, the random-init
+    row for a ``random:`` init, else the one its method's NAME matches."""
+    from stmem_jax.train.downstream import RANDOM
+
+    if row["mode"] == "scratch":
+        return paper_results.SUPERVISED
+    if str(row.get("init", "")).startswith(RANDOM):
+        return paper_results.RANDOM_INIT
+    return paper_results.match_row(row["method"])
+
+
+def _method_order(rows: list[dict]) -> list[str]:
+    """The methods of ``rows`` in the paper's row order, the others after them in grid order."""
+    first = list(dict.fromkeys(r["method"] for r in rows))
+    rank = {}
+    for r in rows:
+        row = paper_row(r)
+        rank.setdefault(r["method"], paper_results.ROWS.index(row) if row else len(paper_results.ROWS)
+                        + first.index(r["method"]))
+    return sorted(first, key=rank.get)
+
+
+def _layout(title: str, rows: list[dict], metric: str, seeds, reference: str, by_leads: bool) -> str:
+    """One layout: row groups fine-tune / linear probe, rows method (x lead setting with ``by_leads``),
+    column groups task x label fraction."""
+    tasks = list(dict.fromkeys(r["task"] for r in rows))
+    columns = [(t, f) for t in tasks for f in sorted({r["label_fraction"] for r in rows if r["task"] == t})]
+    lead_order = list(dict.fromkeys(r["leads"] for r in rows))
+    cells, paper_rows = defaultdict(list), {}
+    for r in rows:
+        cells[(SECTION_OF[r["mode"]], r["method"], r["leads"], r["task"], r["label_fraction"])].append(r[metric])
+        paper_rows[(SECTION_OF[r["mode"]], r["method"])] = (paper_row(r), r["mode"])
+    header = ["Method"] + (["Leads"] if by_leads else []) + [f"{t} {f:.0%}" for t, f in columns]
+    lines = [f"### {title}", "", f"mean ± std over {len(seeds)} seed(s) of the test {METRICS[metric]}"]
+    if reference:
+        datasets = ", ".join(f"{t} = {paper_results.TASK_DATASETS[t]}" for t in tasks
+                             if t in paper_results.TASK_DATASETS)
+        lines[-1] += (f"; (paper X, gap): {paper_results.PAPER} (sources: stmem_jax/paper_results.py), n/a: no "
+                      f"public number; the paper's datasets: {datasets or 'none of these tasks'}")
+    for section, name in SECTIONS.items():
+        methods = [m for m in _method_order(rows) if (section, m) in paper_rows]
+        if not methods:
+            continue
+        lines += ["", f"**{name}**", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for method in methods:
+            row, mode = paper_rows[(section, method)]
+            for leads in [le for le in lead_order if any(k[:3] == (section, method, le) for k in cells)
+                          ] if by_leads else lead_order[:1]:
+                line = [method] + ([LEAD_SETTING_NAMES.get(leads, leads)] if by_leads else [])
+                for task, fraction in columns:
+                    paper = paper_results.lookup(row, task, mode, fraction, leads, metric) if reference else None
+                    line.append(_cell(cells.get((section, method, leads, task, fraction), []), len(seeds),
+                                      bool(reference), paper))
+                lines.append("| " + " | ".join(line) + " |")
+    return "\n".join(lines)
+
+
+def paper_tables(rows: list[dict], seeds, reference: str = "") -> str:
+    """``results.md`` of a grid: the paper's Table 1 layout (rows Supervised, the random-init row,
+    then the paper's rows in its order, then other methods in grid order; column groups task x label
+    fraction; 12 leads, or the grid's first lead setting without 12), one table for macro AUROC and
+    one for macro F1, each with fine-tune and linear probe row groups; with more than one lead
+    setting, the lead-robustness layout (rows method x lead setting) for both metrics too.
+    ``reference="paper"``: each cell also shows the paper's number and our gap to it
+    (``stmem_jax.paper_results``)."""
+    check_reference(reference)
+    lead_settings = list(dict.fromkeys(r["leads"] for r in rows))
+    if not rows:
+        return "no runs\n"
+    main = "12" if "12" in lead_settings else lead_settings[0]
+    out = [_layout(f"Table 1 layout: test {METRICS[m]}, {LEAD_SETTING_NAMES.get(main, main)}",
+                   [r for r in rows if r["leads"] == main], m, seeds, reference, by_leads=False) for m in METRICS]
+    if len(lead_settings) > 1:
+        out += [_layout(f"Lead robustness: test {METRICS[m]}", rows, m, seeds, reference, by_leads=True)
+                for m in METRICS]
+    return "\n\n".join(out) + "\n"

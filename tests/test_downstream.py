@@ -319,14 +319,16 @@ def test_benchmark_runs_a_grid_and_resumes(pretrained, synthetic_shards, tmp_pat
         [sys.executable, "-m", "stmem_jax.cli", "benchmark", f"--config={CONFIGS}/grid.py:ptbxl:rhythm",
          f"--workdir={tmp_path}", *(f"--config.run.{k}={v}" for k, v in overrides.items()),
          f"--config.grid.methods=('Random={pretrained}',)", "--config.grid.modes=('linprobe',)",
-         "--config.grid.fractions=(0.5,1.0)", "--config.grid.leads=('12',)"],
+         "--config.grid.fractions=(0.5,1.0)", "--config.grid.leads=('12',)", "--reference", "paper"],
         capture_output=True, text=True, timeout=600, cwd=ROOT,
         env=dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu"))
     assert result.returncode == 0, result.stderr[-2000:]
     assert "ran 3 run(s), 3 already done" in result.stdout
-    lines = open(tmp_path / "results.md").read().splitlines()
-    assert lines[2] == "| Method | Leads | 50% AUROC | 50% F1 | 100% AUROC | 100% F1 |"
-    assert lines[4].startswith("| Random (linear probe) | 12-lead | 0.") and lines[4].count("±") == 4
+    text = open(tmp_path / "results.md").read()  # the Table 1 layout, AUROC and F1; rhythm is none of the paper's
+    assert text.count("| Method | rhythm 50% | rhythm 100% |") == 2 and "**Linear probe**" in text
+    rows = [line for line in text.splitlines() if line.startswith("| Random |")]
+    assert len(rows) == 2 and all(r.count("±") == 2 and r.count("(paper n/a)") == 2 for r in rows)
+    assert "Lead robustness" not in text and rows[0] in result.stdout
     rows = open(tmp_path / "runs.csv").read().splitlines()
     assert len(rows) == 7 and rows[0].startswith("task,method,mode,leads,label_fraction,seed,auroc,f1")
 
