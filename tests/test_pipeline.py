@@ -387,3 +387,7 @@ def test_views_two_crops_segments_patients_and_resampling_match_numpy(data):
         np.testing.assert_allclose(v2, z(signal[:, 100:]), atol=1e-4)
     with pytest.raises(ValueError, match="unknown input view"):
         batches(dataclasses.replace(config, views=("view3",)), 1)
+    # resampling in a training and then an evaluation pipeline of one process (each its own graph)
+    training = dataclasses.replace(evaluation, split="train", training=True, batch_size=4)
+    assert batches(training, 1)[0]["view1"].shape == (4, 1, 900)
+    assert batches(evaluation, 1)[0]["view1"].shape == (4, 1, 900)

@@ -33,11 +33,11 @@ def test_tiny_pretraining_step_compiles_for_v5e_and_fits(devices, capsys):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("spec", ["moco_v3:tiny", "cmsc:tiny", "cpc:tiny"])
-def test_every_methods_pretraining_step_compiles_for_v5e_with_its_views(devices, spec):
-    """Two views, segments with the patient, a single 100 Hz or 250 Hz series: each method's step
-    takes the inputs it names, over the global batch, and XLA counts about the FLOPs it claims."""
-    step = plan.compile_step(load_config(spec), devices, 8)
+def test_a_contrastive_pretraining_step_compiles_for_v5e_with_its_two_views(devices):
+    """The step takes the inputs the method names (two views), over the global batch, and XLA counts
+    about the FLOPs it claims (the momentum copy forward only). (benchmarks/plan_table.py and the
+    closing notes compile every method's ViT-B step.)"""
+    step = plan.compile_step(load_config("moco_v3:tiny"), devices, 8)
     assert step.global_batch == 32
     assert 0.7 < step.compiled_flops / step.analytic_flops < 1.5, step
 

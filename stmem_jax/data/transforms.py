@@ -36,13 +36,14 @@ def split_segments(x: tf.Tensor, length: int, seed: tf.Tensor | None) -> tuple[t
 
 def resample(x: tf.Tensor, fs_in: int, fs_out: int) -> tf.Tensor:
     """``recipe.resample`` (polyphase, anti-aliased) of a fixed-length window, as one matmul."""
-    return tf.matmul(x, resample_operator(x.shape[-1], fs_in, fs_out))
+    return tf.matmul(x, tf.constant(resample_operator(x.shape[-1], fs_in, fs_out)))
 
 
 @functools.lru_cache(maxsize=8)
-def resample_operator(samples: int, fs_in: int, fs_out: int) -> tf.Tensor:
-    """(samples, resampled) float32: row i is the resampled unit impulse at i."""
-    return tf.constant(recipe_lib.resample(np.eye(samples), fs_in, fs_out).astype(np.float32))
+def resample_operator(samples: int, fs_in: int, fs_out: int) -> np.ndarray:
+    """(samples, resampled) float32: row i is the resampled unit impulse at i (a NumPy array: a
+    cached tensor would belong to the first graph that made it)."""
+    return recipe_lib.resample(np.eye(samples), fs_in, fs_out).astype(np.float32)
 
 
 def zscore(x: tf.Tensor) -> tf.Tensor:
@@ -62,7 +63,7 @@ def band_filter(x: tf.Tensor, recipe: Recipe) -> tf.Tensor:
     handling, which has rank about 20; the first is applied as an FFT convolution, the second as
     two thin matmuls (``band_filter_operator``). Agrees with scipy to float32 rounding.
     """
-    spectrum, left, right = band_filter_operator(recipe, x.shape[-1])
+    spectrum, left, right = (tf.constant(a) for a in band_filter_operator(recipe, x.shape[-1]))
     n = x.shape[-1]
     conv = tf.signal.irfft(tf.signal.rfft(x, [2 * n]) * spectrum, [2 * n])[..., :n]
     return conv + tf.matmul(tf.matmul(x, left), right)
@@ -70,7 +71,8 @@ def band_filter(x: tf.Tensor, recipe: Recipe) -> tf.Tensor:
 
 @functools.lru_cache(maxsize=8)
 def band_filter_operator(recipe: Recipe, samples: int, rank: int = 32):
-    """(rfft of the circular Toeplitz kernel, edge part as ``left @ right``) as float32 constants."""
+    """(rfft of the circular Toeplitz kernel, edge part as ``left @ right``) as float32 NumPy arrays (a
+    cached tensor would belong to the first graph that made it)."""
     from scipy import signal as sps
 
     n, fs = samples, recipe.fs
@@ -88,5 +90,5 @@ def band_filter_operator(recipe: Recipe, samples: int, rank: int = 32):
     circular = np.concatenate([kernel[:n], kernel[n:0:-1]])  # lags 0..n-1, then -n..-1
     edge = operator - toeplitz
     basis, _ = np.linalg.qr(edge @ np.random.default_rng(0).standard_normal((n, rank)))
-    return (tf.constant(np.fft.rfft(circular).real.astype(np.complex64)),
-            tf.constant(basis.astype(np.float32)), tf.constant((basis.T @ edge).astype(np.float32)))
+    return (np.fft.rfft(circular).real.astype(np.complex64), basis.astype(np.float32),
+            (basis.T @ edge).astype(np.float32))

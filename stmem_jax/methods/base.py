@@ -95,8 +95,9 @@ class Method(abc.ABC):
     @abc.abstractmethod
     def encoder(self, model: nn.Module, variables: dict[str, Any]) -> tuple[nn.Module, dict[str, Any]]:
         """The classification encoder (model kind :attr:`classifier`, no head) and its variables
-        ``{'params': {'encoder': ...}}`` that the pre-trained ``variables`` give. New arrays (tables
-        that become parameters) are NumPy arrays; the rest are the given ones."""
+        ``{'params': {'encoder': ...}}`` that the pre-trained ``variables`` give (``params``, and at
+        the end of pre-training ``extra``, the method's state, e.g. BatchNorm statistics). New arrays
+        (tables that become parameters) are NumPy arrays; the rest are the given ones."""
 
 
 _METHODS: dict[str, Method] = {}

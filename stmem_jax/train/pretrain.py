@@ -54,6 +54,10 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     schedule = loop.Schedule.of(config.train, config.train.batch_size, steps_per_epoch(input_config))
     run = setup.build(config, lead_ids, schedule, mesh.devices.flat)
     total = schedule.total_steps
+    if not method.splittable and jax.process_index() == 0:
+        print(f"{method.label}'s loss couples the examples of a batch: every step is one batch of "
+              f"{config.train.batch_size} over {mesh.devices.size} device(s), never split into micro-batches "
+              f"(for less memory: a smaller train.batch_size, model.remat=True or more devices)", flush=True)
     with contextlib.ExitStack() as stack:
         checkpoints = stack.enter_context(Checkpoints(workdir, config.checkpoint.keep,
                                                       asynchronous=config.checkpoint.asynchronous,
@@ -110,7 +114,7 @@ def _export(method, model, state: loop.TrainState, workdir: str, config, mesh) -
     meta = {"step": int(state.step), "method": method.name, "config": json.loads(config.to_json())}
     paths = {"model_dir": os.path.join(workdir, "model"), "encoder_dir": os.path.join(workdir, "encoder")}
     save_model(paths["model_dir"], model, variables, overwrite=True, metadata=meta)
-    encoder, encoder_vars = method.encoder(model, variables)
+    encoder, encoder_vars = method.encoder(model, variables | {"extra": state.extra})
     encoder_vars = jax.tree.map(  # new arrays (tables that became parameters) join the mesh, replicated
         lambda x: jax.device_put(x, meshlib.replicated(mesh)) if isinstance(x, np.ndarray) else x, encoder_vars)
     save_model(paths["encoder_dir"], encoder, encoder_vars, overwrite=True, metadata=meta)
