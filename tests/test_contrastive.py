@@ -85,6 +85,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 sys.path.insert(0, {root!r})
 from tests.test_contrastive import _model, _rows
 from stmem_jax import methods
+from stmem_jax import mesh as meshlib
 out = {{}}
 for name in ("moco_v3", "cmsc"):
     method, model = methods.get(name), _model(name)
@@ -96,22 +97,26 @@ for name in ("moco_v3", "cmsc"):
     one = jax.device_put(rows, jax.devices()[0])
     mesh = Mesh(np.array(jax.devices()), ("data",))
     eight = jax.device_put(rows, NamedSharding(mesh, PartitionSpec("data")))
-    out[name] = [len(jax.devices()), float(loss(params, one)), float(loss(params, eight))]
+    fsdp = meshlib.make_mesh(fsdp=2)  # 4 x 2: the batch over both axes, the parameters split over fsdp
+    sharded = jax.device_put(params, meshlib.state_shardings(fsdp, params))
+    out[name] = [len(jax.devices()), float(loss(params, one)), float(loss(params, eight)),
+                 float(loss(sharded, jax.device_put(rows, meshlib.batch_sharding(fsdp))))]
 print(json.dumps(out))
 """
 
 
 @pytest.mark.slow
 def test_the_loss_over_a_batch_split_on_eight_devices_is_the_loss_on_one():
-    """Batch statistics and the negatives span the global batch, whatever the device count."""
+    """Batch statistics and the negatives span the global batch, whatever the device count and mesh
+    (8 x data; 4 x data by 2 x fsdp with the parameters split)."""
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
     result = subprocess.run([sys.executable, "-c", LOSS_ON_DEVICES.format(root=ROOT)], env=env, capture_output=True,
                             text=True, timeout=600, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-3000:]
     import json
-    for name, (devices, one, eight) in json.loads(result.stdout.strip().splitlines()[-1]).items():
+    for name, (devices, one, eight, fsdp) in json.loads(result.stdout.strip().splitlines()[-1]).items():
         assert devices == 8
-        np.testing.assert_allclose(eight, one, rtol=1e-5, err_msg=name)
+        np.testing.assert_allclose([eight, fsdp], [one, one], rtol=1e-5, err_msg=name)
 
 
 @pytest.mark.slow
