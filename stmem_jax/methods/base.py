@@ -19,6 +19,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from stmem_jax import models
+
 Rows = dict[str, jax.Array]  # a (micro-)batch: arrays whose leading axis is the example
 
 
@@ -98,6 +100,15 @@ class Method(abc.ABC):
         ``{'params': {'encoder': ...}}`` that the pre-trained ``variables`` give (``params``, and at
         the end of pre-training ``extra``, the method's state, e.g. BatchNorm statistics). New arrays
         (tables that become parameters) are NumPy arrays; the rest are the given ones."""
+
+
+    def classifier_model(self, model: nn.Module) -> nn.Module:
+        """A model of kind :attr:`classifier` without a head, with the fields it shares with the
+        pre-training ``model`` (sizes, dtype): the architecture :meth:`encoder` exports into."""
+        cls, fixed = models.kinds()[self.classifier]
+        config = models.model_config(model)
+        kept = {k: v for k, v in config.items() if k in models.fields(cls) and k not in fixed}
+        return models.create_model(self.classifier, **kept | {"dtype": jnp.dtype(config["dtype"])}, num_classes=0)
 
 
 _METHODS: dict[str, Method] = {}

@@ -122,9 +122,5 @@ class ContrastiveMethod(Method):
 
     def encoder(self, model, variables):
         """``mtae_classifier``'s encoder with the ViT's parameters (heads and momentum copies dropped)."""
-        cls, fixed = models.kinds()[self.classifier]
-        config = models.model_config(model)
-        kept = {k: v for k, v in config.items() if k in models.fields(cls) and k not in fixed}
-        kept["dtype"] = jnp.dtype(kept["dtype"])
-        encoder = models.create_model(self.classifier, **kept, num_classes=0)
+        encoder = self.classifier_model(model)
         return encoder, {"params": {"encoder": variables["params"]["encoder"]}}

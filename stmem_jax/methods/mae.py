@@ -95,11 +95,7 @@ class MaskedAutoencoder(Method):
     def encoder(self, model, variables):
         """The classifier kind's encoder with the pre-trained weights; the fixed positional table
         becomes its (trainable) positional parameter."""
-        cls, fixed = models.kinds()[self.classifier]
-        config = models.model_config(model)
-        kept = {k: v for k, v in config.items() if k in models.fields(cls) and k not in fixed}
-        kept["dtype"] = jnp.dtype(kept["dtype"])
-        encoder = models.create_model(self.classifier, **kept, num_classes=0)
+        encoder = self.classifier_model(model)
         params = dict(variables["params"]["encoder"])
         params["pos_embedding"] = np.asarray(model.fixed_tables()["pos_embedding"])
         return encoder, {"params": {"encoder": params}}
