@@ -38,6 +38,8 @@ def test_output_shapes_for_every_kind_and_preset(kind, preset):
         assert out.shape == (3, model.out_dim)
     elif kind == "cmsc":  # the representation
         assert out.shape == (3, model.width)
+    elif kind == "cpc":  # a latent and a prediction per sample
+        assert out["z"].shape == out["pred"].shape == (3, 2250, model.width)
     else:
         assert out["pred"].shape == (3, 12, 2250) and out["mask"].shape == (3, 12)
 
