@@ -18,7 +18,8 @@ method (the facts in the project's spec, ``baselines.md``, section "CPC for ECG"
   (``MOMENTUM`` 0.9, PyTorch's default 0.1 update, biased variance) are the method's ``extra`` state,
   updated from the loss's aux. Validation uses the running averages (the exported encoder's
   normalisation; padding examples then change nothing). The exported encoder holds them as
-  parameters ``mean`` / ``var`` that its BatchNorms use through ``stop_gradient``: they do not
+  parameters ``mean`` / ``var`` (:meth:`Cpc.encoder` reads them from ``variables['extra']``, the
+  state's extra) that its BatchNorms use through ``stop_gradient``: they do not
   train in fine-tuning either (the downstream state is parameters only; weight decay on them with
   ``train.weight_decay_on=all`` would shrink them: keep the default ``kernels``).
 - Classifier (``cpc_classifier``): the encoder and LSTM, concat pooling over time [mean, max, last]
@@ -355,11 +356,10 @@ class Cpc(Method):
         encoder = models.create_model(self.classifier, **kept, num_classes=0)
         running = variables.get("extra")
         if running is None:
-            running = jax.device_get(self.init_extra(model, None))
+            running = jax.tree.map(np.asarray, self.init_extra(model, None))
         params = dict(variables["params"]["encoder"])
         for name, stats in running.items():
-            params[name] = {**params[name], "mean": np.asarray(stats["mean"], np.float32),
-                            "var": np.asarray(stats["var"], np.float32)}
+            params[name] = {**params[name], "mean": stats["mean"], "var": stats["var"]}
         return encoder, {"params": {"encoder": params}}
 
 
