@@ -350,10 +350,7 @@ class Cpc(Method):
         """The classifier kind's encoder with the pre-trained weights; the running statistics
         (``variables['extra']``, the method's state; without it the initial ones, as at
         initialisation) become its BatchNorms' ``mean`` / ``var`` parameters."""
-        config = models.model_config(model)
-        kept = {k: v for k, v in config.items() if k in models.fields(CpcClassifier) and k != "kind"}
-        kept["dtype"] = jnp.dtype(kept["dtype"])
-        encoder = models.create_model(self.classifier, **kept, num_classes=0)
+        encoder = self.classifier_model(model)
         running = variables.get("extra")
         if running is None:
             running = jax.tree.map(np.asarray, self.init_extra(model, None))
