@@ -108,7 +108,7 @@ def test_accumulated_micro_batches_equal_one_big_batch():
 @pytest.mark.parametrize("on", ["kernels", "all"])
 def test_weight_decay_applies_to_kernels_or_to_every_parameter(on):
     from stmem_jax.train.config import pretraining
-    from stmem_jax.train.optim import from_config
+    from stmem_jax.train.optim import decay_mask, from_config
 
     model = create_model("st_mem", "tiny", depth=1, decoder_depth=1)
     params = model.init({"params": jax.random.key(0), "masking": jax.random.key(0)}, jnp.zeros((1, 12, 2250)))["params"]
@@ -124,6 +124,9 @@ def test_weight_decay_applies_to_kernels_or_to_every_parameter(on):
         decayed = on == "all" or name.endswith("kernel")
         np.testing.assert_allclose(update, -0.1 * 0.01 * param if decayed else 0.0, rtol=1e-6, err_msg=name)
     assert any(n.endswith("scale") for n in flat) and any("lead_embedding" in n or "sep" in n for n in flat)
+    # frozen normalisation statistics (CPC's exported BatchNorms) never decay
+    stats = {"norm": {"mean": jnp.ones(3), "var": jnp.ones(3), "scale": jnp.ones(3)}}
+    assert decay_mask(stats, on) == {"norm": {"mean": False, "var": False, "scale": on == "all"}}
     with pytest.raises(ValueError, match="weight_decay_on must be one of"):
         train.weight_decay_on = "biases"
         from_config(train, optax.constant_schedule(0.1), params)

@@ -25,12 +25,17 @@ def schedule(peak: float, total_steps: int, warmup_steps: int, min_lr: float = 0
 DECAY_ON = ("kernels", "all")
 
 
+STATISTICS = ("mean", "var")  # frozen normalisation statistics held as parameters (CPC's exported BatchNorms)
+
+
 def decay_mask(params: Any, on: str = "kernels") -> Any:
     """Which parameters weight decay applies to: ``kernels``, Dense kernels only (norms, biases and
-    embeddings get none); ``all``, every parameter (the public code's AdamW over all parameters)."""
+    embeddings get none); ``all``, every parameter (the public code's AdamW over all parameters)
+    but frozen statistics (``STATISTICS``: they take no gradient, and decay would shrink them)."""
     if on not in DECAY_ON:
         raise ValueError(f"train.weight_decay_on must be one of {DECAY_ON}, got {on!r}")
-    return path_aware_map(lambda path, _: on == "all" or path[-1] == "kernel", params)
+    return path_aware_map(lambda path, _: path[-1] == "kernel" or (on == "all" and path[-1] not in STATISTICS),
+                          params)
 
 
 def layer_depths(params: Any, depth: int) -> Any:
