@@ -27,7 +27,7 @@ CASES = {
     "averaged": ("st_mem.py", {"method": "tests.toy_method"}, "12"),
     "moco_v3": ("moco_v3.py", {"model.hidden_dim": 64, "model.out_dim": 32}, "12"),
     "cmsc": ("cmsc.py", {"data.segment_samples": 600}, "limb"),
-    "cpc": ("cpc.py", {}, "limb"),  # tiny: 100 Hz, resampled in the pipeline (downstream follows the encoder)
+    "cpc": ("cpc.py", {"model.width": 16, "model.negatives": 8}, "limb"),  # tiny: 100 Hz, resampled in the pipeline (downstream follows the encoder)
 }
 
 
