@@ -19,7 +19,8 @@ Views (``views``, what a pre-training method's ``inputs`` name; ``series`` alone
                       when the shards hold none), for same-patient positives
 
 Per example: int16 * scale -> lead selection -> optional band filter (full window) -> optional
-resampling to ``sample_rate`` (full window, ``core.recipe.resample``) -> crop(s) -> z-score -> RandAugment (training with ``augment``): the dataset's recipe (``manifest.json``,
+resampling to ``sample_rate`` (full window, ``core.recipe.resample``) -> crop(s) -> z-score ->
+RandAugment (training with ``augment``): the dataset's recipe (``manifest.json``,
 ``stmem_jax.core.recipe``) as TensorFlow ops; the band filter on the fly is the default recipe's
 band at the stored rate. Single-label tasks use only examples with
 exactly one class (others are dropped, training and evaluation alike).
@@ -439,23 +440,30 @@ def _transform(config: InputConfig, manifests: dict[str, dict], splits: list[_Sp
         return rand_augment(x, seed, level=config.augment_level, num_ops=config.augment_ops,
                             prob=config.augment_prob, sampling_rate=band.fs)
 
+    def seeds(seed, view: int):
+        """(crop seed, augmentation seed) of view ``view`` (0: ``series``, as ever), or (None, None)."""
+        if seed is None:
+            return None, None
+        parent = seed if view == 0 else tf.random.experimental.stateless_fold_in(seed, view)
+        return tf.unstack(tf.random.experimental.stateless_split(parent, 2))
+
     def views(x, seed, example):
         """The entries of ``config.views`` of one window: training with a seed, evaluation without."""
-        seeds = [None] * 6 if seed is None else tf.unstack(tf.random.experimental.stateless_split(seed, 6))
         out = {}
         if "series" in config.views:
+            crop_seed, augment_seed = seeds(seed, 0)
             if seed is None:
                 out["series"] = zscore(fixed_crops(x, config.crop_samples, config.eval_crops))
             else:
-                out["series"] = augmented(zscore(random_crop(x, config.crop_samples, seeds[0])), seeds[1])
+                out["series"] = augmented(zscore(random_crop(x, config.crop_samples, crop_seed)), augment_seed)
         if {"view1", "view2"} & set(config.views):
             two = fixed_crops(x, config.crop_samples, 2) if seed is None else None
             for i, name in enumerate(("view1", "view2")):
-                crop = two[i] if seed is None else random_crop(x, config.crop_samples, seeds[2 + i])
-                out[name] = augmented(zscore(crop), None if seed is None else tf.random.experimental.stateless_fold_in(
-                    seeds[2 + i], 1))
+                crop_seed, augment_seed = seeds(seed, 1 + i)
+                crop = two[i] if seed is None else random_crop(x, config.crop_samples, crop_seed)
+                out[name] = augmented(zscore(crop), augment_seed)
         if {"segment1", "segment2"} & set(config.views):
-            first, second = split_segments(x, config.segment_samples, seeds[4])
+            first, second = split_segments(x, config.segment_samples, seeds(seed, 3)[0])
             out["segment1"], out["segment2"] = zscore(first), zscore(second)
         if "patient" in config.views:
             patient = tf.where(tf.strings.length(example["patient_id"]) > 0, example["patient_id"],
