@@ -41,7 +41,7 @@ class Method(abc.ABC):
     label: str = ""                        # the method as tables name it
     paper: str = ""                        # where it comes from
     classifier: str = ""                   # model kind of the classification encoder its encoder loads into
-    inputs: tuple[str, ...] = ("series",)  # the pipeline views its step takes (``data.pipeline.VIEWS``)
+    inputs: tuple[str, ...] = ("series",)  # the pipeline views its step takes (``core.views.VIEWS``)
     splittable: bool = True                # the loss is a mean over examples: micro-batches change nothing
 
     def config(self) -> ml_collections.ConfigDict:
@@ -100,7 +100,6 @@ class Method(abc.ABC):
         ``{'params': {'encoder': ...}}`` that the pre-trained ``variables`` give (``params``, and at
         the end of pre-training ``extra``, the method's state, e.g. BatchNorm statistics). New arrays
         (tables that become parameters) are NumPy arrays; the rest are the given ones."""
-
 
     def classifier_model(self, model: nn.Module) -> nn.Module:
         """A model of kind :attr:`classifier` without a head, with the fields it shares with the
