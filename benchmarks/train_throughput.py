@@ -67,7 +67,7 @@ def measure(preset: str, dtype: str, batch: int, steps: int, remat: bool = False
     config = step_config(kind, method, preset, dtype, batch, remat, accum)
     leads = tuple(range(12))
     schedule = Schedule.of(config.train, batch, steps_per_epoch=1000)
-    classifier = setup.scratch_classifier(config, num_classes=5) if kind == "finetune" else None
+    classifier = setup.scratch_classifier(config, 5, leads) if kind == "finetune" else None
     run = setup.build(config, leads, schedule, mesh.devices.flat, classifier=classifier)
     series = jax.device_put(jax.random.normal(jax.random.key(2), (batch, 12, config.data.crop_samples)),
                             meshlib.batch_sharding(mesh))

@@ -100,7 +100,7 @@ def _step_and_inputs(config: ml_collections.ConfigDict, mesh: Mesh, global_batch
         if config.mode == "linprobe":
             raise ValueError("linear probing trains only a head on cached features: nothing to plan")
         run = setup.build(config, lead_ids, schedule, mesh.devices.flat,
-                          classifier=setup.scratch_classifier(config, num_classes))
+                          classifier=setup.scratch_classifier(config, num_classes, lead_ids))
         batch = [series, jax.ShapeDtypeStruct((global_batch,), jnp.int32, sharding=batch_sharding)]
     else:
         run = setup.build(config, lead_ids, schedule, mesh.devices.flat)

@@ -73,7 +73,7 @@ def build_classifier(config: ml_collections.ConfigDict, num_classes: int, lead_i
         model = encoder.clone(**fields)
         encoder_params = None if config.mode == "scratch" else variables["params"]["encoder"]
     else:
-        model, encoder_params = setup.scratch_classifier(config, num_classes), None
+        model, encoder_params = setup.scratch_classifier(config, num_classes, lead_ids), None
     if model.seq_len != config.data.crop_samples:
         raise ValueError(f"the encoder takes {model.seq_len}-sample inputs but data.crop_samples is "
                          f"{config.data.crop_samples}")

@@ -35,17 +35,15 @@ class Setup:
     forward_flops: float
 
 
-def scratch_classifier(config: ml_collections.ConfigDict, num_classes: int) -> nn.Module:
-    """The classifier that ``model.kind`` (a method) fine-tunes, built from ``config.model`` (preset,
-    sizes, dropout, drop-path) at random initialisation."""
+def scratch_classifier(config: ml_collections.ConfigDict, num_classes: int, lead_ids: Sequence[int]) -> nn.Module:
+    """The classifier that ``model.kind`` (a method) fine-tunes, at random initialisation: the
+    encoder the method would export from its model of ``config.model`` (preset and sizes, e.g. CPC's
+    own), with a head and the run's dropout and drop-path."""
     m = config.model
-    kind = methods.get(m.kind).classifier
-    cls, _ = models.kinds()[kind]
-    fields = {k: m[k] for k in (*models.ENCODER_SIZES, "first_k_leads")
-              if m.get(k) is not None and k in models.fields(cls)}
-    return models.create_model(kind, m.preset, seq_len=config.data.crop_samples, num_classes=num_classes,
-                               drop_path=m.drop_path, dropout=m.dropout, dtype=jnp.dtype(m.dtype), remat=m.remat,
-                               **fields)
+    method = methods.get(m.kind)
+    encoder = method.classifier_model(method.model(config, lead_ids))
+    fields = {"first_k_leads": m.first_k_leads} if "first_k_leads" in models.fields(type(encoder)) else {}
+    return encoder.clone(num_classes=num_classes, drop_path=m.drop_path, dropout=m.dropout, **fields)
 
 
 def build(config: ml_collections.ConfigDict, lead_ids: Sequence[int], schedule: loop.Schedule,
