@@ -3,8 +3,6 @@ exported encoder and its heads, BatchNorm's running statistics, and pre-training
 250 Hz (at 100 Hz, resumed, probed and on 8 devices: tests/test_methods.py)."""
 
 import os
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -13,8 +11,8 @@ import pytest
 
 from stmem_jax import methods, models
 from stmem_jax.methods import cpc
+from tests import eight_devices
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LEADS = tuple(range(12))
 SMALL = dict(seq_len=30, width=8, depth=2, negatives=6)
 
@@ -145,10 +143,7 @@ def test_loss_sharded():
 
 @pytest.mark.slow
 def test_the_same_on_eight_devices():
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
-    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__,
-                             "-k", "loss_sharded"], env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
-    assert result.returncode == 0 and "1 passed" in result.stdout, result.stdout[-3000:] + result.stderr[-2000:]
+    eight_devices.run_pytest(__file__, "loss_sharded", passed=1)
 
 
 def _set(config, values):

@@ -11,6 +11,7 @@ from stmem_jax import infer, microbatch
 from stmem_jax import mesh as meshlib
 from stmem_jax.models import create_model, init_variables
 from stmem_jax.train import loop, steps
+from tests import eight_devices
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZES = dict(width=64, depth=1, heads=1, mlp_dim=128)
@@ -79,10 +80,7 @@ def test_micro_batched_classifier_step_equals_one_batch():
 
 @pytest.mark.slow
 def test_the_same_on_eight_devices():
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
-    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__,
-                             "-k", "micro_batched"], env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
-    assert result.returncode == 0 and "2 passed" in result.stdout, result.stdout[-3000:] + result.stderr[-2000:]
+    eight_devices.run_pytest(__file__, "micro_batched", passed=2)
 
 
 STEP_MEMORY = """
@@ -90,6 +88,7 @@ import jax, jax.numpy as jnp, optax
 import stmem_jax
 from stmem_jax.models import create_model
 from stmem_jax.train import loop, steps
+from tests import eight_devices
 from stmem_jax.train.optim import adamw
 model = create_model("st_mem_classifier", "tiny", num_classes=5)
 leads = tuple(range(12))

@@ -48,10 +48,15 @@ class Method(abc.ABC):
         """The method's own fields of ``config.model``, with their defaults."""
         return ml_collections.ConfigDict()
 
-    @abc.abstractmethod
     def model(self, config: ml_collections.ConfigDict, lead_ids: Sequence[int]) -> nn.Module:
         """The pre-training model of ``config`` (its ``model`` and ``data`` sections) for inputs holding
-        the leads ``lead_ids``."""
+        the leads ``lead_ids``: the model kind :attr:`name` at ``model.preset``, with every field of
+        its class that ``config.model`` sets (sizes, the method's own fields), for ``data.crop_samples``."""
+        m = config.model
+        cls, _ = models.kinds()[self.name]
+        fields = {k: m[k] for k in models.fields(cls) - {"seq_len", "dtype"} if m.get(k) is not None}
+        return models.create_model(self.name, m.preset, seq_len=config.data.crop_samples, dtype=jnp.dtype(m.dtype),
+                                   **fields)
 
     def init_params(self, model: nn.Module, key: jax.Array, leads: tuple[int, ...]) -> Any:
         """Initial parameters: ``model.init`` on a zero batch of one example holding ``leads``."""

@@ -18,9 +18,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 
-from stmem_jax import models
 from stmem_jax.methods.base import Method
 from stmem_jax.methods.token_mae import TokenEncoder, TokenSettings
 
@@ -107,14 +105,6 @@ class ContrastiveMethod(Method):
 
     classifier = "mtae_classifier"
     splittable = False
-
-    def model(self, config: ml_collections.ConfigDict, lead_ids: Sequence[int]) -> nn.Module:
-        m = config.model
-        cls, _ = models.kinds()[self.name]
-        sizes = {k: m.get(k) for k in models.fields(cls) if k not in ("seq_len", "dtype", "remat")
-                 and m.get(k) is not None}
-        return models.create_model(self.name, m.preset, seq_len=config.data.crop_samples, dtype=jnp.dtype(m.dtype),
-                                   remat=m.remat, **sizes)
 
     def init_params(self, model: nn.Module, key: jax.Array, leads: tuple[int, ...]) -> Any:
         example = jnp.zeros((2, len(leads), model.seq_len), jnp.float32)  # BN needs two examples to init

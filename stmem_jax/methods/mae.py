@@ -4,16 +4,13 @@ the validation split, the reconstruction figure and the export of the encoder.""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from ml_collections.config_dict import placeholder
 
-from stmem_jax import models
 from stmem_jax.layers import DECODER_NORM_EPS, ENCODER_LN_EPS, Transformer, ViTSettings, block_flops, dense, layer_norm
 from stmem_jax.methods.base import Method, Rows
 from stmem_jax.ops import masked_mean
@@ -60,14 +57,6 @@ class MaskedAutoencoder(Method):
         for field in DECODER_SIZES:
             fields[field] = placeholder(int)  # set to override the preset
         return fields
-
-    def model(self, config: ml_collections.ConfigDict, lead_ids: Sequence[int]) -> nn.Module:
-        m = config.model
-        cls, _ = models.kinds()[self.name]
-        sizes = {k: m.get(k) for k in (*models.ENCODER_SIZES, *DECODER_SIZES, "mask_ratio", "norm_pix_loss")
-                 if m.get(k) is not None and k in models.fields(cls)}
-        return models.create_model(self.name, m.preset, seq_len=config.data.crop_samples, dtype=jnp.dtype(m.dtype),
-                                   remat=m.remat, **sizes)
 
     def randomness(self, model: nn.Module, rows: Rows, key: jax.Array) -> Rows:
         return {"noise": jax.random.uniform(key, model.noise_shape(rows["series"].shape))}

@@ -267,9 +267,6 @@ class StMem(MaskedAutoencoder):
         fields.lead_indicators = "both"  # both | lead | sep | none ("w/o lead indicators")
         return fields
 
-    def model(self, config, lead_ids):
-        return super().model(config, lead_ids).clone(lead_indicators=config.model.get("lead_indicators", "both"))
-
 
 register(StMem())
 

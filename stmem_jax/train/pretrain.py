@@ -96,10 +96,9 @@ def method_input(config: ml_collections.ConfigDict, method: methods.Method, spli
     return InputConfig(data_dir=d.dir, split=split, batch_size=batch_size, training=training, leads=d.leads,
                        crop_samples=d.crop_samples, bandpass=d.bandpass, seed=config.train.seed,
                        shuffle_buffer=d.shuffle_buffer, weights=parse_weights(d.weights) if training else None,
-                       views=method.inputs, segment_samples=d.get("segment_samples", 1200),
-                       sample_rate=d.get("sample_rate", 0), augment=d.get("augment", False),
-                       augment_level=d.get("augment_level", 10), augment_ops=d.get("augment_ops", 2),
-                       augment_prob=d.get("augment_prob", 0.5), eval_crops=1)
+                       views=method.inputs, segment_samples=d.segment_samples, sample_rate=d.sample_rate,
+                       augment=d.augment, augment_level=d.augment_level, augment_ops=d.augment_ops,
+                       augment_prob=d.augment_prob, eval_crops=1)
 
 
 def _local_checksum(params) -> float:
