@@ -67,11 +67,22 @@ def use_compilation_cache() -> None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
 
 
-def guarded(name: str, body: Callable[[], int | None], *, traceback_for_user_errors: bool = False) -> int:
-    """Runs a command's ``body`` and returns its exit status: 0 (or what it returns); 1 with one line
-    ``<name>: error: ...`` for a user error (OSError, ValueError, KeyError, ImportError, a non-finite
-    loss: a missing or unreadable file, a full or read-only disk, a bad setting); 128 + the signal number when stopped by a signal (a checkpoint
-    kept). Anything else is a bug: its traceback, then a line that says so (exit 1)."""
+def report(name: str, error: Exception) -> None:
+    """Prints a user error: ``<name>: error: <message>`` in one line, below the traceback lines of the
+    user's own module where it has them (``stmem_jax.plugins.PluginError``)."""
+    message = error.args[0] if isinstance(error, KeyError) and error.args else error
+    trace = getattr(error, "trace", "")
+    print((f"{trace}\n" if trace else "") + f"{name}: error: {message}", file=sys.stderr, flush=True)
+
+
+def guarded(name: str, body: Callable[[], int | None], *, traceback_for_user_errors: bool = False,
+            user_error_status: int = 1) -> int:
+    """Runs a command's ``body`` and returns its exit status: 0 (or what it returns);
+    ``user_error_status`` (1) with one line ``<name>: error: ...`` (:func:`report`) for a user error
+    (OSError, ValueError, KeyError, ImportError, a non-finite loss: a missing or unreadable file, a
+    full or read-only disk, a bad setting, a module of the user's own that fails to import); 128 +
+    the signal number when stopped by a signal (a checkpoint kept). Anything else is a bug: its
+    traceback, then a line that says so (exit 1)."""
     from stmem_jax.train.loop import Interrupted, NonFiniteLoss
 
     user_errors = (OSError, ValueError, KeyError, ImportError, NonFiniteLoss)  # inputs, settings, disks, files
@@ -83,14 +94,29 @@ def guarded(name: str, body: Callable[[], int | None], *, traceback_for_user_err
     except user_errors as error:
         if traceback_for_user_errors:
             raise
-        message = error.args[0] if isinstance(error, KeyError) and error.args else error
-        print(f"{name}: error: {message}", file=sys.stderr, flush=True)
-        return 1
+        report(name, error)
+        return user_error_status
     except Exception:
         traceback.print_exc()
         print(f"{name}: internal error: a bug in stmem-jax, not in your inputs; please report it with the traceback "
               f"above", file=sys.stderr, flush=True)
         return 1
+
+
+def check_config(name: str, config, *, verbose: bool = False) -> int:
+    """What a config command does first, before it builds, compiles or writes anything: the exit
+    status of ``stmem_jax.train.config.check_values`` on ``config`` (the common fields' ranges, the
+    method's own fields and checks): 0, or 2 (a usage error) with one line naming every field that
+    makes no sense (its traceback too with ``verbose``)."""
+    from stmem_jax.train.config import check_values
+
+    return guarded(name, lambda: check_values(config), traceback_for_user_errors=verbose, user_error_status=2)
+
+
+def config_spec(args: list[str], default: str | None = None) -> str | None:
+    """The value of ``--config`` in ``args`` (``--config=X`` or ``--config X``), else ``default``."""
+    return next((a.split("=", 1)[1] for a in args if a.startswith("--config=")), None) or \
+        next((b for a, b in zip(args, args[1:]) if a == "--config"), default)
 
 
 def resolve_config_flag(args: list[str]) -> list[str]:
@@ -109,14 +135,20 @@ def resolve_config_flag(args: list[str]) -> list[str]:
 
 def parse_flags(args: list[str]) -> list[str]:
     """absl's flag parsing (for ``app.run``) after :func:`resolve_config_flag`, with an unknown config
-    name or an override of a field the config does not have named in one line (exit status 2)
+    name, an argument the config refuses (an unknown preset or task: the config lists the valid
+    ones) or an override of a field the config does not have named in one line (exit status 2)
     instead of a traceback."""
     from absl import app
 
+    from stmem_jax.train.config import load_config
+
     try:
-        return app.parse_flags_with_usage(resolve_config_flag(args))
-    except ValueError as error:  # an unknown config name
-        print(f"{os.path.basename(args[0])}: error: {error}", file=sys.stderr)
+        resolved = resolve_config_flag(args)  # an unknown config name
+        if config_spec(args):
+            load_config(config_spec(args))  # an argument it refuses, raised here rather than inside absl's parsing
+        return app.parse_flags_with_usage(resolved)
+    except ValueError as error:
+        report(os.path.basename(args[0]), error)
         sys.exit(2)
     except (AttributeError, KeyError) as error:
         key = str(error).strip("\"'")
@@ -131,14 +163,24 @@ def help_requested(args: list[str]) -> bool:
     return bool({"-h", "--help", "--helpshort", "--helpfull"} & set(args[1:]))
 
 
+def answer_help(name: str, args: list[str], example: str, options: dict[str, str]) -> None:
+    """Prints :func:`config_help` and exits 0; an unknown config or argument: one line, exit status 2."""
+    try:
+        text = config_help(name, args, example, options)
+    except ValueError as error:
+        report(name, error)
+        sys.exit(2)
+    print(text)
+    sys.exit(0)
+
+
 def config_help(name: str, args: list[str], example: str, options: dict[str, str]) -> str:
     """The usage of a config command: its ``options`` (flag -> what it is) and every field of its
     config (the one ``--config`` names in ``args``, else ``example``) with its default and meaning.
     Loads no JAX backend, no TensorFlow: a second or two."""
     from stmem_jax.train.config import config_names, describe_fields, load_config, resolve
 
-    spec = next((a.split("=", 1)[1] for a in args if a.startswith("--config=")), None) or \
-        next((b for a, b in zip(args, args[1:]) if a == "--config"), example)
+    spec = config_spec(args, example)
     options = {"--config": f"a shipped config ({', '.join(config_names())}) or a config file, and its argument",
                **options}
     width = max(map(len, options))
@@ -156,13 +198,13 @@ def run_config_command(body_fn: Callable, argv, *, example: str, workdir_help: s
     ``summary:`` line (JSON, with the wall time). ``run_section`` picks the trainer's
     config out of the command's (the grid's ``config.run``). Library INFO logs (orbax logs every
     save) are hidden unless ``--verbosity`` is given. Exit status (:func:`guarded`): 0; 1 on an error
-    in the inputs (one line; the traceback with ``--verbosity``); 2 on an unknown config field or
-    another usage error; 128 + the signal number when stopped by a signal (a checkpoint kept).
+    in the inputs (one line; the traceback with ``--verbosity``); 2 on an unknown config, argument or
+    field, a value that makes no sense (:func:`check_config`, before anything is prepared or written)
+    or another usage error; 128 + the signal number when stopped by a signal (a checkpoint kept).
     ``--help`` lists the config's fields (exit status 0)."""
     args = sys.argv if argv is None else argv
     if help_requested(args):
-        print(config_help(os.path.basename(args[0]), args, example, {"--workdir": workdir_help}))
-        sys.exit(0)
+        answer_help(os.path.basename(args[0]), args, example, {"--workdir": workdir_help})
     from absl import app, flags, logging
     from ml_collections import config_flags
 
@@ -178,6 +220,9 @@ def run_config_command(body_fn: Callable, argv, *, example: str, workdir_help: s
         if not verbose:
             logging.set_verbosity(logging.WARNING)
         config, workdir = flags.FLAGS.config, flags.FLAGS.workdir
+        code = check_config(os.path.basename(sys.argv[0]), run_section(config), verbose=verbose)
+        if code:
+            sys.exit(code)
         start = time.time()
 
         def body():

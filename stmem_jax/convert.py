@@ -48,7 +48,7 @@ def _readers() -> list[type[nn.Module]]:
 
 def torch_kinds() -> list[str]:
     """The pre-training kinds whose public files this package reads (``stmem-convert import --kind``)."""
-    return sorted(k for cls in _readers() for k in cls.TORCH_KINDS)
+    return sorted({k for cls in _readers() for k in cls.TORCH_KINDS})
 
 
 def _count(state_dict: dict[str, np.ndarray], pattern: str) -> int:

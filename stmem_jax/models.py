@@ -18,6 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from stmem_jax import plugins
+
 # Encoder width / depth / heads / MLP and decoder width / depth / heads (heads are always 64 wide).
 PRESETS: dict[str, dict[str, int]] = {
     "tiny": dict(width=128, depth=4, heads=2, mlp_dim=512, decoder_width=64, decoder_depth=2, decoder_heads=1),
@@ -50,7 +52,7 @@ def kinds() -> dict[str, tuple[type[nn.Module], dict[str, Any]]]:
 def _kind(kind: str) -> tuple[type[nn.Module], dict[str, Any]]:
     registered = kinds()
     if kind not in registered and "." in kind:  # a method module outside the package: "<module>[:<name>]"
-        importlib.import_module(kind.split(":")[0])
+        plugins.import_module(kind.split(":")[0], "model kind")
         registered = kinds()
     if kind not in registered:
         raise ValueError(f"unknown model kind {kind!r}; choose from {sorted(registered)}")

@@ -20,7 +20,7 @@ SUPERVISED, RANDOM_INIT = "Supervised", "Random init + linear probe"
 ROWS = (SUPERVISED, RANDOM_INIT, "MoCo v3", "CMSC", "MTAE", "MTAE+RLM", "MLAE", "CPC (250 Hz)",
         "CPC (100 Hz)", "CPC (w/ entire PTB-XL)", "ST-MEM", "ST-MEM w/o lead indicators")
 
-# our task names (stmem_jax/configs/downstream) -> the paper's datasets
+# our task names (configs/downstream) -> the paper's datasets
 TASK_DATASETS = {"st_mem": "PTB-XL", "cpsc2018_single": "CPSC2018", "af2017": "PhysioNet 2017"}
 
 

@@ -190,7 +190,7 @@ def plan(config: ml_collections.ConfigDict, topology: str, batch_per_chip: int |
 
 
 def main(argv: list[str] | None = None) -> None:
-    from stmem_jax.cli import config_help, help_requested, parse_flags
+    from stmem_jax.cli import answer_help, check_config, help_requested, parse_flags
 
     options = {"--topology": "TPU topology, e.g. v5e:4x4, v4:2x2x2, v5p:4x4x4, v6e:8x8",
                "--batch_per_chip": "examples per device (default: train.batch_size over the devices)",
@@ -198,8 +198,7 @@ def main(argv: list[str] | None = None) -> None:
                "--num_classes": "fine-tuning: classes of the head (default 5)"}
     args = sys.argv if argv is None else argv
     if help_requested(args):
-        print(config_help("stmem-plan", args, "st_mem:vit_base", options))
-        sys.exit(0)
+        answer_help("stmem-plan", args, "st_mem:vit_base", options)
     from absl import app, flags, logging
     from ml_collections import config_flags
 
@@ -215,6 +214,9 @@ def main(argv: list[str] | None = None) -> None:
         f = flags.FLAGS
         if not f["verbosity"].present:
             logging.set_verbosity(logging.WARNING)
+        code = check_config("stmem-plan", f.config, verbose=f["verbosity"].present)
+        if code:
+            sys.exit(code)
         try:
             sys.exit(plan(f.config, f.topology, f.batch_per_chip, f.max_batch, f.num_classes))
         except (ValueError, RuntimeError) as error:

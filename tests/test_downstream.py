@@ -22,7 +22,7 @@ from stmem_jax.train.config import downstream as downstream_config, load_config
 from stmem_jax.mesh import make_mesh, replicated
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIGS = os.path.join(ROOT, "stmem_jax", "configs", "downstream")
+CONFIGS = os.path.join(ROOT, "configs", "downstream")
 SIZES = dict(width=64, depth=2, heads=1, mlp_dim=128)
 # a tiny model, no augmentation or drop-path, a high learning rate: learns the synthetic rhythm in 60 steps
 SMALL = {"model.preset": "tiny", **{f"model.{k}": v for k, v in SIZES.items()}, "model.drop_path": 0.0,

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PRETRAIN = os.path.join(ROOT, "stmem_jax", "configs", "pretrain")
+PRETRAIN = os.path.join(ROOT, "configs", "pretrain")
 SMALL = {"model.width": 64, "model.depth": 1, "model.heads": 1, "model.mlp_dim": 128, "model.decoder_width": 64,
          "model.decoder_depth": 1, "model.decoder_heads": 1, "train.batch_size": 16, "train.warmup_steps": 1,
          "train.lr": 2e-3, "train.num_steps": 4, "log.every_steps": 1, "eval.every_steps": 2, "eval.batch_size": 32,
@@ -167,5 +167,5 @@ def test_method_configs_set_the_method_and_its_options():
     assert {"st_mem", "mtae", "mlae", "moco_v3", "cmsc", "cpc"} <= set(methods.names())
     with pytest.raises(ValueError, match="unknown method 'moco'"):
         methods.get("moco")
-    with pytest.raises(ValueError, match="its module cannot be imported"):
+    with pytest.raises(ValueError, match="importing its module failed: ModuleNotFoundError"):
         methods.get("my_lab.nothing_here")

@@ -1,6 +1,8 @@
 """Mistaken runs and untrusted model files: a workdir resumed with another model, checksums that
 cannot verify, model files that ask for huge memory or describe no model, and configs that make no
-sense. Each ends in one line naming the problem (exit status 1) and touches nothing already written."""
+sense (the common fields and every method's own). Each ends in one line naming the problem (exit
+status 1; a config that makes no sense: 2, before anything is built or written) and touches nothing
+already written."""
 
 import json
 import os
@@ -31,8 +33,8 @@ def command(name, config, *args, workdir, data_dir, small=True):
                           env=dict(os.environ, JAX_PLATFORMS="cpu"))
 
 
-def one_line_error(result, *says):
-    assert result.returncode == 1, result.stderr[-3000:]
+def one_line_error(result, *says, status=1):
+    assert result.returncode == status, result.stderr[-3000:]
     lines = [line for line in result.stderr.splitlines() if line.strip() and "WARNING" not in line
              and not line.startswith(("I0000", "E0000", "W0000"))]
     assert len(lines) == 1 and lines[0].startswith("stmem-"), result.stderr[-3000:]
@@ -128,13 +130,80 @@ def test_model_files_that_ask_for_huge_memory_or_describe_no_model_are_refused(t
 def test_configs_that_make_no_sense_are_refused_naming_every_field(synthetic_shards, tmp_path):
     result = command("pretrain", f"{CONFIG}:tiny", "--config.train.lr=-0.001", "--config.model.mask_ratio=0",
                      "--config.checkpoint.keep=0", workdir=str(tmp_path / "run"), data_dir=synthetic_shards)
-    one_line_error(result, "train.lr=-0.001", "model.mask_ratio=0.0", "checkpoint.keep=0")
-    assert not os.path.exists(tmp_path / "run" / "checkpoints")
+    one_line_error(result, "train.lr=-0.001", "model.mask_ratio=0.0", "checkpoint.keep=0", status=2)
     result = command("finetune", "ptbxl:rhythm", "--config.mode=scratch",
                      "--config.train.num_steps=0", "--config.train.epochs=0", "--config.data.label_fraction=1.5",
                      workdir=str(tmp_path / "ft"), data_dir=synthetic_shards, small=False)
-    one_line_error(result, "data.label_fraction=1.5")
-    assert not np.any([os.path.exists(tmp_path / "ft" / name) for name in ("checkpoints", "config.json")])
+    one_line_error(result, "data.label_fraction=1.5", status=2)
+    # a method's own fields, and its checks across fields, the same way (the built-in synthetic data: none prepared)
+    result = command("pretrain", "cpc:tiny", "--config.model.horizon=2000", "--config.data.dir=",
+                     workdir=str(tmp_path / "cpc"), data_dir=synthetic_shards, small=False)
+    one_line_error(result, "model.horizon=2000 leaves nothing to predict", "data.crop_samples=1000", status=2)
+    assert not [name for name in ("run", "ft", "cpc") if os.path.exists(tmp_path / name)]  # nothing written
+
+
+def bad_values(bounds):
+    """Values just outside ``bounds`` (a ``RANGES`` entry), below and above."""
+    low, high, low_allowed, high_allowed = (*bounds, True)[:4]
+    return [low - 1 if low_allowed else low] + ([] if high is None else [high + 1 if high_allowed else high])
+
+
+def method_cases():
+    """(method, field, value) for every field every registered method declares a range of, and a
+    method of one's own (``tests.toy_method``), each just outside its range."""
+    import tests.toy_method  # noqa: F401  (registers it)
+    from stmem_jax import methods
+
+    return [(name, field, value) for name in methods.names() for field, bounds in methods.get(name).ranges().items()
+            for value in bad_values(bounds)]
+
+
+def test_every_method_field_outside_its_range_is_one_line_and_exit_2_before_anything_is_built(capsys):
+    from stmem_jax import methods
+    from stmem_jax.cli import check_config
+    from stmem_jax.train.config import pretraining
+
+    cases = method_cases()
+    assert {name for name, _, _ in cases} == set(methods.names())  # each declares ranges (the toy's too)
+    assert ("tests.toy_method", "average_momentum", 2) in cases  # a method of one's own: its field's range too
+    for name in methods.names():  # every number a method adds has a range
+        fields = methods.get(name).config()
+        numbers = {k for k in fields if fields.get_type(k) in (int, float)}
+        assert numbers <= set(methods.get(name).ranges()), (name, numbers - set(methods.get(name).ranges()))
+    for name, field, value in cases:
+        config = pretraining("tiny", name)
+        assert check_config("stmem-pretrain", config) == 0, capsys.readouterr().err
+        config.model[field] = value
+        assert check_config("stmem-pretrain", config) == 2, (name, field, value)
+        (line,) = capsys.readouterr().err.splitlines()
+        assert line.startswith("stmem-pretrain: error: the config makes no sense: ") and \
+            f"model.{field}={config.model[field]} is outside " in line, line
+
+
+@pytest.mark.parametrize("method, fields, says", [
+    ("moco_v3", {"train.batch_size": 1}, "train.batch_size=1 gives MoCo v3's loss no negative"),
+    ("cmsc", {"eval.batch_size": 1}, "eval.batch_size=1 gives CMSC's loss no negative"),
+    ("cmsc", {"data.segment_samples": 1000}, "data.segment_samples=1000 does not fit the crop: a segment is whole "
+                                             "75-sample patches, at most data.crop_samples=2250"),
+    ("cmsc", {"data.segment_samples": 2400}, "data.segment_samples=2400 does not fit the crop"),
+    ("cpc", {"model.horizon": 2250}, "model.horizon=2250 leaves nothing to predict in a latent sequence of "
+                                     "data.crop_samples=2250 steps"),
+    ("cpc", {"data.crop_samples": 10}, "model.horizon=12 leaves nothing to predict"),
+    ("cpc", {"model.negatives": 5000}, "model.negatives=5000 is more than the 2249 other steps"),
+    ("st_mem", {"model.lead_indicators": "neither"}, "model.lead_indicators='neither' is not one of both, lead"),
+    ("st_mem", {"model.preset": "huge"}, "model.preset='huge' is not one of tiny, vit_small, vit_base"),
+])
+def test_what_makes_no_sense_across_fields_is_refused_the_same_way(method, fields, says, capsys):
+    from stmem_jax.cli import check_config
+    from stmem_jax.train.config import pretraining
+
+    config = pretraining("tiny", method)
+    for key, value in fields.items():
+        section, name = key.split(".")
+        config[section][name] = value
+    assert check_config("stmem-pretrain", config) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("stmem-pretrain: error: the config makes no sense: ") and says in line, line
 
 
 def test_a_full_disk_is_one_line_and_a_bug_says_it_is_one(synthetic_shards, tmp_path, monkeypatch, capsys):

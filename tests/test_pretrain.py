@@ -17,7 +17,7 @@ from stmem_jax.train.optim import adamw
 from tests.data_fixtures import write_dataset
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIG = os.path.join(ROOT, "stmem_jax", "configs", "pretrain", "st_mem.py")
+CONFIG = os.path.join(ROOT, "configs", "pretrain", "st_mem.py")
 SMALL = {"model.width": 64, "model.depth": 2, "model.heads": 1, "model.mlp_dim": 128, "model.decoder_width": 64,
          "model.decoder_depth": 1, "model.decoder_heads": 1, "train.batch_size": 16, "train.warmup_steps": 2,
          "train.base_lr": 2e-3, "log.every_steps": 1, "checkpoint.every_steps": 1000, "eval.every_steps": 0,

@@ -10,7 +10,6 @@ reach a method only through this interface; none of them knows a method by name.
 from __future__ import annotations
 
 import abc
-import importlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from stmem_jax import models
+from stmem_jax import models, plugins
 
 Rows = dict[str, jax.Array]  # a (micro-)batch: arrays whose leading axis is the example
 
@@ -47,6 +46,18 @@ class Method(abc.ABC):
     def config(self) -> ml_collections.ConfigDict:
         """The method's own fields of ``config.model``, with their defaults."""
         return ml_collections.ConfigDict()
+
+    def ranges(self) -> dict[str, tuple]:
+        """The valid values of the fields of :meth:`config`, in the form of the common fields'
+        (``stmem_jax.train.config.RANGES``): ``{field: (lowest, highest or None, lowest allowed[,
+        highest allowed])}``. Checked with the common fields before a run builds anything."""
+        return {}
+
+    def check(self, config: ml_collections.ConfigDict) -> list[str]:
+        """What makes no sense in the run's whole ``config`` for this method beyond each field's range
+        (several fields together, the data's lengths), one ``field=value ...`` line each; called once
+        every field is within its range, before a run builds anything."""
+        return []
 
     def model(self, config: ml_collections.ConfigDict, lead_ids: Sequence[int]) -> nn.Module:
         """The pre-training model of ``config`` (its ``model`` and ``data`` sections) for inputs holding
@@ -132,10 +143,7 @@ def get(name: str) -> Method:
     """The method named ``name``: a built-in one, or a module path (``my_lab.my_method``) whose
     module registers a method under that name when imported."""
     if name not in _METHODS and "." in name:
-        try:
-            importlib.import_module(name)
-        except ImportError as error:
-            raise ValueError(f"method {name!r}: its module cannot be imported ({error})") from None
+        plugins.import_module(name, "method")
     if name not in _METHODS:
         raise ValueError(f"unknown method {name!r}; choose from {', '.join(names())} or give the module path "
                          f"of a method of your own")

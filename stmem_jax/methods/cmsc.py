@@ -68,6 +68,18 @@ class Cmsc(ContrastiveMethod):
             temperature=0.1,           # similarity temperature
         ))
 
+    def ranges(self):
+        return {"temperature": (0, None, False)}
+
+    def check(self, config):
+        """Besides a batch of 2: each segment whole patches of the ViT's crop (its positions)."""
+        problems = super().check(config)
+        segment, crop, patch = config.data.segment_samples, config.data.crop_samples, CMSCModel.patch_size
+        if segment > crop or segment % patch:
+            problems.append(f"data.segment_samples={segment} does not fit the crop: a segment is whole {patch}-sample "
+                            f"patches, at most data.crop_samples={crop}")
+        return problems
+
     def _terms(self, model, params, rows, leads, valid=None):
         def embed(x):
             return normalize(model.apply({"params": params}, x, leads=leads))

@@ -106,6 +106,14 @@ class ContrastiveMethod(Method):
     classifier = "mtae_classifier"
     splittable = False
 
+    def check(self, config):
+        """The batch is the negatives: a batch of one example has none (its loss is 0 whatever the model)."""
+        sizes = {"train.batch_size": config.train.batch_size}
+        if config.eval.every_steps:
+            sizes["eval.batch_size"] = config.eval.batch_size
+        return [f"{field}={size} gives {self.label}'s loss no negative: it needs at least 2 examples per batch"
+                for field, size in sizes.items() if size < 2]
+
     def init_params(self, model: nn.Module, key: jax.Array, leads: tuple[int, ...]) -> Any:
         example = jnp.zeros((2, len(leads), model.seq_len), jnp.float32)  # BN needs two examples to init
         return model.init({"params": key}, example, leads=leads)["params"]

@@ -313,13 +313,32 @@ class Cpc(Method):
         fields.negatives = placeholder(int)       # negatives per prediction (128)
         return fields
 
-    def model(self, config: ml_collections.ConfigDict, lead_ids: Sequence[int]) -> nn.Module:
+    def ranges(self):
+        return {"encoder_layers": (1, None, True), "horizon": (1, None, True), "negatives": (1, None, True)}
+
+    def check(self, config):
+        """The horizon and the negatives within the latent sequence (one latent per sample of the crop)."""
+        sizes, steps = self.sizes(config), config.data.crop_samples
+        problems = []
+        if sizes["horizon"] >= steps:
+            problems.append(f"model.horizon={sizes['horizon']} leaves nothing to predict in a latent sequence of "
+                            f"data.crop_samples={steps} steps")
+        if sizes["negatives"] > steps - 1:
+            problems.append(f"model.negatives={sizes['negatives']} is more than the {steps - 1} other steps of a "
+                            f"latent sequence of data.crop_samples={steps}")
+        return problems
+
+    def sizes(self, config: ml_collections.ConfigDict) -> dict[str, int]:
         """The paper's sizes (``model.preset`` tiny: width 32, 32 negatives); ``model.width``,
         ``depth`` (LSTM layers), ``encoder_layers``, ``horizon``, ``negatives`` override them."""
         m = config.model
-        sizes = (TINY if m.preset == "tiny" else DEFAULTS) | {k: m.get(k) for k in SIZES if m.get(k) is not None}
+        return (TINY if m.preset == "tiny" else DEFAULTS) | {k: m.get(k) for k in SIZES if m.get(k) is not None}
+
+    def model(self, config: ml_collections.ConfigDict, lead_ids: Sequence[int]) -> nn.Module:
+        """The model of :meth:`sizes` for ``data.crop_samples``-sample inputs."""
+        m = config.model
         return models.create_model(self.name, m.preset, seq_len=config.data.crop_samples,
-                                   dtype=jnp.dtype(m.dtype), remat=m.remat, **sizes)
+                                   dtype=jnp.dtype(m.dtype), remat=m.remat, **self.sizes(config))
 
     def init_extra(self, model, params):
         """The running statistics, ``{norm_i: {'mean': 0, 'var': 1}}``."""

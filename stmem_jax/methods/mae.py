@@ -58,6 +58,9 @@ class MaskedAutoencoder(Method):
             fields[field] = placeholder(int)  # set to override the preset
         return fields
 
+    def ranges(self) -> dict[str, tuple]:
+        return {"mask_ratio": (0, 1, False, False), **{field: (1, None, True) for field in DECODER_SIZES}}
+
     def randomness(self, model: nn.Module, rows: Rows, key: jax.Array) -> Rows:
         return {"noise": jax.random.uniform(key, model.noise_shape(rows["series"].shape))}
 

@@ -85,6 +85,10 @@ class MoCoV3(ContrastiveMethod):
             freeze_patch_embedding=True,  # the patch embedding stays at its random initialisation
         ))
 
+    def ranges(self):
+        return {"hidden_dim": (1, None, True), "out_dim": (1, None, True), "temperature": (0, None, False),
+                "momentum": (0, 1, True)}
+
     def init_extra(self, model, params):
         """The momentum encoder and projector, copies of the online ones."""
         return {k: jax.tree.map(jnp.array, params[k]) for k in MOMENTUM_KEYS}

@@ -267,6 +267,11 @@ class StMem(MaskedAutoencoder):
         fields.lead_indicators = "both"  # both | lead | sep | none ("w/o lead indicators")
         return fields
 
+    def check(self, config):
+        value = config.model.lead_indicators
+        return [] if value in LEAD_INDICATORS else \
+            [f"model.lead_indicators={value!r} is not one of {', '.join(LEAD_INDICATORS)}"]
+
 
 register(StMem())
 

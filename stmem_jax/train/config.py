@@ -1,7 +1,7 @@
 """The config schemas of the trainers (ml_collections), with the public recipes as defaults.
 
-``pretraining()`` is what ``stmem_jax/configs/pretrain/*.py`` start from, ``downstream()`` what
-``stmem_jax/configs/downstream/*.py`` start from; both share the sections built here once. Every
+``pretraining()`` is what ``configs/pretrain/*.py`` start from, ``downstream()`` what
+``configs/downstream/*.py`` start from; both share the sections built here once. Every
 field can be overridden on the command line (``--config.train.batch_size=512``). ``load_config``
 reads a config as ``--config`` does: a shipped config by name (``st_mem:vit_base``) or a file.
 """
@@ -21,19 +21,21 @@ from ml_collections.config_dict import placeholder
 
 from stmem_jax import methods
 from stmem_jax.core.recipe import Recipe
-from stmem_jax.models import ENCODER_SIZES
+from stmem_jax.models import ENCODER_SIZES, PRESETS
 
 PRETRAINING_PRESETS = ("vit_base", "vit_small", "tiny")
 
 
-CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+# the package ``configs`` beside ``stmem_jax`` (a source checkout's top level, or site-packages)
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "configs")
 
 
 def config_names() -> dict[str, str]:
-    """``{name: path}`` of the config files shipped with the package (``stmem_jax/configs/*/NAME.py``)."""
+    """``{name: path}`` of the config files shipped with the package (``configs/*/NAME.py``)."""
     return {name[:-3]: os.path.join(CONFIG_DIR, folder, name) for folder in sorted(os.listdir(CONFIG_DIR))
-            if os.path.isdir(os.path.join(CONFIG_DIR, folder))
-            for name in sorted(os.listdir(os.path.join(CONFIG_DIR, folder))) if name.endswith(".py")}
+            if os.path.isdir(os.path.join(CONFIG_DIR, folder)) and not folder.startswith("_")
+            for name in sorted(os.listdir(os.path.join(CONFIG_DIR, folder)))
+            if name.endswith(".py") and not name.startswith("_")}
 
 
 def resolve(spec: str) -> str:
@@ -153,7 +155,7 @@ def pretraining(preset: str = "vit_base", method: str = "st_mem") -> ml_collecti
 
 def downstream() -> ml_collections.ConfigDict:
     """Fine-tuning, linear probing and training from scratch (stmem-finetune), the public recipe;
-    the configs in ``stmem_jax/configs/downstream`` set the task and dataset."""
+    the configs in ``configs/downstream`` set the task and dataset."""
     config = _common("vit_base")
     config.mode = "finetune"           # finetune | linprobe | scratch
     config.init = ""                   # pre-trained weights (finetune, linprobe): a workdir, model directory or .pth;
@@ -185,16 +187,18 @@ def downstream() -> ml_collections.ConfigDict:
     return config
 
 
-# field -> (lowest, highest, whether the lowest is allowed): the ranges in which a value means something
+# field -> (lowest, highest or None, whether the lowest is allowed[, whether the highest is: True]): the
+# ranges in which a value means something; a method declares its own fields' alike (Method.ranges)
 RANGES = {
     "train.batch_size": (1, None, True), "train.grad_accum_steps": (0, None, True), "train.epochs": (0, None, True),
     "train.num_steps": (0, None, True), "train.min_steps": (0, None, True), "train.warmup_epochs": (0, None, True),
     "train.base_lr": (0, None, False),
     "train.lr": (0, None, True), "train.min_lr": (0, None, True), "train.weight_decay": (0, None, True),
-    "train.b1": (0, 1, True), "train.b2": (0, 1, True), "train.clip_norm": (0, None, True),
+    "train.b1": (0, 1, True, False), "train.b2": (0, 1, True, False), "train.clip_norm": (0, None, True),
     "train.layer_decay": (0, 1, False), "train.max_steps_per_run": (0, None, True),
-    "model.mask_ratio": (0, 1, False), "model.drop_path": (0, 1, True), "model.dropout": (0, 1, True),
-    "data.label_fraction": (0, 1, False), "data.lead_masking": (0, 1, True), "data.crop_samples": (1, None, True),
+    "model.drop_path": (0, 1, True, False), "model.dropout": (0, 1, True, False),
+    **{f"model.{size}": (1, None, True) for size in ENCODER_SIZES},
+    "data.label_fraction": (0, 1, False), "data.lead_masking": (0, 1, True, False), "data.crop_samples": (1, None, True),
     "data.sample_rate": (0, None, True), "data.segment_samples": (1, None, True), "data.augment_level": (0, 10, True),
     "data.augment_ops": (0, None, True), "data.augment_prob": (0, 1, True),
     "data.shuffle_buffer": (1, None, True), "data.synthetic_records": (1, None, True), "data.workers": (1, None, True),
@@ -202,30 +206,44 @@ RANGES = {
     "eval.batch_size": (1, None, True), "eval.max_evals": (1, None, True), "eval.crops": (1, None, True),
     "log.every_steps": (1, None, True), "log.figure_every_steps": (0, None, True), "mesh.fsdp": (1, None, True),
 }
-OPEN_TOP = {"model.mask_ratio", "data.lead_masking", "train.b1", "train.b2", "model.drop_path", "model.dropout"}
+
+
+def _outside(field: str, value: Any, bounds: tuple) -> str | None:
+    """``<field>=<value> is outside <range>`` (or ``is not a number``) when ``value`` is not within
+    ``bounds`` (a :data:`RANGES` entry); None when it is."""
+    low, high, low_allowed, high_allowed = (*bounds, True)[:4]
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return f"{field}={value!r} is not a number"
+    if value < low or (value == low and not low_allowed) or (high is not None and (
+            value > high or (value == high and not high_allowed))):
+        return (f"{field}={value} is outside {'[' if low_allowed else '('}{low}, "
+                + ("inf)" if high is None else f"{high}{']' if high_allowed else ')'}"))
+    return None
 
 
 def check_values(config: ml_collections.ConfigDict) -> None:
     """Raises ValueError naming every field of ``config`` whose value means nothing (a negative
-    learning rate, ``mask_ratio=0``, ``checkpoint.keep=0``, no step to train, ...)."""
+    learning rate, ``mask_ratio=0``, ``checkpoint.keep=0``, no step to train, ...): the common
+    fields' :data:`RANGES`, the pre-training method's own (``Method.ranges``), then what the method
+    checks across fields (``Method.check``). Builds, compiles and writes nothing: the commands call
+    it first."""
+    method = methods.get(config.method) if "method" in config else None
+    ranges = RANGES | ({f"model.{k}": v for k, v in method.ranges().items()} if method else {})
     problems = []
-    for field, (low, high, low_allowed) in RANGES.items():
+    for field, bounds in ranges.items():
         section, name = field.split(".")
-        if section not in config or name not in config[section] or config[section][name] is None:
-            continue
-        value = config[section][name]
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            problems.append(f"{field}={value!r} is not a number")
-        elif value < low or (value == low and not low_allowed) or (high is not None and (
-                value > high or (value == high and field in OPEN_TOP))):
-            bounds = f"{'[' if low_allowed else '('}{low}, {high if high is not None else 'inf'}" + \
-                     (")" if high is None or field in OPEN_TOP else "]")
-            problems.append(f"{field}={value} is outside {bounds}")
+        if section in config and config[section].get(name) is not None:
+            problems.append(_outside(field, config[section][name], bounds))
+    problems = [p for p in problems if p]
     train = config.train
     if not problems and not (train.num_steps or train.epochs):
         problems.append("train.num_steps and train.epochs are both 0: nothing to train")
     if not problems and train.warmup_steps < -1:
         problems.append(f"train.warmup_steps={train.warmup_steps}: -1 (use warmup_epochs) or a step count")
+    if not problems and config.model.preset not in PRESETS:
+        problems.append(f"model.preset={config.model.preset!r} is not one of {', '.join(PRESETS)}")
+    if not problems and method:
+        problems += method.check(config)
     if problems:
         raise ValueError("the config makes no sense: " + "; ".join(problems))
 

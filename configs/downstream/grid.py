@@ -17,11 +17,16 @@ import ml_collections
 
 from stmem_jax.train.config import load_config
 
+HERE = os.path.dirname(os.path.abspath(__file__))
+DATASETS = sorted(name[:-3] for name in os.listdir(HERE) if name.endswith(".py") and name[0] != "_" and name != "grid.py")
+
 
 def get_config(arg: str = "ptbxl:st_mem"):
     dataset, _, task = (arg or "ptbxl:st_mem").partition(":")
+    if dataset not in DATASETS:
+        raise ValueError(f"unknown dataset config {dataset!r} of grid:<dataset>:<task>: use {', '.join(DATASETS)}")
     config = ml_collections.ConfigDict()
-    config.run = load_config(os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{dataset}.py"), task)
+    config.run = load_config(os.path.join(HERE, f"{dataset}.py"), task)
     config.grid = ml_collections.ConfigDict(dict(
         tasks=(),                                  # TASK or TASK=DIR (its own prepared folder); empty: run.data.task
         methods=(),                                # NAME=init: ("ST-MEM=runs/pretrain", "Random=random:st_mem")

@@ -8,7 +8,8 @@ from stmem_jax.train.config import downstream
 
 
 def get_config(arg: str = ""):
-    del arg
+    if arg:
+        raise ValueError(f"physionet2017 takes no argument (its one task is af2017), got {arg!r}")
     config = downstream()
     config.data.task = "af2017"
     config.data.leads = "1"

@@ -1,0 +1,1 @@
+"""Downstream configs, one per dataset (``<dataset>:<task>``), and the evaluation grid."""

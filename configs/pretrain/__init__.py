@@ -1,0 +1,1 @@
+"""Pre-training configs, one per method: ``<method>:<preset>``."""
