@@ -29,7 +29,7 @@ def import_module(name: str, what: str) -> ModuleType:
         return importlib.import_module(name)
     except Exception as error:  # the user's code: whatever it raises
         raise PluginError(f"{what} {name!r}: importing its module failed: {type(error).__name__}: {error}",
-                          _own_lines(error)) from None
+                          _own_lines(error)) from error
 
 
 def _own_lines(error: Exception) -> str:

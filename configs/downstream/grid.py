@@ -18,7 +18,8 @@ import ml_collections
 from stmem_jax.train.config import load_config
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-DATASETS = sorted(name[:-3] for name in os.listdir(HERE) if name.endswith(".py") and name[0] != "_" and name != "grid.py")
+DATASETS = sorted(name[:-3] for name in os.listdir(HERE)
+                  if name.endswith(".py") and name[0] != "_" and name != "grid.py")
 
 
 def get_config(arg: str = "ptbxl:st_mem"):

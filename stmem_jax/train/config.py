@@ -198,8 +198,8 @@ RANGES = {
     "train.layer_decay": (0, 1, False), "train.max_steps_per_run": (0, None, True),
     "model.drop_path": (0, 1, True, False), "model.dropout": (0, 1, True, False),
     **{f"model.{size}": (1, None, True) for size in ENCODER_SIZES},
-    "data.label_fraction": (0, 1, False), "data.lead_masking": (0, 1, True, False), "data.crop_samples": (1, None, True),
-    "data.sample_rate": (0, None, True), "data.segment_samples": (1, None, True), "data.augment_level": (0, 10, True),
+    "data.label_fraction": (0, 1, False), "data.lead_masking": (0, 1, True, False),
+    "data.crop_samples": (1, None, True), "data.sample_rate": (0, None, True), "data.segment_samples": (1, None, True), "data.augment_level": (0, 10, True),
     "data.augment_ops": (0, None, True), "data.augment_prob": (0, 1, True),
     "data.shuffle_buffer": (1, None, True), "data.synthetic_records": (1, None, True), "data.workers": (1, None, True),
     "checkpoint.every_steps": (1, None, True), "checkpoint.keep": (1, None, True), "eval.every_steps": (0, None, True),
@@ -240,7 +240,7 @@ def check_values(config: ml_collections.ConfigDict) -> None:
         problems.append("train.num_steps and train.epochs are both 0: nothing to train")
     if not problems and train.warmup_steps < -1:
         problems.append(f"train.warmup_steps={train.warmup_steps}: -1 (use warmup_epochs) or a step count")
-    if not problems and config.model.preset not in PRESETS:
+    if not problems and "preset" in config.model and config.model.preset not in PRESETS:
         problems.append(f"model.preset={config.model.preset!r} is not one of {', '.join(PRESETS)}")
     if not problems and method:
         problems += method.check(config)
