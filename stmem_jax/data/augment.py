@@ -245,9 +245,10 @@ def ours_partial_white_noise(x, seed, magnitude, sampling_rate):
     return x + tf.pad(sigma * noise, [[0, 0], [start, samples - start - length]])
 
 
+OURS = (ours_shift, ours_cutout, ours_drop, ours_flip, ours_erase, ours_sine, ours_partial_sine,
+        ours_partial_white_noise)
 OPS = {"authors": {name: _seeded(name) for name in OP_NAMES},
-       "stmem_jax": {op.__name__[len("ours_"):]: op for op in (ours_shift, ours_cutout, ours_drop, ours_flip, ours_erase,
-                                                                 ours_sine, ours_partial_sine, ours_partial_white_noise)}}
+       "stmem_jax": {op.__name__.removeprefix("ours_"): op for op in OURS}}  # variant -> name -> op(x, seed, m, fs)
 
 
 def _check(variant: str, ops, num_ops: int, level: int) -> tuple[str, ...]:
@@ -257,7 +258,8 @@ def _check(variant: str, ops, num_ops: int, level: int) -> tuple[str, ...]:
     names = OP_NAMES if ops is None else tuple(ops.split(",") if isinstance(ops, str) else ops)
     unknown = [name for name in names if name not in OP_NAMES]
     if unknown:
-        raise ValueError(f"unknown RandAugment op(s) {', '.join(map(repr, unknown))}: choose from {', '.join(OP_NAMES)}")
+        raise ValueError(f"unknown RandAugment op(s) {', '.join(map(repr, unknown))}: choose from "
+                         f"{', '.join(OP_NAMES)}")
     if len(set(names)) != len(names):
         raise ValueError(f"RandAugment ops named twice: {', '.join(names)}")
     if not 0 <= level <= 10:
@@ -265,7 +267,8 @@ def _check(variant: str, ops, num_ops: int, level: int) -> tuple[str, ...]:
     if num_ops < 0 or (num_ops and not names):
         raise ValueError(f"RandAugment needs num_ops >= 0 and ops to draw from, got {num_ops} op(s) from {names}")
     if variant == "authors" and num_ops > len(names):
-        raise ValueError(f"variant 'authors' draws {num_ops} distinct ops but only {len(names)} are given: {', '.join(names)}")
+        raise ValueError(f"variant 'authors' draws {num_ops} distinct ops but only {len(names)} are given: "
+                         f"{', '.join(names)}")
     return names
 
 

@@ -17,12 +17,13 @@ method (the facts in the project's spec, ``baselines.md``, section "CPC for ECG"
   example and time step; the step is never split: ``splittable = False``); the running averages
   (``MOMENTUM`` 0.9, PyTorch's default 0.1 update) are the method's ``extra`` state, updated from
   the loss's aux with the batch's mean and its unbiased variance (n / (n - 1) x the biased one
-  that normalises the batch, n = examples x time steps), as PyTorch's BatchNorm. Validation uses the running averages (the exported encoder's
-  normalisation; padding examples then change nothing). The exported encoder holds them as
-  parameters ``mean`` / ``var`` (:meth:`Cpc.encoder` reads them from ``variables['extra']``, the
-  state's extra) that its BatchNorms use through ``stop_gradient``: they do not
-  train in fine-tuning either (the downstream state is parameters only; weight decay on them with
-  ``train.weight_decay_on=all`` would shrink them: keep the default ``kernels``).
+  that normalises the batch, n = examples x time steps), as PyTorch's BatchNorm. Validation uses
+  the running averages (the exported encoder's normalisation; padding examples then change
+  nothing). The exported encoder holds them as parameters ``mean`` / ``var`` (:meth:`Cpc.encoder`
+  reads them from ``variables['extra']``, the state's extra) that its BatchNorms use through
+  ``stop_gradient``: they do not train in fine-tuning either (the downstream state is parameters
+  only; weight decay on them with ``train.weight_decay_on=all`` would shrink them: keep the
+  default ``kernels``).
 - Classifier (``cpc_classifier``): the encoder and LSTM, concat pooling over time [mean, max, last]
   (3 x width), then BN, Dropout 0.25, Dense(-> 512), ReLU, BN, Dropout 0.5, Dense(-> classes). The
   head's BatchNorms cannot keep running statistics (parameters only) [choice]: each is a learned
