@@ -24,8 +24,8 @@ import tensorflow as tf  # noqa: E402
 from stmem_jax.data.augment import VARIANTS, rand_augment  # noqa: E402
 
 
-def rate(variant: str | None, examples: int, parallel: bool, repeats: int = 1, **settings) -> float:
-    """Examples/s: the best of ``repeats`` passes over ``examples`` seeds (after a warm-up pass of 256)."""
+def dataset(variant: str | None, examples: int, parallel: bool, **settings) -> tf.data.Dataset:
+    """``examples`` examples (12, 2250) through ``rand_augment`` of ``variant`` (None: not augmented)."""
     signal = np.random.default_rng(0).standard_normal((12, 2250)).astype(np.float32)
 
     def augment(i):
@@ -33,23 +33,22 @@ def rate(variant: str | None, examples: int, parallel: bool, repeats: int = 1, *
         seed = tf.stack([i, tf.constant(0, tf.int64)])
         return x if variant is None else rand_augment(x, seed, variant=variant, **settings)
 
-    def run(n):
-        ds = tf.data.Dataset.range(n)
-        ds = ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True) if parallel else ds.map(augment)
-        ds = ds.batch(256).prefetch(2)
-        start = time.perf_counter()
-        for _ in ds:
-            pass
-        return time.perf_counter() - start
+    ds = tf.data.Dataset.range(examples)
+    ds = ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True) if parallel else ds.map(augment)
+    return ds.batch(256).prefetch(2)
 
-    run(256)
-    return examples / min(run(examples) for _ in range(repeats))
+
+def seconds(ds: tf.data.Dataset) -> float:
+    start = time.perf_counter()
+    for _ in ds:
+        pass
+    return time.perf_counter() - start
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--examples", type=int, default=20000)
-    parser.add_argument("--repeats", type=int, default=3, help="passes per cell; the fastest is printed")
+    parser.add_argument("--repeats", type=int, default=3, help="passes per cell, interleaved; the fastest is printed")
     parser.add_argument("--level", type=int, default=10)
     parser.add_argument("--num-ops", type=int, default=2)
     parser.add_argument("--prob", type=float, default=0.5)
@@ -57,9 +56,16 @@ def main() -> None:
     settings = dict(level=args.level, num_ops=args.num_ops, prob=args.prob)
     print(f"{os.cpu_count()} CPUs; {args.examples} examples of (12, 2250), best of {args.repeats}; level {args.level}, "
           f"{args.num_ops} ops, p {args.prob}")
+    cells = {(variant, parallel): dataset(variant, args.examples, parallel, **settings)
+             for variant in (None, *VARIANTS) for parallel in (False, True)}
+    for ds in cells.values():  # warm-up: trace and run once
+        seconds(ds.take(2))
+    best = {cell: seconds(ds) for cell, ds in cells.items()}
+    for _ in range(args.repeats - 1):  # interleaved, so that a busy moment of the machine hits every cell
+        best = {cell: min(best[cell], seconds(ds)) for cell, ds in cells.items()}
     print(f"\n{'variant':12s} {'sequential ex/s':>16s} {'parallel ex/s':>14s}")
     for variant in (None, *VARIANTS):
-        rates = [rate(variant, args.examples, parallel, args.repeats, **settings) for parallel in (False, True)]
+        rates = [args.examples / best[(variant, parallel)] for parallel in (False, True)]
         print(f"{variant or 'none':12s} {rates[0]:16.0f} {rates[1]:14.0f}")
 
 

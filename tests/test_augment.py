@@ -1,3 +1,8 @@
+"""RandAugment (``stmem_jax.data.augment``): our ops (variant ``stmem_jax``) by their properties; the
+authors' ops (the default) against NumPy written from the recipe (spec recipe.md, section 2) given
+their draws, and their draws from a seed; the draw of ops; op lists, bad arguments; which variant
+zeroes whole leads."""
+
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -150,7 +155,7 @@ def reference_span(s, length, start):
 def reference_wave(s):
     """a sin(2 pi t / p), t = n / T, a = 0.3 s, p = 0.5 / s."""
     t = np.arange(T) / T
-    return 0.3 * s * np.sin(2 * np.pi * t * s / 0.5) if s else np.zeros(T)
+    return 0.3 * s * np.sin(2 * np.pi * t * s / 0.5)
 
 
 def reference(name, x, s, **d):

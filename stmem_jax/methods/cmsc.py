@@ -4,8 +4,8 @@ of Oh et al. 2022), the ST-MEM paper's baseline (facts and choices: the project'
 The positives of a segment are the adjacent, non-overlapping segment of the same recording and
 every other segment of the same patient in the batch; all other pairs are negatives, in both
 directions. Embeddings (the ViT's CLS representation, ``stmem_jax.methods.contrastive``, no
-projection head) are L2-normalised; the logits are their cosine similarities / 0.1 (B x B: each
-first segment against every second segment). How the positives are weighted (``model.positives``):
+projection head) are L2-normalised; the logits are their cosine similarities / ``temperature`` (0.1,
+as CLOCS), B x B: each first segment against every second segment. How the positives are weighted (``model.positives``):
 
 - ``clocs`` (default; CLOCS's public code, ``obtain_contrastive_loss``): the mean of up to four
   group means, each a mean of -log softmax terms: the diagonal by rows (each row's softmax), the
