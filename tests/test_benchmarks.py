@@ -87,3 +87,10 @@ def test_plan_table_fits_each_cell_from_its_two_cached_compiles(tmp_path):
               "--cached-only")
     assert [line.split("|")[1].strip() for line in out.splitlines() if line.startswith("| v")] == ["v5e (16 GiB)"] * 2
     assert "2 cells, 0 compiled now" in out
+
+
+@pytest.mark.slow
+def test_augment_speed_benchmark_prints_a_rate_per_variant():
+    out = run("augment_speed.py", "--examples", "64", "--repeats", "1").splitlines()
+    rows = {line.split()[0]: line.split()[1:] for line in out[3:] if line.strip()}
+    assert set(rows) == {"none", "authors", "stmem_jax"} and all(float(r) > 0 for v in rows.values() for r in v)

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from stmem_jax import methods, models
-from stmem_jax.methods.cmsc import cmsc_terms
+from stmem_jax.methods.cmsc import clocs_loss, cmsc_terms, fairseq_pair_terms
+from stmem_jax.methods.contrastive import normalize
 from stmem_jax.methods.moco_v3 import moco_loss
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -44,7 +45,49 @@ def test_moco_loss_is_symmetric_infonce_over_the_batch_times_two_tau():
     np.testing.assert_allclose(got[:5], moco_loss(q1[:5], q2[:5], k1[:5], k2[:5], tau), rtol=1e-5)
 
 
-def test_cmsc_loss_counts_adjacent_and_same_patient_segments_as_positives():
+def clocs_reference(e1, e2, patients, tau):
+    """CLOCS's CMSC loss (Kiyasseh et al. 2021, their public code): cosine similarity / tau of every
+    (segment 1, segment 2) pair; the mean of the groups' means: the diagonal by rows (softmax over
+    the row), the diagonal by columns, same-patient pairs above the diagonal by rows, below it by
+    columns; a group without entries is left out."""
+    sim = e1 @ e2.T / np.outer(np.linalg.norm(e1, axis=1), np.linalg.norm(e2, axis=1)) / tau
+    exp = np.exp(sim)
+    row_sum, col_sum, diag = exp.sum(axis=1), exp.sum(axis=0), np.diag(exp)
+    same = patients[:, None] == patients[None, :]
+    groups = [-np.log(diag / row_sum).mean(), -np.log(diag / col_sum).mean()]
+    r, c = np.nonzero(np.triu(same, 1))
+    if len(r):
+        groups.append(-np.log(exp[r, c] / row_sum[r]).mean())
+    r, c = np.nonzero(np.tril(same, -1))
+    if len(r):
+        groups.append(-np.log(exp[r, c] / col_sum[c]).mean())
+    return np.mean(groups)
+
+
+def test_cmsc_clocs_weighting_is_the_mean_of_four_group_means_and_of_two_without_same_patient_pairs():
+    rng = np.random.default_rng(2)
+    e1, e2 = rng.standard_normal((6, 8)), rng.standard_normal((6, 8))  # not normalised: CLOCS divides by the norms
+    tau = 0.1
+
+    @jax.jit
+    def clocs(e1, e2, patients, valid):
+        return clocs_loss(*cmsc_terms(normalize(e1), normalize(e2), patients, tau, valid))
+
+    def loss(patients, valid=None, n=6):
+        return float(clocs(e1[:n], e2[:n], patients, np.ones(n, bool) if valid is None else valid))
+
+    patients = np.array([3, 7, 3, 9, 7, 3])  # three segments of patient 3, two of 7
+    assert np.triu(patients[:, None] == patients[None, :], 1).sum() == 4  # 4 pairs above, 4 below, 6 diagonal
+    np.testing.assert_allclose(loss(patients), clocs_reference(e1, e2, patients, tau), rtol=1e-5)
+    distinct = np.arange(6)  # no two segments of one patient: the two diagonal groups only
+    np.testing.assert_allclose(loss(distinct), clocs_reference(e1, e2, distinct, tau), rtol=1e-5)
+    # a padded example is neither a positive nor a negative
+    valid = np.array([True] * 5 + [False])
+    np.testing.assert_allclose(loss(patients, valid), loss(patients[:5], n=5), rtol=1e-5)
+    np.testing.assert_allclose(loss(patients[:5], n=5), clocs_reference(e1[:5], e2[:5], patients[:5], tau), rtol=1e-5)
+
+
+def test_cmsc_fairseq_weighting_averages_every_positive_pairs_row_and_column_terms():
     rng = np.random.default_rng(1)
     e1, e2 = _unit(rng, 5, 8), _unit(rng, 5, 8)
     patients = np.array([3, 7, 3, 9, 7])
@@ -54,14 +97,54 @@ def test_cmsc_loss_counts_adjacent_and_same_patient_segments_as_positives():
     positive = patients[:, None] == patients[None, :]
     assert positive.sum() == 9  # 5 adjacent pairs, (0, 2), (2, 0), (1, 4), (4, 1)
     expected = -(rows[positive].mean() + columns[positive].mean()) / 2
-    terms, mask = cmsc_terms(jnp.asarray(e1), jnp.asarray(e2), jnp.asarray(patients), tau)
+    row_terms, column_terms, mask = cmsc_terms(jnp.asarray(e1), jnp.asarray(e2), jnp.asarray(patients), tau)
     np.testing.assert_array_equal(mask, positive)
-    np.testing.assert_allclose(terms.sum() / mask.sum(), expected, rtol=1e-5)
-    # a padded example is neither a positive nor a negative
-    valid = np.array([True, True, True, True, False])
-    terms, mask = cmsc_terms(jnp.asarray(e1), jnp.asarray(e2), jnp.asarray(patients), tau, jnp.asarray(valid))
-    small, small_mask = cmsc_terms(jnp.asarray(e1[:4]), jnp.asarray(e2[:4]), jnp.asarray(patients[:4]), tau)
-    np.testing.assert_allclose(terms.sum() / mask.sum(), small.sum() / small_mask.sum(), rtol=1e-5)
+    fairseq = fairseq_pair_terms(row_terms, column_terms, mask).sum() / mask.sum()
+    np.testing.assert_allclose(fairseq, expected, rtol=1e-5)
+    assert abs(float(clocs_loss(row_terms, column_terms, mask)) - expected) > 1e-3  # the two weightings differ
+
+
+class _Flat:
+    """A stand-in for CMSC's ViT: the representation of a segment is its flattened signal."""
+
+    temperature = 0.1
+
+    def __init__(self, positives):
+        self.positives = positives
+
+    def apply(self, variables, x, leads=None):
+        return jnp.reshape(x, (x.shape[0], -1))
+
+
+@pytest.mark.parametrize("positives", [None, "fairseq"])
+def test_cmsc_method_loss_follows_model_positives_with_clocs_by_default(positives):
+    from stmem_jax.train.config import load_config
+
+    config = load_config("cmsc:tiny")
+    assert config.model.positives == "clocs"
+    if positives:
+        config.model.positives = positives
+    model = methods.get("cmsc").model(config, tuple(range(12)))
+    assert model.positives == (positives or "clocs")
+    with pytest.raises(ValueError, match="model.positives='both'"):
+        models.create_model("cmsc", "tiny", positives="both")
+
+    method, stand_in = methods.get("cmsc"), _Flat(model.positives)
+    rows = _rows("cmsc", 6, 8, seed=3)
+    rows["patient"] = np.array([0, 1, 0, 2, 1, 0], np.int32)
+    e1, e2 = (rows[k].reshape(6, -1).astype(np.float64) for k in ("segment1", "segment2"))
+    if model.positives == "clocs":
+        expected = clocs_reference(e1, e2, rows["patient"], 0.1)
+    else:
+        e1, e2 = e1 / np.linalg.norm(e1, axis=1, keepdims=True), e2 / np.linalg.norm(e2, axis=1, keepdims=True)
+        positive = rows["patient"][:, None] == rows["patient"][None, :]
+        logits = e1 @ e2.T / 0.1
+        expected = -(_log_softmax(logits, 1)[positive].mean() + _log_softmax(logits, 0)[positive].mean()) / 2
+    np.testing.assert_allclose(float(method.loss(stand_in, None, None, rows, None)), expected, rtol=1e-4)
+    values = method.validation(stand_in, None, None, rows | {"valid": np.ones(6, bool)}, None)
+    assert values.shape == (6,) and np.isfinite(values).all()
+    if model.positives == "clocs":  # each example: its validation batch's loss
+        np.testing.assert_allclose(values, expected, rtol=1e-4)
 
 
 def _rows(name, batch, seq_len, seed=0):

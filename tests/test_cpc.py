@@ -51,6 +51,31 @@ def test_negatives_cover_the_other_positions():
         assert set(np.unique(drawn[0, t])) == set(range(16)) - {t + 12}
 
 
+def test_batch_norm_normalises_with_the_biased_variance_and_runs_the_unbiased_one_as_torch():
+    """Norm on (B, T, F) and the running update against NumPy and torch.nn.BatchNorm1d on (B, F, T)
+    in training mode: y with the batch's biased variance, running_var with n / (n - 1) of it."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(0)
+    norm, method = cpc.Norm(), cpc.Cpc()
+    variables = norm.init(jax.random.key(0), jnp.zeros((2, 3, 5)))
+    extra = {"norm": {"mean": np.zeros(5, np.float32), "var": np.ones(5, np.float32)}}
+    bn = torch.nn.BatchNorm1d(5, eps=cpc.NORM_EPS, momentum=1 - cpc.MOMENTUM)
+    mean, var = np.zeros(5), np.ones(5)
+    for _ in range(3):
+        x = (rng.standard_normal((4, 7, 5)) * 3 + 1).astype(np.float32)
+        y, (batch_mean, batch_var) = jax.jit(norm.apply)(variables, x)
+        n = 4 * 7
+        np.testing.assert_allclose(y, (x - x.mean((0, 1))) / np.sqrt(x.var((0, 1)) + cpc.NORM_EPS), atol=1e-5)
+        np.testing.assert_allclose(batch_var, x.var((0, 1)) * n / (n - 1), rtol=1e-5)
+        mean, var = 0.9 * mean + 0.1 * x.mean((0, 1)), 0.9 * var + 0.1 * x.var((0, 1), ddof=1)
+        extra = method.update_extra(None, None, extra, 0.0, {"norm": {"mean": batch_mean, "var": batch_var}})
+        np.testing.assert_allclose(extra["norm"]["var"], var, rtol=1e-5)
+        expected = bn(torch.from_numpy(x.transpose(0, 2, 1))).detach().numpy().transpose(0, 2, 1)
+        np.testing.assert_allclose(y, expected, atol=1e-5)
+        np.testing.assert_allclose(extra["norm"]["mean"], bn.running_mean.numpy(), rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(extra["norm"]["var"], bn.running_var.numpy(), rtol=1e-5)
+
+
 def test_running_statistics_and_export():
     model, method = small_model(), cpc.Cpc()
     params = method.init_params(model, jax.random.key(0), LEADS)
@@ -60,7 +85,7 @@ def test_running_statistics_and_export():
     updated = method.update_extra(model, params, extra, 0.5, stats)
     x = np.asarray(rows["series"]).transpose(0, 2, 1) @ np.asarray(params["encoder"]["dense_0"]["kernel"])
     np.testing.assert_allclose(updated["norm_0"]["mean"], 0.1 * x.mean((0, 1)), rtol=1e-4, atol=1e-6)
-    np.testing.assert_allclose(updated["norm_0"]["var"], 0.9 + 0.1 * x.var((0, 1)), rtol=1e-4)
+    np.testing.assert_allclose(updated["norm_0"]["var"], 0.9 + 0.1 * x.var((0, 1), ddof=1), rtol=1e-4)  # unbiased
 
     # the exported encoder normalises with the running statistics, as the method's validation does
     encoder, variables = method.encoder(model, {"params": params, "extra": updated})

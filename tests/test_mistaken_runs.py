@@ -193,6 +193,7 @@ def test_every_method_field_outside_its_range_is_one_line_and_exit_2_before_anyt
     ("cpc", {"model.encoder_layers": 0, "model.horizon": -3, "model.width": 0, "model.depth": 0},
      "model.width=0 is outside [1, inf); model.depth=0 is outside [1, inf); model.encoder_layers=0 is outside "
      "[1, inf); model.horizon=-3 is outside [1, inf)"),  # CPC's widths with its own fields
+    ("cmsc", {"model.positives": "both"}, "model.positives='both' is not one of clocs, fairseq"),
     ("st_mem", {"model.lead_indicators": "neither"}, "model.lead_indicators='neither' is not one of both, lead"),
     ("st_mem", {"model.preset": "huge"}, "model.preset='huge' is not one of tiny, vit_small, vit_base"),
 ])

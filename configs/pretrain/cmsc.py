@@ -5,8 +5,9 @@ as in Oh et al. 2022), the ST-MEM paper's baseline with a ViT-B encoder
 (``stmem_jax.methods.cmsc``): two adjacent, non-overlapping 1200-sample segments of each 10 s
 window (``data.segment_samples``; 16 patches each, at positions 1..16; our choice), the other
 segments of the same patient in the batch as further positives (``patient_id`` of the shards),
-L2-normalised CLS representations, temperature 0.1, no projection head, no augmentation (as the
-original). The ViT is MTAE's classifier encoder, so the exported encoder (2250-sample inputs)
+L2-normalised CLS representations, temperature 0.1, the positives weighted as CLOCS's code does
+(``model.positives=clocs``; ``fairseq``: as fairseq-signals), no projection head, no augmentation
+(as the original). The ViT is MTAE's classifier encoder, so the exported encoder (2250-sample inputs)
 fine-tunes and probes as ``mtae_classifier``. Optimiser and recipe are ST-MEM's. The loss couples
 the examples of a batch: a step is never split into micro-batches.
 

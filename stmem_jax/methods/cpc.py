@@ -15,13 +15,15 @@ method (the facts in the project's spec, ``baselines.md``, section "CPC for ECG"
   a matmul, not a (B, S, 128, width) gather; it costs 2 S^2 width FLOPs per example].
 - BatchNorm [choice]: pre-training normalises with the statistics of the global batch (every
   example and time step; the step is never split: ``splittable = False``); the running averages
-  (``MOMENTUM`` 0.9, PyTorch's default 0.1 update, biased variance) are the method's ``extra`` state,
-  updated from the loss's aux. Validation uses the running averages (the exported encoder's
-  normalisation; padding examples then change nothing). The exported encoder holds them as
-  parameters ``mean`` / ``var`` (:meth:`Cpc.encoder` reads them from ``variables['extra']``, the
-  state's extra) that its BatchNorms use through ``stop_gradient``: they do not
-  train in fine-tuning either (the downstream state is parameters only; weight decay on them with
-  ``train.weight_decay_on=all`` would shrink them: keep the default ``kernels``).
+  (``MOMENTUM`` 0.9, PyTorch's default 0.1 update) are the method's ``extra`` state, updated from
+  the loss's aux with the batch's mean and its unbiased variance (n / (n - 1) x the biased one
+  that normalises the batch, n = examples x time steps), as PyTorch's BatchNorm. Validation uses
+  the running averages (the exported encoder's normalisation; padding examples then change
+  nothing). The exported encoder holds them as parameters ``mean`` / ``var`` (:meth:`Cpc.encoder`
+  reads them from ``variables['extra']``, the state's extra) that its BatchNorms use through
+  ``stop_gradient``: they do not train in fine-tuning either (the downstream state is parameters
+  only; weight decay on them with ``train.weight_decay_on=all`` would shrink them: keep the
+  default ``kernels``).
 - Classifier (``cpc_classifier``): the encoder and LSTM, concat pooling over time [mean, max, last]
   (3 x width), then BN, Dropout 0.25, Dense(-> 512), ReLU, BN, Dropout 0.5, Dense(-> classes). The
   head's BatchNorms cannot keep running statistics (parameters only) [choice]: each is a learned
@@ -87,7 +89,8 @@ def draw_negatives(key: jax.Array, batch: int, seq_len: int, count: int = NEGATI
 
 class Norm(nn.Module):
     """BatchNorm over every axis but the last. ``frozen``: statistics are parameters ``mean`` /
-    ``var`` used through stop_gradient; else the batch's (returned) or ``stats`` given."""
+    ``var`` used through stop_gradient; else the batch's or ``stats`` given. Returns (y, the batch's
+    mean and unbiased variance for the running averages, or None)."""
 
     frozen: bool = False
     init_stats: tuple[float, float] = (0.0, 1.0)
@@ -105,8 +108,9 @@ class Norm(nn.Module):
         elif stats is None:
             axes = tuple(range(x.ndim - 1))
             mean = x32.mean(axes)
-            var = jnp.square(x32 - mean).mean(axes)
-            batch = (mean, var)
+            var = jnp.square(x32 - mean).mean(axes)  # biased: normalises the batch
+            n = x32.size // features
+            batch = (mean, var * (n / max(n - 1, 1)))
         else:
             (mean, var), batch = stats, None
         y = (x32 - mean) * jax.lax.rsqrt(var + NORM_EPS) * scale + bias
