@@ -583,3 +583,46 @@ def rename(source: str, target: str) -> None:
         else:
             fs.copy(source, target)
             fs.rm_file(source)
+
+
+class LocalMirror:
+    """A local folder standing for ``folder``, for writers that append (metrics.jsonl, TensorBoard's
+    event files), which an object cannot be: ``folder`` itself when local; for a URL a temporary
+    folder, first holding the objects named in ``names`` (to append to), whose new or changed files
+    :meth:`sync` uploads (at most every ``interval`` seconds unless forced) and :meth:`close`
+    uploads a last time before deleting it."""
+
+    def __init__(self, folder: str, names: Iterable[str] = (), interval: float = 30.0):
+        self.folder, self.remote, self.interval = folder, is_url(folder), interval
+        self.path = tempfile.mkdtemp(prefix="stmem-mirror-") if self.remote else folder
+        self._sent: dict[str, tuple] = {}
+        self._last = 0.0
+        if self.remote:
+            for name in names:
+                if exists(join(folder, name)):
+                    with local_copy(join(folder, name)) as (copy,):
+                        shutil.copyfile(copy, os.path.join(self.path, name))
+        else:
+            os.makedirs(folder, exist_ok=True)
+
+    def sync(self, force: bool = False) -> None:
+        import time
+
+        if not self.remote or (not force and time.monotonic() - self._last < self.interval):
+            return
+        self._last = time.monotonic()
+        fs, _ = _filesystem(self.folder)
+        for top, _, files in os.walk(self.path):
+            for name in files:
+                local = os.path.join(top, name)
+                info = os.stat(local)
+                if self._sent.get(local) != (info.st_mtime_ns, info.st_size):
+                    target = join(self.folder, *os.path.relpath(local, self.path).split(os.sep))
+                    with _errors(target):
+                        fs.put_file(local, target)
+                    self._sent[local] = (info.st_mtime_ns, info.st_size)
+
+    def close(self) -> None:
+        if self.remote:
+            self.sync(force=True)
+            shutil.rmtree(self.path, ignore_errors=True)
