@@ -88,10 +88,10 @@ def test_a_pod_run_from_a_bucket_prepare_pretrain_killed_multihost_finetune_embe
     assert resumed[0]["local_params_checksum"] == pytest.approx(reference["local_params_checksum"], rel=1e-5)
     from stmem_jax.model_dir import load_model
 
-    # two processes reduce in another order than one: a parameter whose gradient is about zero may take
-    # Adam's step of the other sign (at most the peak learning rate, 1.25e-4, per step)
+    # two processes reduce in another order than one: where a gradient is about zero, Adam's step (at most
+    # the peak learning rate, 1.25e-4) may take the other sign, so runs may part by 2 x 5 steps x 1.25e-4
     for a, b in zip(*(jax_leaves(load_model(f"{run}/model")[1]) for run in (multi, full))):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=2.5e-4)
+        np.testing.assert_allclose(a, b, rtol=0, atol=1.25e-3)
 
     # fine-tuning from the bucket's pre-trained run, into the bucket
     finetune = f"{bucket}/finetune"
@@ -100,7 +100,7 @@ def test_a_pod_run_from_a_bucket_prepare_pretrain_killed_multihost_finetune_embe
              "checkpoint.asynchronous": False}
     finished(command(["-m", "stmem_jax.cli", "finetune", "--config", "ptbxl:st_mem", f"--workdir={finetune}",
                       *[f"--config.{k}={v}" for k, v in flags.items()]], tmp_path))
-    record = json.loads(fileio.read_text(f"{finetune}/metrics.json"))
+    record = json.loads(fileio.read_text(f"{finetune}/test_metrics.json"))
     assert record["init"] == full and fileio.isfile(f"{finetune}/model/model.json")
 
     # embed ECG files in the bucket, predict a prepared split: outputs in the bucket

@@ -527,6 +527,9 @@ def local_copy(*paths: str) -> Iterator[list[str]]:
 
 # -- folders -----------------------------------------------------------------------------------------
 
+_BUCKETS: set[str] = set()  # buckets found to exist
+
+
 def makedirs(path: str) -> None:
     """Creates local folder ``path`` (and its parents); for a URL, checks that its bucket exists
     (folders in a bucket need not be created, and a missing bucket is never created)."""
@@ -535,10 +538,13 @@ def makedirs(path: str) -> None:
         return
     fs, scheme = _filesystem(path)
     root = f"{scheme}://{_bucket(path)}"
+    if root in _BUCKETS:
+        return
     with _errors(root):
         found = fs.exists(root)
     if not found:
         raise MissingObject(2, f"bucket {_bucket(path)} does not exist", path)
+    _BUCKETS.add(root)
 
 
 def rmdir(path: str) -> None:
