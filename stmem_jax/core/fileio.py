@@ -540,7 +540,7 @@ def makedirs(path: str) -> None:
     root = f"{scheme}://{_bucket(path)}"
     if root in _BUCKETS:
         return
-    with _errors(root):
+    with _errors(path):
         found = fs.exists(root)
     if not found:
         raise MissingObject(2, f"bucket {_bucket(path)} does not exist", path)
