@@ -8,6 +8,12 @@ labels and RandAugment), the 3-crop evaluation path, the on-the-fly band filter,
 methods' two views (two crops, each augmented) and two segments with the patient, and windows
 resampled to 100 Hz (CPC), and the time to
 the first batch when a training pipeline is positioned at step 0, mid-epoch and at a late step.
+
+    python benchmarks/input_pipeline.py --bucket [--windows 2000]
+
+reads the same dataset from a bucket of a GCS-API server started on localhost (fake-gcs-server, the
+dev extra), through STORAGE_EMULATOR_HOST, and prints each path's examples/s from the bucket against
+local disk (target: the bucket at no less than 80% of local).
 """
 
 from __future__ import annotations
@@ -48,7 +54,10 @@ def main() -> None:
     parser.add_argument("--windows", type=int, default=2000)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--batches", type=int, default=30)
+    parser.add_argument("--bucket", action="store_true", help="compare reading from a local GCS-API server")
     args = parser.parse_args()
+    if args.bucket:
+        return compare_bucket(args)
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
         data = write_dataset(os.path.join(tmp, "ecg"), num_records=args.windows, splits={"train": 1.0},
@@ -80,6 +89,32 @@ def main() -> None:
         print(f"\npositioning a pre-training pipeline ({steps} steps/epoch): time to the first batch")
         for step in (0, steps - 1, 1_000_000 * steps + steps - 1):
             print(f"  start_step={step:<14d} {first_batch_seconds(pretrain, step):6.2f} s")
+
+
+def compare_bucket(args) -> None:
+    from stmem_jax.core import fileio
+    from tests.gcs_server import GCSServer
+
+    server = GCSServer().start()
+    os.environ["STORAGE_EMULATOR_HOST"] = server.url
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            local = write_dataset(os.path.join(tmp, "ecg"), num_records=args.windows, splits={"train": 1.0},
+                                  shards_per_split=8, filtered=False)
+            remote = server.create_bucket("bench") + "/ecg"
+            for name in fileio.listdir(local):
+                fileio.write_bytes(fileio.join(remote, name), fileio.read_bytes(os.path.join(local, name)))
+            pretrain = InputConfig(local, batch_size=args.batch_size)
+            rows = [("pre-training: crop + z-score", pretrain),
+                    ("fine-tuning: + labels + RandAugment", dataclasses.replace(pretrain, task="rhythm", augment=True))]
+            print(f"{args.windows} windows in 8 shards; {os.cpu_count()} CPUs; server {server.url}")
+            print(f"\n{'path':40s} {'local ex/s':>11s} {'bucket ex/s':>12s} {'ratio':>6s}")
+            for name, config in rows:
+                near = throughput(config, args.batches)
+                far = throughput(dataclasses.replace(config, data_dir=remote), args.batches)
+                print(f"{name:40s} {near:11.0f} {far:12.0f} {far / near:6.2f}")
+    finally:
+        server.stop()
 
 
 if __name__ == "__main__":

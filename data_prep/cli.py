@@ -15,6 +15,7 @@ import sys
 
 from data_prep.sources import SOURCES
 from data_prep.writer import PrepareError, prepare
+from stmem_jax.core import fileio
 from stmem_jax.core.recipe import Recipe
 from stmem_jax.core.signal import EXIT_SKIPPED
 
@@ -78,14 +79,14 @@ def _main(argv: list[str] | None) -> int:
         manifest = _prepare(args)
     except (PrepareError, ValueError) as error:
         return _error(error)
-    except OSError as error:  # a read-only or full disk, a missing file: the message names the file
+    except OSError as error:  # a read-only or full disk, a missing file or bucket: the message names it
         return _error(f"{error.filename}: {error.strerror}" if error.filename else error)
     for split, info in manifest["splits"].items():
         print(f"{split:>10}: {info['examples']} windows from {info['records']} records in "
               f"{len(info['shard_lengths'])} shard(s), {info['bytes'] / 1e6:.1f} MB")
     print(f"storage error: max {manifest['storage']['max_abs_error_uv']:.3f} uV, "
           f"rms {manifest['storage']['rms_error_uv']:.3f} uV")
-    print(f"skipped records: {manifest['skipped_count']} (reasons in {os.path.join(args.output, 'manifest.json')})")
+    print(f"skipped records: {manifest['skipped_count']} (reasons in {fileio.join(args.output, 'manifest.json')})")
     return EXIT_SKIPPED if manifest["skipped_count"] else 0
 
 
@@ -109,7 +110,7 @@ def _prepare(args: argparse.Namespace) -> dict:
         write_ptbxl(input_dir, args.records, seed=args.seed, workers=args.workers, progress=not args.quiet,
                     overwrite=args.overwrite)
         name = "ptbxl"
-    if not input_dir or not os.path.isdir(input_dir):
+    if not input_dir or not fileio.isdir(input_dir):
         raise PrepareError(f"{input_dir}: the input folder does not exist")
     options = {"split_scheme": args.split_scheme, "resolution": args.resolution} if name == "ptbxl" else \
         {"subsets": args.subsets.split(",") if args.subsets else None, "split_mode": args.split_mode} \

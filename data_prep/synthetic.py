@@ -35,7 +35,7 @@ import argparse
 import datetime
 import json
 import math
-import shutil
+import os
 from pathlib import Path
 from xml.sax.saxutils import escape, quoteattr
 
@@ -45,6 +45,7 @@ from scipy.signal import resample_poly
 from tqdm import tqdm
 
 from data_prep.writer import worker_pool
+from stmem_jax.core import fileio
 from stmem_jax.core.leads import LEAD_NAMES
 
 WFDB_LEADS = ("I", "II", "III", "AVR", "AVL", "AVF", "V1", "V2", "V3", "V4", "V5", "V6")  # PTB-XL's spelling
@@ -338,15 +339,16 @@ def write_wfdb(path, signal: np.ndarray, fs: int, gain: float = 1000.0, leads=WF
     (``.hea`` + ``.dat``) in format 16 at ``gain`` steps per mV (by default as PTB-XL stores it: 1000,
     leads I..V6). The files are byte for byte those of ``wfdb.wrsamp(..., fmt=["16"] * 12,
     adc_gain=[gain] * 12, baseline=[0] * 12)`` (a test checks), about 50 times faster."""
-    path = Path(path)
+    path = os.fspath(path)
+    name = fileio.basename(path)
     digital = np.round(np.asarray(signal, np.float64) * gain).astype(np.int64)
     if np.abs(digital).max(initial=0) > 32767:
-        raise ValueError(f"{path.name}: signal exceeds the format-16 range of +-{32767 / gain:g} mV")
-    digital.T.astype("<i2").tofile(path.with_name(path.name + ".dat"))
-    header = [f"{path.name} {len(digital)} {fs} {digital.shape[1]}"] + [
-        f"{path.name}.dat 16 {float(gain)}(0)/mV 16 0 {d[0]} {d.sum() % 65536} 0 {lead}"
+        raise ValueError(f"{name}: signal exceeds the format-16 range of +-{32767 / gain:g} mV")
+    fileio.write_bytes(path + ".dat", digital.T.astype("<i2").tobytes())
+    header = [f"{name} {len(digital)} {fs} {digital.shape[1]}"] + [
+        f"{name}.dat 16 {float(gain)}(0)/mV 16 0 {d[0]} {d.sum() % 65536} 0 {lead}"
         for d, lead in zip(digital, leads)]
-    path.with_name(path.name + ".hea").write_text("\n".join(header) + "\n")
+    fileio.write_text(path + ".hea", "\n".join(header) + "\n")
 
 
 def _write_chunk(task: tuple) -> list[dict]:
@@ -357,8 +359,8 @@ def _write_chunk(task: tuple) -> list[dict]:
         signal, meta = _record(seed, i, p, visit, classes, FS_HR, DURATION_S, afib_prob)
         lowres = resample_poly(signal.astype(np.float64), 1, FS_HR // FS_LR, axis=1, padtype="line")
         for resolution, fs, sig in (("hr", FS_HR, signal), ("lr", FS_LR, lowres)):
-            path = Path(out, _record_path(meta["ecg_id"], resolution))
-            path.parent.mkdir(parents=True, exist_ok=True)
+            path = fileio.join(out, _record_path(meta["ecg_id"], resolution))
+            fileio.makedirs(fileio.dirname(path))
             write_wfdb(path, sig, fs)
         rows.append({
             **{c: meta.get(c, math.nan) for c in _DATABASE_COLUMNS},
@@ -382,28 +384,28 @@ def write_ptbxl(output_dir, num_records: int, seed: int = 0, workers: int = 1, p
     deterministic). Another generation is replaced only with ``overwrite``; any other non-empty
     directory is FileExistsError.
     """
-    out = Path(output_dir)
+    out = os.fspath(output_dir)
     classes = _class_table(class_probs)
     marker = {"generator": "data_prep.synthetic", "version": _VERSION, "num_records": num_records,
               "seed": seed, "class_probs": dict(zip(*classes)), "afib_prob": afib_prob}
-    if out.is_dir() and any(out.iterdir()):
-        done, started = (json.loads((out / name).read_text()) if (out / name).is_file() else None
-                         for name in (MARKER, PARTIAL))
+    if fileio.isdir(out) and fileio.listdir(out):
+        done, started = (json.loads(fileio.read_text(fileio.join(out, name)))
+                         if fileio.isfile(fileio.join(out, name)) else None for name in (MARKER, PARTIAL))
         if done == marker:
-            return str(out)
+            return out
         if started != marker:
             if (done is None and started is None) or not overwrite:
                 raise FileExistsError(f"{out} is not empty and does not hold synthetic PTB-XL with {num_records} "
                                       f"records and seed {seed}; choose an empty directory"
                                       + ("" if done is None and started is None else
                                          " or pass --overwrite to replace the generation it holds"))
-            shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / PARTIAL).write_text(json.dumps(marker, indent=1) + "\n")
+            fileio.rmtree(out)
+    fileio.makedirs(out)
+    fileio.write_text(fileio.join(out, PARTIAL), json.dumps(marker, indent=1) + "\n")
 
     table = _patient_table(seed, num_records)
     size = max(1, min(100, math.ceil(num_records / (8 * max(workers, 1)))))
-    tasks = [(str(out), seed, s, table[s:s + size], classes, afib_prob) for s in range(0, num_records, size)]
+    tasks = [(out, seed, s, table[s:s + size], classes, afib_prob) for s in range(0, num_records, size)]
     rows = []
     with tqdm(total=num_records, unit="rec", desc="synthetic PTB-XL", disable=not progress) as bar:
         if workers > 1:
@@ -417,13 +419,13 @@ def write_ptbxl(output_dir, num_records: int, seed: int = 0, workers: int = 1, p
                 bar.update(len(task[3]))
 
     database = pd.DataFrame(rows, columns=_DATABASE_COLUMNS).sort_values("ecg_id").set_index("ecg_id")
-    database.to_csv(out / "ptbxl_database.csv")
+    fileio.write_text(fileio.join(out, "ptbxl_database.csv"), database.to_csv())
     statements = pd.DataFrame.from_dict(_STATEMENTS, orient="index", columns=_STATEMENT_COLUMNS)
     statements[["diagnostic", "form", "rhythm"]] = statements[["diagnostic", "form", "rhythm"]].astype(float)
-    statements.to_csv(out / "scp_statements.csv")
-    (out / MARKER).write_text(json.dumps(marker, indent=1) + "\n")
-    (out / PARTIAL).unlink()
-    return str(out)
+    fileio.write_text(fileio.join(out, "scp_statements.csv"), statements.to_csv())
+    fileio.write_text(fileio.join(out, MARKER), json.dumps(marker, indent=1) + "\n")
+    fileio.remove(fileio.join(out, PARTIAL))
+    return out
 
 
 MIMIC_LEADS = ("I", "II", "III", "aVR", "aVF", "aVL", "V1", "V2", "V3", "V4", "V5", "V6")  # MIMIC-IV-ECG's order

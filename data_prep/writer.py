@@ -27,7 +27,8 @@ from data_prep.splits import SPLITS, assign_splits
 from stmem_jax import __version__
 from stmem_jax.core import fingerprint
 from stmem_jax.core import shards as fmt
-from stmem_jax.core.fileio import TEMPORARY, atomic_path
+from stmem_jax.core import fileio
+from stmem_jax.core.fileio import TEMPORARY
 from stmem_jax.core.recipe import Recipe, make_windows
 from stmem_jax.core.signal import RecordError
 
@@ -79,30 +80,37 @@ def plan_shards(records: list[Record], recipe: Recipe, shard_windows: int) -> li
 def input_digest(source: Source, records: list[Record]) -> dict[str, Any]:
     """Sizes of every signal file (as a digest) and checksums of the index files."""
     sizes = hashlib.sha256()
-    total, files = 0, sorted({f for r in records for f in _signal_files(r.path)})
+    found = fileio.sizes({r.path[:-4] + ext if r.path.endswith(".hea") else r.path
+                          for r in records for ext in (".hea", ".dat", ".mat")})
+    total, files = 0, sorted({f for r in records for f in _signal_files(r.path, found)})
     for path in files:
-        size = os.path.getsize(path) if os.path.exists(path) else -1
+        size = found.get(path, -1)
         total += max(size, 0)
         sizes.update(f"{source.relpath(path)}\t{size}\n".encode())
     index = {}
     for path in source.index_files():
-        with open(path, "rb") as f:
-            index[source.relpath(path)] = {"bytes": os.path.getsize(path), "sha256": hashlib.sha256(f.read()).hexdigest()}
+        content = fileio.read_bytes(path)
+        index[source.relpath(path)] = {"bytes": len(content), "sha256": hashlib.sha256(content).hexdigest()}
     return {"root": source.input_dir, "signal_files": len(files), "signal_bytes": total,
             "signal_sizes_sha256": sizes.hexdigest(), "index_files": index}
 
 
-def _signal_files(path: str) -> list[str]:
-    """The files a record is read from: a WFDB header with its .dat/.mat, or the file itself."""
+def _signal_files(path: str, found: dict[str, int]) -> list[str]:
+    """The files a record is read from: a WFDB header with its .dat/.mat (those in ``found``), or
+    the file itself."""
     if not path.endswith(".hea"):
         return [path]
-    return [path] + [p for p in (path[:-4] + ".dat", path[:-4] + ".mat") if os.path.exists(p)]
+    return [path] + [p for p in (path[:-4] + ".dat", path[:-4] + ".mat") if p in found]
 
 
 @contextlib.contextmanager
 def _lock(output: str):
     """Holds ``.<name>.stmem-prepare.lock`` in the output's parent while the run lasts, so that a
-    second run on the same output fails at once (the lock dies with its process: no stale lock)."""
+    second run on the same output fails at once (the lock dies with its process: no stale lock).
+    A bucket has no file locks: an output there is not locked (run one preparation per output)."""
+    if fileio.is_url(output):
+        yield
+        return
     parent, name = os.path.split(output)
     os.makedirs(parent, exist_ok=True)
     path = os.path.join(parent, f".{name}.stmem-prepare.lock")
@@ -131,14 +139,14 @@ def _lock(output: str):
 
 
 def _sibling(output: str, role: str) -> str:
-    parent, name = os.path.split(output)
-    return os.path.join(parent, f".{name}.stmem-prepare-{role}")
+    parent, name = fileio.split(output)
+    return fileio.join(parent, f".{name}.stmem-prepare-{role}")
 
 
 def _check_own(folder: str) -> None:
-    if os.path.exists(folder) and not os.path.isdir(folder):
+    if fileio.isfile(folder):
         raise PrepareError(f"{folder} is a file; --output names the folder to write the shards to")
-    foreign = [e for e in sorted(os.listdir(folder)) if not _OWN_FILE.match(e)] if os.path.isdir(folder) else []
+    foreign = [e for e in fileio.listdir(folder) if not _OWN_FILE.match(e)] if fileio.isdir(folder) else []
     if foreign:
         raise PrepareError(f"{folder} is not empty and not a preparation output (found {foreign[0]!r})")
 
@@ -148,7 +156,7 @@ def _work_folder(output: str, overwrite: bool) -> str:
     ``overwrite`` replaces, a sibling swapped in once the new dataset is complete (the old one is
     kept until then)."""
     _check_own(output)
-    if not os.path.exists(os.path.join(output, fmt.MANIFEST)):
+    if not fileio.exists(fileio.join(output, fmt.MANIFEST)):
         return output
     if not overwrite:
         raise PrepareError(f"{output} already holds a prepared dataset; pass --overwrite to replace it")
@@ -159,13 +167,21 @@ def _work_folder(output: str, overwrite: bool) -> str:
 
 def _clear(folder: str) -> None:
     """Removes this tool's files from ``folder`` (``_check_own`` has found no others)."""
-    for entry in os.listdir(folder):
-        path = os.path.join(folder, entry)
-        shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+    for entry in fileio.listdir(folder):
+        path = fileio.join(folder, entry)
+        fileio.rmtree(path) if fileio.isdir(path) else fileio.remove(path)
 
 
 def _swap(staging: str, output: str) -> None:
-    """Puts the finished ``staging`` folder in the place of ``output``, then deletes the old dataset."""
+    """Puts the finished ``staging`` folder in the place of ``output``, then deletes the old dataset.
+    In a bucket, where a folder's move copies it: the old manifest goes first (the folder is no
+    dataset until the new one is complete), then the new files, the manifest last."""
+    if fileio.is_url(output):
+        fileio.remove(fileio.join(output, fmt.MANIFEST))
+        _clear(output)
+        for name in sorted(fileio.listdir(staging), key=lambda n: n == fmt.MANIFEST):
+            fileio.rename(fileio.join(staging, name), fileio.join(output, name))
+        return
     old = _sibling(output, "old")
     if os.path.exists(old):
         shutil.rmtree(old)
@@ -176,9 +192,9 @@ def _swap(staging: str, output: str) -> None:
 
 def _check_plan(output: str, plan: dict[str, Any]) -> None:
     """Starts a new plan, or resumes one only if it is the same plan."""
-    path = os.path.join(output, PROGRESS_DIR, PLAN_FILE)
-    if os.path.exists(path):
-        with open(path) as f:
+    path = fileio.join(output, PROGRESS_DIR, PLAN_FILE)
+    if fileio.exists(path):
+        with fileio.open(path) as f:
             if json.load(f)["fingerprint"] != plan["fingerprint"]:
                 raise PrepareError(f"{output} holds an unfinished preparation with other inputs or settings; "
                                    f"pass --overwrite to start again")
@@ -187,7 +203,7 @@ def _check_plan(output: str, plan: dict[str, Any]) -> None:
 
 
 def _write_json(path: str, content: Any) -> None:
-    with atomic_path(path) as tmp, open(tmp, "w") as f:
+    with fileio.open(path, "w") as f:
         json.dump(content, f, indent=1, sort_keys=True, default=float)
 
 
@@ -239,7 +255,7 @@ def run_job(job: Job, source: Source, recipe: Recipe, output: str, tasks: list[s
                     classes[task].update(example["labels"][task])
                 yield fmt.serialize_example(example)
 
-    count, size = fmt.write_shard(os.path.join(output, job.name), examples())
+    count, size = fmt.write_shard(fileio.join(output, job.name), examples())
     fingerprint.save(_fingerprint_file(output, job), {
         "split": np.full(count, job.split), "record_id": np.array(prints["record_id"], str),
         "patient_id": np.array(prints["patient_id"], str), "window": np.array(prints["window"], np.int32),
@@ -247,12 +263,12 @@ def run_job(job: Job, source: Source, recipe: Recipe, output: str, tasks: list[s
     result = {"shard": job.name, "split": job.split, "examples": count, "bytes": size, "records": used,
               "skipped": skipped, "warnings": notes, "classes": {t: dict(c) for t, c in classes.items()},
               "error_max_mv": error_max, "error_sq_sum": error_sq, "error_n": error_n}
-    _write_json(os.path.join(output, PROGRESS_DIR, job.name + ".json"), result)
+    _write_json(fileio.join(output, PROGRESS_DIR, job.name + ".json"), result)
     return result
 
 
 def _fingerprint_file(output: str, job: Job) -> str:
-    return os.path.join(output, PROGRESS_DIR, job.name + ".fingerprints.npz")
+    return fileio.join(output, PROGRESS_DIR, job.name + ".fingerprints.npz")
 
 
 def _job_worker(args):
@@ -289,7 +305,7 @@ def prepare(source: Source, output: str, recipe: Recipe, *, workers: int = 1, ov
     """Prepares ``source`` into ``output``; resumes an unfinished run of the same plan. One run per
     output at a time (a lock file beside it); an existing dataset is replaced (``overwrite``) only
     once the new one is complete. Returns the manifest."""
-    output = os.path.abspath(output)
+    output = fileio.absolute(output)
     with _lock(output):
         work = _work_folder(output, overwrite)
         records, listing_skips = source.list_records()
@@ -297,18 +313,18 @@ def prepare(source: Source, output: str, recipe: Recipe, *, workers: int = 1, ov
             raise PrepareError(f"{listing_skips[0].path}: {listing_skips[0].reason}")
         if not records:
             raise PrepareError(f"no usable records found in {source.input_dir}")
-        created = not os.path.isdir(work)
+        created = not fileio.isdir(work)
         if overwrite and not created:
             _clear(work)
-        os.makedirs(os.path.join(work, PROGRESS_DIR), exist_ok=True)
+        fileio.makedirs(fileio.join(work, PROGRESS_DIR))
         try:
             manifest = _run(source, work, recipe, records, listing_skips, workers=workers, strict=strict, seed=seed,
                             shard_windows=shard_windows, progress=progress, args=args,
-                            name=os.path.basename(output))
+                            name=fileio.basename(output))
         except NothingUsable:
             _clear(work)
             if created or work != output:
-                os.rmdir(work)
+                fileio.rmdir(work)
             raise
         if work != output:
             _swap(work, output)
@@ -333,9 +349,9 @@ def _run(source: Source, output: str, recipe: Recipe, records: list[Record], lis
         sort_keys=True, default=str).encode()).hexdigest()
     _check_plan(output, {"fingerprint": fingerprint, "settings": settings})
 
-    progress_dir = os.path.join(output, PROGRESS_DIR)
-    done = {j.name for j in jobs if os.path.exists(os.path.join(output, j.name))
-            and os.path.exists(os.path.join(progress_dir, j.name + ".json"))}
+    present = set(fileio.listdir(output)) if fileio.isdir(output) else set()
+    recorded = set(fileio.listdir(fileio.join(output, PROGRESS_DIR))) if PROGRESS_DIR in present else set()
+    done = {j.name for j in jobs if j.name in present and j.name + ".json" in recorded}
     pending = [j for j in jobs if j.name not in done]
     bar = tqdm(total=len(records), initial=sum(len(j.records) for j in jobs if j.name in done),
                unit="rec", desc=f"{source.name} -> {len(jobs)} shards", disable=not progress)
@@ -355,7 +371,7 @@ def _run(source: Source, output: str, recipe: Recipe, records: list[Record], lis
 def _finish(output, source, recipe, jobs, tasks, listing_skips, inputs, settings, args, name) -> dict[str, Any]:
     results = []
     for job in jobs:
-        with open(os.path.join(output, PROGRESS_DIR, job.name + ".json")) as f:
+        with fileio.open(fileio.join(output, PROGRESS_DIR, job.name + ".json")) as f:
             results.append(json.load(f))
     skipped = [s.as_dict() for s in listing_skips] + [s for r in results for s in r["skipped"]]
     if not sum(r["examples"] for r in results):
@@ -375,7 +391,7 @@ def _finish(output, source, recipe, jobs, tasks, listing_skips, inputs, settings
                          "bytes": sum(r["bytes"] for r in own), "shard_lengths": [r["examples"] for r in own],
                          "classes": {t: dict(sorted(c.items())) for t, c in sorted(classes.items())}}
     prints = fingerprint.concatenate([fingerprint.load(_fingerprint_file(output, job)) for job in jobs])
-    fingerprint.save(os.path.join(output, fingerprint.FILE), prints)
+    fingerprint.save(fileio.join(output, fingerprint.FILE), prints)
     error_n = sum(r["error_n"] for r in results)
     manifest = {
         "format_version": 1, "tool": f"stmem-prepare {__version__}", "source": source.name,
@@ -393,9 +409,9 @@ def _finish(output, source, recipe, jobs, tasks, listing_skips, inputs, settings
     if written:
         fmt.write_tfds_metadata(output, fmt.features_dict(len(source.leads), recipe.window_samples, tasks), written,
                                 description=f"ECG windows prepared by stmem-prepare from {source.name}", name=name)
-    _write_json(os.path.join(output, fmt.MANIFEST), manifest)
-    shutil.rmtree(os.path.join(output, PROGRESS_DIR))
-    for entry in os.listdir(output):  # partial files of workers killed in an earlier, interrupted run
+    _write_json(fileio.join(output, fmt.MANIFEST), manifest)
+    fileio.rmtree(fileio.join(output, PROGRESS_DIR))
+    for entry in fileio.listdir(output):  # partial files of workers killed in an earlier, interrupted run
         if re.search(TEMPORARY + "$", entry):
-            os.remove(os.path.join(output, entry))
+            fileio.remove(fileio.join(output, entry))
     return manifest

@@ -13,6 +13,8 @@ import time
 import traceback
 from collections.abc import Callable
 
+from stmem_jax.core import fileio
+
 # JAX and the trainers load inside the functions: --help answers without them
 
 # tasks of the built-in synthetic data (PTB-XL layout)
@@ -28,9 +30,9 @@ def synthetic_dataset(directory: str, records: int, seed: int = 0, workers: int 
 
     from stmem_jax.core.shards import MANIFEST
 
-    target = os.path.join(os.path.abspath(directory), "shards")
-    if jax.process_index() == 0 and not os.path.isfile(os.path.join(target, MANIFEST)):
-        native = os.path.join(os.path.abspath(directory), "native")
+    target = fileio.join(fileio.absolute(directory), "shards")
+    if jax.process_index() == 0 and not fileio.isfile(fileio.join(target, MANIFEST)):
+        native = fileio.join(fileio.absolute(directory), "native")
         print(f"generating {records} synthetic ECGs in {native}", flush=True)
         command = [sys.executable, "-m", "data_prep", "synthetic", "--input", native, "--output", target,
                    "--records", str(records), "--seed", str(seed), "--workers", str(workers),
@@ -50,7 +52,7 @@ def with_synthetic_data(run, workdir: str) -> None:
     if data.get("task") and data.task not in SYNTHETIC_TASKS:
         raise ValueError(f"task {data.task!r} needs data.dir (a stmem-prepare output); the built-in synthetic data "
                          f"has the tasks {', '.join(SYNTHETIC_TASKS)}")
-    data.dir = synthetic_dataset(os.path.join(workdir, "data"), data.synthetic_records, data.synthetic_seed,
+    data.dir = synthetic_dataset(fileio.join(workdir, "data"), data.synthetic_records, data.synthetic_seed,
                                  data.workers)
 
 
@@ -256,7 +258,7 @@ def finetune(argv=None) -> None:
         from stmem_jax.train.downstream import train
 
         record = train(config, workdir)
-        return {"workdir": os.path.abspath(workdir), "selected_step": record["selected_step"],
+        return {"workdir": fileio.absolute(workdir), "selected_step": record["selected_step"],
                 **{f"test_{k}": v for k, v in scalars_of(record["test"]).items()}}
 
     run_config_command(run, argv, example="ptbxl:st_mem",
@@ -310,7 +312,7 @@ def convert(argv: list[str] | None = None) -> int:
     for command in (imp, exp):
         command.add_argument("--overwrite", action="store_true", help="replace an existing output")
     args = parser.parse_args(argv)
-    if args.command == "export" and os.path.exists(args.output) and not args.overwrite:
+    if args.command == "export" and fileio.exists(args.output) and not args.overwrite:
         parser.error(f"{args.output} exists; pass --overwrite to replace it")
 
     def body():
@@ -318,7 +320,7 @@ def convert(argv: list[str] | None = None) -> int:
             model, variables = lib.load_torch_checkpoint(args.checkpoint, strict=not args.allow_unused,
                                                          kind=args.kind)
             save_model(args.output, model, variables, overwrite=args.overwrite,
-                       metadata={"source": os.path.abspath(args.checkpoint)})
+                       metadata={"source": fileio.absolute(args.checkpoint)})
         else:
             model, variables = load_model(args.model_dir)
             lib.save_torch_checkpoint(args.output, model, variables, encoder_only=args.encoder_only)

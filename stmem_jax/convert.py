@@ -27,6 +27,7 @@ import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
 
 from stmem_jax import models
+from stmem_jax.core import fileio
 from stmem_jax.layers import HEAD_DIM
 from stmem_jax.models import PRESETS, init_variables
 from stmem_jax.torch_layout import Entry, linear, require
@@ -213,10 +214,12 @@ def load_torch_checkpoint(path: str | os.PathLike, *, strict: bool = True, kind:
     and returns the Flax model built with the preset inferred from the file, and its variables;
     ``kind`` ('mtae' or 'mlae') overrides the file's own hints (see the module docstring)."""
     torch = _torch()
-    if not os.path.isfile(path):
+    path = os.fspath(path)
+    if not fileio.isfile(path):
         raise FileNotFoundError(f"no such checkpoint file: {path}")
     try:
-        content = torch.load(path, map_location="cpu", weights_only=True)
+        with fileio.local_copy(path) as (local,):
+            content = torch.load(local, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many kinds, with messages of many lines
         reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:160]
         raise ValueError(f"{path}: not a readable PyTorch checkpoint ({reason})") from error
@@ -245,5 +248,6 @@ def save_torch_checkpoint(path: str | os.PathLike, model: nn.Module, variables: 
     config = {"model_name": model.torch_name(),
               "model": {k: getattr(model, k) for k in ("seq_len", "patch_size", "num_leads")}}
     tensors = {k: torch.from_numpy(v) for k, v in state_dict.items()}
-    torch.save({"model": tensors, "epoch": 0, "config": config}, path)
+    with fileio.open(os.fspath(path), "wb") as f:
+        torch.save({"model": tensors, "epoch": 0, "config": config}, f)
 

@@ -25,6 +25,7 @@ import json
 import os
 import sys
 import time
+from stmem_jax.core import fileio
 
 
 SHIPPED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrained", "synthetic-w64")
@@ -71,7 +72,7 @@ def run_demo(workdir: str, *, records: int = 3000, pretrain_steps: int = 100, do
     from stmem_jax.train import pretrain
     from stmem_jax.train.config import load_config
 
-    workdir = os.path.abspath(workdir)
+    workdir = fileio.absolute(workdir)
     use_compilation_cache()
     start, stages = time.time(), {}
 
@@ -80,11 +81,11 @@ def run_demo(workdir: str, *, records: int = 3000, pretrain_steps: int = 100, do
 
     print(f"== 1/4 data: {records} synthetic ECGs of patients the shipped encoder never saw, in {workdir}",
           flush=True)
-    data_dir = synthetic_dataset(os.path.join(workdir, "data"), records, seed=1)
+    data_dir = synthetic_dataset(fileio.join(workdir, "data"), records, seed=1)
     stage("data")
 
     print(f"== 2/4 a short fresh pre-training: the small model from scratch, {pretrain_steps} steps", flush=True)
-    pretrain_dir = os.path.join(workdir, "pretrain")
+    pretrain_dir = fileio.join(workdir, "pretrain")
     config = load_config("st_mem:tiny")
     config.model.update(SMALL)
     config.data.dir = data_dir
@@ -106,7 +107,7 @@ def run_demo(workdir: str, *, records: int = 3000, pretrain_steps: int = 100, do
     grid.run.log.every_steps = downstream_epochs
     grid.run.model.update({k: v for k, v in SMALL.items() if k in grid.run.model}, preset="tiny")
     grid.grid.update(methods=(f"ST-MEM={init}",), fractions=(fraction,), leads=("12",))
-    downstream_dir = os.path.join(workdir, "downstream")
+    downstream_dir = fileio.join(workdir, "downstream")
     rows = []
     for modes, leads, run_seeds in ((("finetune", "scratch"), ("12",), seeds), (("linprobe",), ("12",), seeds),
                                     (("finetune",), ("limb", "1"), seeds[:lead_seeds])):
@@ -121,27 +122,27 @@ def run_demo(workdir: str, *, records: int = 3000, pretrain_steps: int = 100, do
     stage("downstream")
 
     print("== 4/4 figures", flush=True)
-    figures = os.path.join(workdir, "figures")
+    figures = fileio.join(workdir, "figures")
     model, variables = load_pretraining_model(init)
-    ecg = api.read_ecg(_test_record(os.path.join(workdir, "data", "native")))
+    ecg = api.read_ecg(_test_record(fileio.join(workdir, "data", "native")))
     reconstruction = api.reconstruct(model, variables, ecg.signal, fs=ecg.fs, leads=ecg.leads, seed=0)
     encoder_model, encoder_vars = methods.classification_encoder(model, variables)
     embedded = embed_split(encoder_model, encoder_vars, data_dir, "test", task="st_mem")
     paths = {
-        "reconstruction": api.plot_reconstruction(reconstruction, os.path.join(figures, "reconstruction.png")),
-        "fresh_reconstruction": os.path.join(pretrain_dir, "figures",
-                                             sorted(os.listdir(os.path.join(pretrain_dir, "figures")))[-1]),
-        "training_curve": plots.training_curve(os.path.join(pretrain_dir, "metrics.jsonl"),
-                                               os.path.join(figures, "training_curve.png")),
+        "reconstruction": api.plot_reconstruction(reconstruction, fileio.join(figures, "reconstruction.png")),
+        "fresh_reconstruction": fileio.join(pretrain_dir, "figures",
+                                             sorted(fileio.listdir(fileio.join(pretrain_dir, "figures")))[-1]),
+        "training_curve": plots.training_curve(fileio.join(pretrain_dir, "metrics.jsonl"),
+                                               fileio.join(figures, "training_curve.png")),
         "embedding_map": plots.embedding_map(embedded["features"],
                                              [str(c) for c in embedded["classes"][embedded["label"]]],
-                                             os.path.join(figures, "embedding_map.png"),
+                                             fileio.join(figures, "embedding_map.png"),
                                              title="ST-MEM encoder, synthetic test ECGs (PCA)"),
     }
     stage("figures")
     summary = {"table": results, "verdict": judged, "encoder": init, "figures": paths,
                "seconds": stages, "minutes": round((time.time() - start) / 60, 1)}
-    with open(os.path.join(workdir, "demo_summary.json"), "w") as f:
+    with fileio.open(fileio.join(workdir, "demo_summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
     return summary
 
@@ -150,16 +151,16 @@ def _test_record(native: str) -> str:
     """The WFDB header path of the first 500 Hz record of the synthetic data's test folds (9, 10)."""
     import csv
 
-    with open(os.path.join(native, "ptbxl_database.csv"), newline="") as f:
+    with fileio.open(fileio.join(native, "ptbxl_database.csv"), newline="") as f:
         row = next(r for r in csv.DictReader(f) if int(r["strat_fold"]) >= 9)
-    return os.path.join(native, row["filename_hr"] + ".hea")
+    return fileio.join(native, row["filename_hr"] + ".hea")
 
 
 def _steps_of(model_dir: str) -> str:
     """The pre-training steps recorded in a saved model's metadata, or "?"."""
     from stmem_jax.infer import model_directory
 
-    with open(os.path.join(model_directory(model_dir, ("model",)), "model.json")) as f:
+    with fileio.open(fileio.join(model_directory(model_dir, ("model",)), "model.json")) as f:
         meta = json.load(f).get("metadata", {})
     steps = meta.get("step") or meta.get("config", {}).get("train", {}).get("num_steps")
     return f"{steps:,}" if isinstance(steps, int) else "?"

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import sys
 
 import jax
@@ -28,6 +27,7 @@ import numpy as np
 
 from stmem_jax import infer
 from stmem_jax import mesh as meshlib
+from stmem_jax.core import fileio
 from stmem_jax.core.label_table import lookup, read_label_table
 from stmem_jax.core.leads import lead_indices, parse_leads
 from stmem_jax.core.recipe import Recipe
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.crops is not None and args.crops < 1:
         p.error(f"--crops must be at least 1, got {args.crops}")
-    if os.path.exists(args.output) and not args.overwrite:
+    if fileio.exists(args.output) and not args.overwrite:
         print(f"stmem-embed: error: {args.output} exists; pass --overwrite to replace it", file=sys.stderr)
         return 1
     from stmem_jax.cli import guarded, use_compilation_cache  # cli imports the trainers: only the command needs it
@@ -109,10 +109,9 @@ def main(argv: list[str] | None = None) -> int:
             out, skipped = embed_files(encoder, variables, args.files, leads, args.labels, args.batch_size, args.crops,
                                        args.per_window, args.pattern)
         if jax.process_index() == 0:
-            os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-            tmp = f"{args.output}.tmp-{os.getpid()}.npz"
-            np.savez(tmp, **out)
-            os.replace(tmp, args.output)
+            fileio.makedirs(fileio.dirname(fileio.absolute(args.output)))
+            with fileio.open(args.output, "wb") as f:
+                np.savez(f, **out)
             print(f"wrote {out['features'].shape[0]} x {out['features'].shape[1]} features to {args.output}")
             if skipped:
                 print(f"{len(skipped)} file(s) left out (reasons above)")

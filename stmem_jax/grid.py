@@ -20,7 +20,6 @@ from __future__ import annotations
 import copy
 import csv
 import json
-import os
 import re
 from collections import defaultdict
 from typing import Any, NamedTuple
@@ -30,6 +29,7 @@ import ml_collections
 import numpy as np
 
 from stmem_jax import paper_results
+from stmem_jax.core import fileio
 
 
 MODE_NAMES = {"finetune": "fine-tune", "linprobe": "linear probe", "scratch": "scratch"}
@@ -53,7 +53,7 @@ class Run(NamedTuple):
     def name(self) -> str:
         slug = re.sub(r"[^A-Za-z0-9_.+-]", "_", f"{self.method}-{self.mode}")
         leads = re.sub(r"[^A-Za-z0-9]", "+", self.leads)
-        return os.path.join(self.task, slug, f"leads-{leads}", f"fraction-{self.fraction:g}", f"seed-{self.seed}")
+        return "/".join((self.task, slug, f"leads-{leads}", f"fraction-{self.fraction:g}", f"seed-{self.seed}"))
 
 
 def grid_runs(config: ml_collections.ConfigDict) -> list[Run]:
@@ -99,27 +99,26 @@ def run_grid(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     markdown}``."""
     from stmem_jax.train import downstream
 
-    workdir = os.path.abspath(workdir)
-    os.makedirs(workdir, exist_ok=True)
+    workdir = fileio.absolute(workdir)
+    fileio.makedirs(workdir)
     config = copy.deepcopy(config)
     if not config.run.data.dir:
         raise ValueError("the grid needs run.data.dir (a stmem-prepare output); the stmem-benchmark command "
                          "prepares the built-in synthetic data when it is empty")
-    config.run.data.feature_cache = config.run.data.feature_cache or os.path.join(workdir, "features")
+    config.run.data.feature_cache = config.run.data.feature_cache or fileio.join(workdir, "features")
     reference = config.grid.get("reference", "")
     check_reference(reference)
     ran, skipped, rows = [], [], []
     runs = grid_runs(config)
     for i, run in enumerate(runs):
-        directory = os.path.join(workdir, "runs", run.name)
-        if os.path.isfile(os.path.join(directory, downstream.METRICS_FILE)):
+        directory = fileio.join(workdir, "runs", run.name)
+        if fileio.isfile(fileio.join(directory, downstream.METRICS_FILE)):
             skipped.append(run.name)
         else:
             print(f"[{i + 1}/{len(runs)}] {run.name}", flush=True)
             downstream.train(run_config(config, run), directory)
             ran.append(run.name)
-        with open(os.path.join(directory, downstream.METRICS_FILE)) as f:
-            record = json.load(f)
+        record = json.loads(fileio.read_text(fileio.join(directory, downstream.METRICS_FILE)))
         rows.append({**run._asdict(), "label_fraction": run.fraction, "workdir": directory,
                      "selected_step": record["selected_step"],
                      "val_auroc": (record["validation"] or {}).get("auroc"), **record["test"]})
@@ -132,12 +131,11 @@ def write_results(rows: list[dict], seeds, workdir: str, text: str | None = None
     ``workdir``; returns the text."""
     text = table(rows, seeds) if text is None else text
     if jax.process_index() == 0:
-        with open(os.path.join(workdir, "runs.csv"), "w", newline="") as f:
+        with fileio.open(fileio.join(workdir, "runs.csv"), "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
             writer.writeheader()
             writer.writerows(rows)
-        with open(os.path.join(workdir, "results.md"), "w") as f:
-            f.write(text)
+        fileio.write_text(fileio.join(workdir, "results.md"), text)
     return text
 
 

@@ -12,7 +12,6 @@ PyTorch ``.pth`` file; the model may be a pre-training model, an encoder or a cl
 from __future__ import annotations
 
 import itertools
-import os
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -26,6 +25,7 @@ from tqdm import tqdm
 from stmem_jax import mesh as meshlib
 from stmem_jax import methods, microbatch
 from stmem_jax.convert import load_torch_checkpoint
+from stmem_jax.core import fileio
 from stmem_jax.core.ecgfile import list_files, read_ecg
 from stmem_jax.core.leads import LEAD_NAMES, lead_indices
 from stmem_jax.core.recipe import Recipe, window_inputs
@@ -38,8 +38,8 @@ if TYPE_CHECKING:  # the input pipeline (TensorFlow) loads only when a prepared 
 
 def model_directory(path: str, prefer: Sequence[str] = ("encoder", "model")) -> str:
     """The saved model directory at ``path``, or in its sub-directory named in ``prefer`` (the first found)."""
-    for candidate in (path, *(os.path.join(path, name) for name in prefer)):
-        if os.path.isfile(os.path.join(candidate, MODEL_FILE)):
+    for candidate in (path, *(fileio.join(path, name) for name in prefer)):
+        if fileio.isfile(fileio.join(candidate, MODEL_FILE)):
             return candidate
     raise FileNotFoundError(f"{path} holds no saved model ({MODEL_FILE} neither there nor in "
                             f"{' or '.join(name + '/' for name in prefer)}) and is not a .pth file")
@@ -48,7 +48,7 @@ def model_directory(path: str, prefer: Sequence[str] = ("encoder", "model")) -> 
 def load(path: str, prefer: Sequence[str] = ("encoder", "model")) -> tuple[nn.Module, dict[str, Any]]:
     """The model and variables at ``path``: a ``.pth`` file, a saved model directory, or a directory
     holding one in a sub-directory named in ``prefer`` (the first found)."""
-    if os.path.isfile(path):
+    if fileio.isfile(path):
         return load_torch_checkpoint(path)
     return load_model(model_directory(path, prefer))
 
@@ -128,7 +128,7 @@ def file_outputs(fn: Callable, params: Any, folder: str, leads: str | Sequence[s
     def examples():
         for relpath in tqdm(list_files(folder, pattern), unit="file", desc=f"reading {folder}", disable=not progress):
             try:
-                ecg = read_ecg(os.path.join(folder, relpath), relpath)
+                ecg = read_ecg(fileio.join(folder, relpath), relpath)
                 windows = window_inputs(ecg.as_signal(), wanted, recipe, crop_samples=crop_samples,
                                         per_window=per_window)
             except RecordError as error:

@@ -11,6 +11,7 @@ import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
+from stmem_jax.core import fileio
 from stmem_jax.models import init_variables, model_config, model_from_config
 
 MODEL_FILE = "model.json"
@@ -18,8 +19,7 @@ VARIABLES_DIR = "variables"
 
 
 def _path(directory: str | os.PathLike) -> epath.Path:
-    text = os.fspath(directory)
-    return epath.Path(text if "://" in text else os.path.abspath(text))
+    return epath.Path(fileio.absolute(directory))
 
 
 def save_model(directory: str | os.PathLike, model: nn.Module, variables: dict[str, Any], *,
@@ -28,15 +28,15 @@ def save_model(directory: str | os.PathLike, model: nn.Module, variables: dict[s
     trainers) can rebuild both. Refuses to replace an existing directory unless ``overwrite``.
     In a multi-process run every process calls it with the same (global) arrays."""
     path = _path(directory)
-    if path.exists() and any(path.iterdir()) and not overwrite:
+    if fileio.isdir(str(path)) and fileio.listdir(str(path)) and not overwrite:
         raise FileExistsError(f"{path} already exists and is not empty; pass overwrite=True to replace it")
-    path.mkdir(parents=True, exist_ok=True)
+    fileio.makedirs(str(path))
     checkpointer = ocp.StandardCheckpointer()
     checkpointer.save(path / VARIABLES_DIR, variables, force=overwrite)
     checkpointer.wait_until_finished()
     if jax.process_index() == 0:
         description = {"model": model_config(model), "metadata": metadata or {}}
-        (path / MODEL_FILE).write_text(json.dumps(description, indent=2, sort_keys=True))
+        fileio.write_text(str(path / MODEL_FILE), json.dumps(description, indent=2, sort_keys=True))
     return path
 
 
@@ -45,10 +45,10 @@ def load_model(directory: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]
     first device, whatever the device count of the run that saved them."""
     path = _path(directory)
     description_file = path / MODEL_FILE
-    if not description_file.exists():
+    if not fileio.exists(str(description_file)):
         raise FileNotFoundError(f"{path} is not a saved model: {MODEL_FILE} is missing")
     try:
-        description = json.loads(description_file.read_text())
+        description = json.loads(fileio.read_text(str(description_file)))
         model = model_from_config(description["model"])
     except (ValueError, KeyError, TypeError) as error:  # JSONDecodeError is a ValueError
         reason = error.args[0] if error.args else type(error).__name__

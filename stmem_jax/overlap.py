@@ -15,12 +15,12 @@ from __future__ import annotations
 import csv
 import functools
 import json
-import os
 from collections import defaultdict
 from typing import Any
 
 import numpy as np
 
+from stmem_jax.core import fileio
 from stmem_jax.core import fingerprint
 from stmem_jax.core.shards import MANIFEST, check_scale, data_dirs, read_manifests, shard_files
 
@@ -30,8 +30,8 @@ CSV_COLUMNS = ("b_folder", "b_split", "b_record_id", "b_window", "b_patient_id",
 
 def folder_table(directory: str, manifest: dict) -> dict[str, np.ndarray]:
     """The fingerprint table of a prepared folder: its ``fingerprints.npz``, else computed from its shards."""
-    path = os.path.join(directory, fingerprint.FILE)
-    if os.path.isfile(path):
+    path = fileio.join(directory, fingerprint.FILE)
+    if fileio.isfile(path):
         try:
             return fingerprint.load(path)
         except Exception as error:  # truncated or foreign file: np.load raises zip, pickle or value errors
@@ -65,8 +65,10 @@ def _examples(shard: str, spec: dict):
     """The parsed examples of a shard; a ValueError naming it when it cannot be read."""
     import tensorflow as tf
 
+    from stmem_jax.data.records import record_dataset
+
     try:
-        yield from tf.data.TFRecordDataset(shard).map(lambda s: tf.io.parse_single_example(s, spec)).as_numpy_iterator()
+        yield from record_dataset(shard).map(lambda s: tf.io.parse_single_example(s, spec)).as_numpy_iterator()
     except tf.errors.OpError as error:
         raise ValueError(f"cannot read shard {shard}: {error.message}") from None
 
@@ -118,7 +120,7 @@ def compare(a, b, a_split: str | None = None) -> tuple[dict[str, Any], list[dict
     """(counts per split of B and in total, one row per matching pair) of the windows of ``b`` also in
     ``a`` (each one folder or a comma-separated list; of ``a``, only its split ``a_split`` if given)."""
     a, b = (v if isinstance(v, str) else ",".join(v) for v in (a, b))
-    stamp = tuple(os.stat(os.path.join(d, name)).st_mtime_ns if os.path.exists(os.path.join(d, name)) else 0
+    stamp = tuple(fileio.version(fileio.join(d, name)) if fileio.exists(fileio.join(d, name)) else 0
                   for d in _both(a, b) for name in (MANIFEST, fingerprint.FILE))
     report, rows = _compare(a, b, a_split, stamp)
     return json.loads(json.dumps(report)), [dict(r) for r in rows]
@@ -138,7 +140,7 @@ def describe(report: dict[str, Any]) -> list[str]:
 
 
 def write_csv(path: str, rows: list[dict]) -> None:
-    with open(path, "w", newline="") as f:
+    with fileio.open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
@@ -147,11 +149,10 @@ def write_csv(path: str, rows: list[dict]) -> None:
 def pretraining_data(init: str) -> tuple[str, str] | None:
     """(folders, split) a ``stmem-pretrain`` workdir trained on (its ``config.json``), or None for any
     other init."""
-    path = os.path.join(init, "config.json")
-    if not init or not os.path.isfile(path):
+    path = fileio.join(init, "config.json")
+    if not init or not fileio.isfile(path):
         return None
-    with open(path) as f:
-        config = json.load(f)
+    config = json.loads(fileio.read_text(path))
     if "method" not in config:  # a downstream workdir
         return None
     data = config.get("data", {})

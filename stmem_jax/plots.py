@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Sequence
 
 import matplotlib
@@ -14,6 +13,7 @@ logging.getLogger("matplotlib.font_manager").setLevel(logging.ERROR)  # not "fin
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from stmem_jax.core import fileio  # noqa: E402
 from stmem_jax.core.leads import LEAD_NAMES  # noqa: E402
 
 
@@ -43,7 +43,7 @@ def reconstruction_figure(series: np.ndarray, pred: np.ndarray, mask: np.ndarray
 
 def training_curve(metrics_file: str, path: str, keys: Sequence[str] = ("loss",)) -> str:
     """Plots ``keys`` against step from a ``metrics.jsonl`` file (one line per split and step)."""
-    rows = [json.loads(line) for line in open(metrics_file) if line.strip()]
+    rows = [json.loads(line) for line in fileio.read_text(metrics_file).splitlines() if line.strip()]
     fig, ax = plt.subplots(figsize=(7, 4))
     for split in sorted({r.get("split", "train") for r in rows}):
         for key in keys:
@@ -76,7 +76,8 @@ def embedding_map(features: np.ndarray, labels: Sequence[str], path: str, title:
 
 
 def _save(fig, path: str) -> str:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fileio.makedirs(fileio.dirname(fileio.absolute(path)))
+    with fileio.open(path, "wb") as f:
+        fig.savefig(f, dpi=110, format=fileio.basename(path).rpartition(".")[2] or "png")
     plt.close(fig)
     return path

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import sys
 from typing import Any
 
@@ -28,6 +27,7 @@ import numpy as np
 
 from stmem_jax import infer
 from stmem_jax import mesh as meshlib
+from stmem_jax.core import fileio
 from stmem_jax.core.leads import lead_indices, parse_leads
 from stmem_jax.core.recipe import Recipe
 from stmem_jax.core.shards import read_manifests
@@ -39,8 +39,7 @@ def load_classifier(path: str) -> tuple[Any, dict[str, Any], dict[str, Any]]:
     """The classifier saved by stmem-finetune at ``path`` (its workdir or ``model/``), its variables,
     and what was saved with it: ``classes``, ``multilabel``, ``leads``, ``recipe`` (a Recipe)."""
     directory = infer.model_directory(path, ("model",))
-    with open(os.path.join(directory, MODEL_FILE)) as f:
-        info = json.load(f).get("metadata") or {}
+    info = json.loads(fileio.read_text(fileio.join(directory, MODEL_FILE))).get("metadata") or {}
     if "classes" not in info:
         raise ValueError(f"{directory} is not a fine-tuned classifier (no classes saved with it); "
                          f"stmem-predict takes a stmem-finetune workdir")
@@ -88,14 +87,12 @@ def predict_files(model, variables, info, folder: str, batch_size: int = 64, per
 
 
 def write_csv(path: str, out: dict[str, np.ndarray], classes: list[str]) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", newline="") as f:
+    fileio.makedirs(fileio.dirname(fileio.absolute(path)))
+    with fileio.open(path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["record_id", "window", *classes])
         for record_id, window, probs in zip(out["record_id"], out["window"], out["outputs"]):
             writer.writerow([record_id, int(window), *(f"{p:.6f}" for p in probs)])
-    os.replace(tmp, path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -111,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--output", required=True, help="CSV file to write")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     args = p.parse_args(argv)
-    if os.path.exists(args.output) and not args.overwrite:
+    if fileio.exists(args.output) and not args.overwrite:
         print(f"stmem-predict: error: {args.output} exists; pass --overwrite to replace it", file=sys.stderr)
         return 1
     from stmem_jax.cli import guarded, use_compilation_cache  # cli imports the trainers: only the command needs it

@@ -55,3 +55,28 @@ def synthetic_shards(tmp_path_factory):
     prepare(PTBXL(str(root / "native")), str(root / "shards"), Recipe(), shard_windows=60, progress=False)
     return str(root / "shards")
 
+
+
+@pytest.fixture(scope="session")
+def gcs_server():
+    """One GCS-API server on localhost for the session (tests/gcs_server.py); STORAGE_EMULATOR_HOST
+    points the library, and the commands the tests start, at it. Each test makes its own bucket."""
+    from tests.gcs_server import GCSServer
+
+    server = GCSServer().start()
+    previous = os.environ.get("STORAGE_EMULATOR_HOST")
+    os.environ["STORAGE_EMULATOR_HOST"] = server.url
+    yield server
+    server.stop()
+    if previous is None:
+        os.environ.pop("STORAGE_EMULATOR_HOST", None)
+    else:
+        os.environ["STORAGE_EMULATOR_HOST"] = previous
+
+
+@pytest.fixture
+def bucket(gcs_server, request):
+    """A new, empty bucket (``gs://NAME``) on the session's server."""
+    name = "b" + str(abs(hash(request.node.nodeid)))[:12] + str(len(gcs_server.__dict__.setdefault("made", [])))
+    gcs_server.made.append(name)
+    return gcs_server.create_bucket(name)

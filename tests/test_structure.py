@@ -125,3 +125,84 @@ def test_no_code_outside_the_method_modules_compares_with_a_method_name():
                     if isinstance(node, (ast.Compare, ast.Match)):
                         strings = {c.value for c in ast.walk(node) if isinstance(c, ast.Constant)}
                         assert not strings & names, f"{path}:{node.lineno} compares with a method's name"
+
+
+# calls that touch a file system: outside the I/O layer (stmem_jax/core/fileio.py) they may not take
+# a user's path, which may be a bucket URL
+FILE_CALLS = {"open", "io.open", "os.path.exists", "os.path.isfile", "os.path.isdir", "os.path.getsize",
+              "os.path.abspath", "os.path.realpath", "os.path.join", "os.listdir", "os.makedirs", "os.mkdir",
+              "os.remove", "os.unlink", "os.replace", "os.rename", "os.rmdir", "os.stat", "os.walk", "os.scandir",
+              "shutil.rmtree", "shutil.copyfile", "shutil.copy", "shutil.move", "glob.glob", "Path", "pathlib.Path",
+              "epath.Path", "np.load", "np.save", "np.savez", "np.savez_compressed", "np.fromfile",
+              "tf.data.TFRecordDataset", "tf.io.gfile.GFile", "tf.summary.create_file_writer", "h5py.File",
+              "torch.load", "torch.save", "fcntl.flock", "os.open"}
+# (file, call): why it takes no user path
+FILE_ACCESS_ALLOWED = {
+    ("stmem_jax/__init__.py", "glob.glob"): "device detection in /sys and /dev",
+    ("stmem_jax/__init__.py", "open"): "device detection in /sys",
+    ("stmem_jax/flops.py", "open"): "/proc/cpuinfo",
+    ("stmem_jax/cli.py", "os.path.join"): "the XLA compilation cache under ~/.cache",
+    ("stmem_jax/demo.py", "os.path.join"): "the model shipped inside the package",
+    ("stmem_jax/demo.py", "os.path.abspath"): "the model shipped inside the package",
+    ("stmem_jax/train/config.py", "os.path.abspath"): "the shipped configs' folder",
+    ("stmem_jax/configs/downstream/grid.py", "os.path.abspath"): "a shipped config beside it",
+    ("stmem_jax/train/config.py", "os.path.join"): "config files are Python modules, imported from local files",
+    ("stmem_jax/train/config.py", "os.listdir"): "the shipped configs' folder",
+    ("stmem_jax/train/config.py", "os.path.isdir"): "the shipped configs' folder",
+    ("stmem_jax/train/config.py", "os.path.isfile"): "a config file is a local Python module",
+    ("stmem_jax/train/config.py", "open"): "the config file's source, for the config's fingerprint",
+    ("stmem_jax/configs/downstream/grid.py", "os.path.join"): "a shipped config beside it",
+    ("stmem_jax/train/reporting.py", "open"): "the local folder of a fileio.LocalMirror",
+    ("stmem_jax/train/reporting.py", "os.path.join"): "the local folder of a fileio.LocalMirror",
+    ("stmem_jax/train/reporting.py", "os.replace"): "the local folder of a fileio.LocalMirror",
+    ("stmem_jax/train/reporting.py", "tf.summary.create_file_writer"): "the local folder of a fileio.LocalMirror",
+    ("stmem_jax/data/records.py", "tf.data.TFRecordDataset"): "local shards only (URLs: the I/O layer's stream)",
+    ("stmem_jax/core/fingerprint.py", "np.savez_compressed"): "the local name fileio.atomic_path gives",
+    ("stmem_jax/core/fingerprint.py", "np.load"): "the file object fileio.open gives",
+    ("stmem_jax/train/linprobe.py", "np.load"): "the file object fileio.open gives",
+    ("stmem_jax/train/linprobe.py", "np.savez"): "the file object fileio.open gives",
+    ("stmem_jax/train/downstream.py", "np.savez"): "the file object fileio.open gives",
+    ("stmem_jax/embed.py", "np.savez"): "the file object fileio.open gives",
+    ("stmem_jax/convert.py", "torch.load"): "the local copy fileio.local_copy gives",
+    ("stmem_jax/convert.py", "torch.save"): "the file object fileio.open gives",
+    ("stmem_jax/model_dir.py", "epath.Path"): "orbax's path type, of fileio.absolute's path or URL",
+    ("data_prep/sources/code15.py", "h5py.File"): "the file object fileio.open gives",
+    ("data_prep/writer.py", "os.path.join"): "the lock file beside a local output (a bucket has no lock)",
+    ("data_prep/writer.py", "os.makedirs"): "the lock file beside a local output",
+    ("data_prep/writer.py", "os.open"): "the lock file beside a local output",
+    ("data_prep/writer.py", "fcntl.flock"): "the lock file beside a local output",
+    ("data_prep/writer.py", "os.stat"): "the lock file beside a local output",
+    ("data_prep/writer.py", "os.remove"): "the lock file beside a local output",
+    ("data_prep/writer.py", "os.path.exists"): "--overwrite's swap of a local output (a bucket's is below it)",
+    ("data_prep/writer.py", "shutil.rmtree"): "--overwrite's swap of a local output",
+    ("data_prep/writer.py", "os.rename"): "--overwrite's swap of a local output",
+    ("data_prep/synthetic.py", "Path"): "test-data writers of other layouts (MIMIC-IV-ECG, CardioSoft): local",
+}
+
+
+def _dotted(node):
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute):
+        inner = _dotted(node.value)
+        return f"{inner}.{node.attr}" if inner else None
+    return None
+
+
+def test_user_paths_reach_files_only_through_the_io_layer():
+    """No module but ``core/fileio.py`` opens, lists, stats or writes a path with the file-system
+    calls that cannot take a bucket URL, but where ``FILE_ACCESS_ALLOWED`` says why no user path
+    reaches it; every allowed entry is still used."""
+    found = set()
+    for folder in ("stmem_jax", "data_prep"):
+        for directory, _, files in os.walk(os.path.join(ROOT, folder)):
+            for name in (f for f in files if f.endswith(".py")):
+                path = os.path.relpath(os.path.join(directory, name), ROOT)
+                if path == os.path.join("stmem_jax", "core", "fileio.py"):
+                    continue
+                for node in ast.walk(ast.parse(open(os.path.join(ROOT, path)).read(), path)):
+                    if isinstance(node, ast.Call) and _dotted(node.func) in FILE_CALLS:
+                        key = (path.replace(os.sep, "/"), _dotted(node.func))
+                        assert key in FILE_ACCESS_ALLOWED, f"{path}:{node.lineno} calls {key[1]}: use core.fileio"
+                        found.add(key)
+    assert set(FILE_ACCESS_ALLOWED) == found, set(FILE_ACCESS_ALLOWED) - found

@@ -10,6 +10,7 @@ import re
 import signal
 import subprocess
 import sys
+import types
 
 import numpy as np
 import pandas as pd
@@ -20,6 +21,7 @@ from data_prep import writer
 from data_prep.cli import main
 from data_prep.sources import SOURCES
 from data_fixtures import read_split
+from stmem_jax.core import fileio
 from stmem_jax.core import shards as fmt
 from stmem_jax.core.ecgfile import ECGFileError, read_ecg
 
@@ -205,7 +207,9 @@ def test_a_full_disk_is_a_one_line_error_naming_the_file_and_leaves_no_partial_f
         def __exit__(self, *exc):
             self.f.close()
 
-    monkeypatch.setattr(fmt, "open", lambda path, mode="r": Full(open(path, mode)), raising=False)
+    real = fileio.io.open
+    monkeypatch.setattr(fileio, "io", types.SimpleNamespace(
+        open=lambda path, mode="r", **kw: Full(real(path, mode)) if mode == "wb" else real(path, mode, **kw)))
     out = tmp_path / "out"
     assert main(["wfdb", "--input", str(wfdb_folder), "--output", str(out), "--quiet", "--workers", "1"]) == 1
     one_line_error(capsys, str(out / "train-00000-of-00001"), "No space left on device")

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import abc
-import os
 from collections.abc import Sequence
 from typing import Any
 
 import pandas as pd
 
 from data_prep.records import Record, Skip
+from stmem_jax.core import fileio
 from stmem_jax.core.fileio import file_problem
 from stmem_jax.core.leads import LEAD_NAMES
 from stmem_jax.core.signal import Signal
@@ -31,7 +31,7 @@ class Source(abc.ABC):
     progress = False     # whether listing may show a progress bar
 
     def __init__(self, input_dir: str, options: dict[str, Any] | None = None):
-        self.input_dir = os.path.abspath(input_dir)
+        self.input_dir = fileio.absolute(input_dir)
         self.options = options or {}
         self.tasks: dict[str, dict[str, Any]] = {}
         self.split_task: str | None = None
@@ -49,7 +49,7 @@ class Source(abc.ABC):
         return []
 
     def relpath(self, path: str) -> str:
-        return os.path.relpath(path, self.input_dir)
+        return fileio.relpath(path, self.input_dir)
 
 
 def read_csv(path: str, required: Sequence[str] = (), hint: str = "", **kwargs) -> pd.DataFrame:
@@ -62,7 +62,8 @@ def read_csv(path: str, required: Sequence[str] = (), hint: str = "", **kwargs) 
     if problem:
         raise ValueError(f"{path}: the file {problem}")
     try:
-        table = pd.read_csv(path, **kwargs)
+        with fileio.open(path, "rb") as f:
+            table = pd.read_csv(f, **kwargs)
     except (OSError, ValueError) as error:  # pandas' parser and empty-file errors are ValueErrors
         raise ValueError(f"{path}: not a readable CSV ({error})") from None
     missing = [c for c in required if c not in table.columns]

@@ -3,11 +3,11 @@
 
 from __future__ import annotations
 
-import os
 
 from data_prep.records import Record, Skip, parse_age, parse_sex
 from data_prep.sources.base import Source, vocabulary
 from data_prep.sources.cpsc2018 import CPSC_TASKS, cpsc_labels
+from stmem_jax.core import fileio
 from stmem_jax.core.fileio import walk
 from stmem_jax.core.signal import RecordError
 from stmem_jax.core.wfdb import read_header, read_signal
@@ -30,10 +30,10 @@ class Challenge2021(Source):
     name = "challenge2021"
 
     def subsets(self) -> dict[str, str]:
-        root = os.path.join(self.input_dir, "training")
-        root = root if os.path.isdir(root) else self.input_dir
-        found = {name: os.path.join(root, name) for name in sorted(os.listdir(root))
-                 if os.path.isdir(os.path.join(root, name))}
+        root = fileio.join(self.input_dir, "training")
+        root = root if fileio.isdir(root) else self.input_dir
+        found = {name: fileio.join(root, name) for name in sorted(fileio.listdir(root))
+                 if fileio.isdir(fileio.join(root, name))}
         wanted = self.options.get("subsets") or [n for n in found if n in SUBSETS]
         missing = [n for n in wanted if n not in found]
         if missing or not wanted:
@@ -44,10 +44,10 @@ class Challenge2021(Source):
         records, skipped = [], []
         for subset, folder in self.subsets().items():
             headers, left_out = walk(folder, "*.hea")
-            skipped += [Skip(f"{subset}/{rel}", os.path.join(folder, rel), reason) for rel, reason in left_out]
-            for header_path in (os.path.join(folder, rel) for rel in headers):
+            skipped += [Skip(f"{subset}/{rel}", fileio.join(folder, rel), reason) for rel, reason in left_out]
+            for header_path in (fileio.join(folder, rel) for rel in headers):
                 base = header_path[:-4]
-                record_id = f"{subset}/{os.path.basename(base)}"
+                record_id = f"{subset}/{fileio.basename(base)}"
                 try:
                     header = read_header(base)
                     fields = header.comments

@@ -10,6 +10,7 @@ import numpy as np
 
 from data_prep.records import Record, Skip, parse_age, parse_flag, parse_int
 from data_prep.sources.base import Source, read_csv
+from stmem_jax.core import fileio
 from stmem_jax.core.fileio import walk
 from stmem_jax.core.signal import RecordError, Signal
 
@@ -26,27 +27,27 @@ class CODE15(Source):
     pretraining = True
 
     def index_files(self) -> list[str]:
-        return [os.path.join(self.input_dir, "exams.csv")]
+        return [fileio.join(self.input_dir, "exams.csv")]
 
     def list_records(self) -> tuple[list[Record], list[Skip]]:
-        csv_path = os.path.join(self.input_dir, "exams.csv")
+        csv_path = fileio.join(self.input_dir, "exams.csv")
         exams, skipped = self._exams(csv_path)
         records = []
         parts, left_out = walk(self.input_dir, "exams_part*.hdf5")
-        skipped += [Skip(rel, os.path.join(self.input_dir, rel), reason) for rel, reason in left_out if os.sep not in rel]
-        for path in (os.path.join(self.input_dir, rel) for rel in parts if os.sep not in rel):
+        skipped += [Skip(rel, fileio.join(self.input_dir, rel), reason) for rel, reason in left_out if os.sep not in rel]
+        for path in (fileio.join(self.input_dir, rel) for rel in parts if os.sep not in rel):
             try:
-                with h5py.File(path, "r") as f:
+                with fileio.open(path, "rb") as raw, h5py.File(raw, "r") as f:
                     ids = np.asarray(f["exam_id"][:])
                     if f["tracings"].shape[1:] != (4096, 12):
                         raise ValueError(f"tracings has shape {f['tracings'].shape}, expected (n, 4096, 12)")
             except Exception as error:
-                skipped.append(Skip(os.path.basename(path), path, f"unreadable HDF5 ({type(error).__name__}: {error})"))
+                skipped.append(Skip(fileio.basename(path), path, f"unreadable HDF5 ({type(error).__name__}: {error})"))
                 continue
             for row, exam_id in enumerate(ids):
                 record_id = str(int(exam_id))
                 if exam_id == 0:
-                    skipped.append(Skip(f"{os.path.basename(path)}[{row}]", path, "padding row (exam_id 0)"))
+                    skipped.append(Skip(f"{fileio.basename(path)}[{row}]", path, "padding row (exam_id 0)"))
                     continue
                 info = exams.get(int(exam_id))
                 if not isinstance(info, dict):
@@ -83,7 +84,7 @@ class CODE15(Source):
     def load(self, record: Record) -> Signal:
         path, row = record.locator
         try:
-            with h5py.File(path, "r") as f:
+            with fileio.open(path, "rb") as raw, h5py.File(raw, "r") as f:
                 tracing = np.asarray(f["tracings"][row], dtype=np.float64).T  # (12, 4096)
         except Exception as error:
             raise RecordError(f"unreadable HDF5 row {row} ({type(error).__name__}: {error})") from error

@@ -10,6 +10,7 @@ from scipy import io as sio
 
 from data_prep.records import Record, Skip, parse_age, parse_sex
 from data_prep.sources.base import Source, read_csv
+from stmem_jax.core import fileio
 from stmem_jax.core.fileio import walk
 from stmem_jax.core.leads import LEAD_NAMES
 from stmem_jax.core.signal import RecordError, Signal
@@ -33,7 +34,7 @@ class CPSC2018(Source):
         found, _ = walk(self.input_dir, "REFERENCE.csv")
         if not found:
             raise FileNotFoundError(f"no REFERENCE.csv under {self.input_dir}: is it the CPSC2018 folder?")
-        return os.path.join(self.input_dir, found[0])
+        return fileio.join(self.input_dir, found[0])
 
     def index_files(self) -> list[str]:
         return [self._reference()]
@@ -42,12 +43,12 @@ class CPSC2018(Source):
         csv_path = self._reference()
         reference = read_csv(csv_path, ("Recording", "First_label"), dtype=str, keep_default_na=False)
         found, left_out = walk(self.input_dir, "*.mat")
-        mats = {os.path.splitext(os.path.basename(p))[0]: os.path.join(self.input_dir, p) for p in found}
-        records, skipped = [], [Skip(rel, os.path.join(self.input_dir, rel), reason) for rel, reason in left_out]
+        mats = {os.path.splitext(fileio.basename(p))[0]: fileio.join(self.input_dir, p) for p in found}
+        records, skipped = [], [Skip(rel, fileio.join(self.input_dir, rel), reason) for rel, reason in left_out]
         seen = set()
         for line, row in enumerate(reference.itertuples(index=False), start=2):
             name = str(row[0]).strip()
-            path = mats.get(name, os.path.join(self.input_dir, name + ".mat"))
+            path = mats.get(name, fileio.join(self.input_dir, name + ".mat"))
             if not name or name in seen:
                 skipped.append(Skip(name or f"REFERENCE.csv[{line}]", csv_path,
                                     f"line {line}: " + ("Recording listed twice" if name else "empty Recording")))
@@ -69,7 +70,8 @@ class CPSC2018(Source):
 
     def load(self, record: Record) -> Signal:
         try:
-            ecg = sio.loadmat(record.locator, squeeze_me=True, struct_as_record=False)["ECG"]
+            with fileio.open(record.locator, "rb") as f:
+                ecg = sio.loadmat(f, squeeze_me=True, struct_as_record=False)["ECG"]
             data = np.asarray(ecg.data, dtype=np.float64)
         except Exception as error:
             raise RecordError(f"unreadable .mat ({type(error).__name__}: {error})") from error

@@ -10,13 +10,13 @@ its examples carry the file's patient id."""
 
 from __future__ import annotations
 
-import os
 import warnings
 
 from tqdm import tqdm
 
 from data_prep.records import Record, Skip
 from data_prep.sources.base import Source, vocabulary
+from stmem_jax.core import fileio
 from stmem_jax.core.ecgfile import ECGFileError, list_files, read_ecg
 from stmem_jax.core.label_table import lookup, read_label_table
 from stmem_jax.core.signal import RecordError, Signal
@@ -33,9 +33,9 @@ class Files(Source):
         table = read_label_table(labels_csv, "file") if labels_csv else None
         records, left_out = [], []
         found = list_files(self.input_dir, self.options.get("pattern"), exclude=self.index_files(), skipped=left_out)
-        skips = [Skip(relpath, os.path.join(self.input_dir, relpath), reason) for relpath, reason in left_out]
+        skips = [Skip(relpath, fileio.join(self.input_dir, relpath), reason) for relpath, reason in left_out]
         for relpath in found:
-            path = os.path.join(self.input_dir, relpath)
+            path = fileio.join(self.input_dir, relpath)
             labels, patient = [], ""
             if table is not None:
                 row = lookup(table, relpath)

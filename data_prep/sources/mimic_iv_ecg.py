@@ -6,12 +6,12 @@ header order I, II, III, aVR, aVF, aVL, V1..V6: leads are mapped by name)."""
 
 from __future__ import annotations
 
-import os
 
 import pandas as pd
 
 from data_prep.records import Record, Skip
 from data_prep.sources.base import Source, read_csv, vocabulary
+from stmem_jax.core import fileio
 from stmem_jax.core.fileio import file_problem, inside
 from stmem_jax.core.signal import RecordError
 from stmem_jax.core.wfdb import read_signal
@@ -29,17 +29,17 @@ class MIMICIVECG(Source):
     pretraining = True
 
     def index_files(self) -> list[str]:
-        paths = (os.path.join(self.input_dir, name) for name in (RECORD_LIST, MEASUREMENTS))
-        return [path for path in paths if os.path.isfile(path)]
+        paths = (fileio.join(self.input_dir, name) for name in (RECORD_LIST, MEASUREMENTS))
+        return [path for path in paths if fileio.isfile(path)]
 
     def _read_csv(self, name: str, required: tuple[str, ...], **kwargs) -> pd.DataFrame:
-        return read_csv(os.path.join(self.input_dir, name), required,
+        return read_csv(fileio.join(self.input_dir, name), required,
                         f": is {self.input_dir} the MIMIC-IV-ECG root folder?", dtype=str, keep_default_na=False,
                         **kwargs)
 
     def _reports(self) -> dict[str, list[str]] | None:
         """study_id -> the non-empty statements in report order; None without the CSV."""
-        if file_problem(os.path.join(self.input_dir, MEASUREMENTS)) == "missing":
+        if file_problem(fileio.join(self.input_dir, MEASUREMENTS)) == "missing":
             return None
         table = self._read_csv(MEASUREMENTS, ("study_id",), usecols=lambda c: c == "study_id" or c in REPORT_COLUMNS)
         columns = [table[c] for c in REPORT_COLUMNS if c in table.columns]
@@ -50,7 +50,7 @@ class MIMICIVECG(Source):
         return reports
 
     def list_records(self) -> tuple[list[Record], list[Skip]]:
-        csv_path = os.path.join(self.input_dir, RECORD_LIST)
+        csv_path = fileio.join(self.input_dir, RECORD_LIST)
         listing = self._read_csv(RECORD_LIST, ("subject_id", "study_id", "path"))
         reports = self._reports()
         records, skipped, seen = [], [], set()
@@ -60,7 +60,7 @@ class MIMICIVECG(Source):
                 skipped.append(Skip(f"{RECORD_LIST}[{row}]", csv_path, f"non-numeric subject_id {subject!r} or "
                                                                       f"study_id {study!r} (line {row + 2})"))
                 continue
-            record_id, base = str(int(study)), os.path.join(self.input_dir, rel)
+            record_id, base = str(int(study)), fileio.join(self.input_dir, rel)
             if not rel or record_id in seen:
                 reason = f"empty path (line {row + 2})" if not rel else f"study_id listed twice (line {row + 2})"
                 skipped.append(Skip(record_id, csv_path, reason))
@@ -73,7 +73,7 @@ class MIMICIVECG(Source):
             unusable = [(base + ext, problem) for ext in (".hea", ".dat") if (problem := file_problem(base + ext))]
             if unusable:
                 path, problem = unusable[0]
-                skipped.append(Skip(record_id, path, f"{os.path.basename(path)} {problem}"))
+                skipped.append(Skip(record_id, path, f"{fileio.basename(path)} {problem}"))
                 continue
             seen.add(record_id)
             statements = [] if reports is None else reports.get(record_id, [])

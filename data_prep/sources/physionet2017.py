@@ -3,10 +3,10 @@
 
 from __future__ import annotations
 
-import os
 
 from data_prep.records import Record, Skip
 from data_prep.sources.base import Source, read_csv
+from stmem_jax.core import fileio
 from stmem_jax.core.fileio import walk
 from stmem_jax.core.signal import Signal
 from stmem_jax.core.wfdb import read_signal
@@ -24,7 +24,7 @@ class PhysioNet2017(Source):
         found, _ = walk(self.input_dir, "REFERENCE*.csv")
         if not found:
             raise FileNotFoundError(f"no REFERENCE.csv under {self.input_dir}: is it the training2017 folder?")
-        return os.path.join(self.input_dir, found[0])
+        return fileio.join(self.input_dir, found[0])
 
     def index_files(self) -> list[str]:
         return [self._reference()]
@@ -33,13 +33,13 @@ class PhysioNet2017(Source):
         reference = read_csv(self._reference(), header=None, names=["record", "label"], dtype=str,
                              keep_default_na=False)
         found, left_out = walk(self.input_dir, "*.hea")
-        headers = {os.path.basename(p)[:-4]: os.path.join(self.input_dir, p[:-4]) for p in found}
-        records, skipped = [], [Skip(rel, os.path.join(self.input_dir, rel), reason) for rel, reason in left_out]
+        headers = {fileio.basename(p)[:-4]: fileio.join(self.input_dir, p[:-4]) for p in found}
+        records, skipped = [], [Skip(rel, fileio.join(self.input_dir, rel), reason) for rel, reason in left_out]
         for name, label in zip(reference["record"], reference["label"]):
             name, label = str(name).strip(), str(label).strip()
             base = headers.get(name)
             if base is None:
-                skipped.append(Skip(name, os.path.join(self.input_dir, name + ".hea"), "header file missing"))
+                skipped.append(Skip(name, fileio.join(self.input_dir, name + ".hea"), "header file missing"))
                 continue
             if label not in CLASSES:
                 skipped.append(Skip(name, base + ".hea", f"unknown label code {label!r}"))

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import ast
-import os
 
 import pandas as pd
 
 from data_prep.records import Record, Skip, parse_age, parse_int
 from data_prep.sources.base import Source, read_csv, vocabulary
+from stmem_jax.core import fileio
 from stmem_jax.core.fileio import inside
 from stmem_jax.core.signal import RecordError
 from stmem_jax.core.wfdb import read_signal
@@ -29,10 +29,10 @@ class PTBXL(Source):
     name = "ptbxl"
 
     def index_files(self) -> list[str]:
-        return [os.path.join(self.input_dir, f) for f in ("ptbxl_database.csv", "scp_statements.csv")]
+        return [fileio.join(self.input_dir, f) for f in ("ptbxl_database.csv", "scp_statements.csv")]
 
     def _read_csv(self, name: str, required: tuple[str, ...], **kwargs) -> pd.DataFrame:
-        return read_csv(os.path.join(self.input_dir, name), required,
+        return read_csv(fileio.join(self.input_dir, name), required,
                         f": is {self.input_dir} the PTB-XL root folder?", **kwargs)
 
     def list_records(self) -> tuple[list[Record], list[Skip]]:
@@ -42,11 +42,11 @@ class PTBXL(Source):
         statements = self._read_csv("scp_statements.csv", ("diagnostic", "form", "rhythm", "diagnostic_class",
                                                            "diagnostic_subclass"), index_col=0)
         scheme = SPLIT_SCHEMES[self.options.get("split_scheme", "st_mem")]
-        csv_path = os.path.join(self.input_dir, "ptbxl_database.csv")
+        csv_path = fileio.join(self.input_dir, "ptbxl_database.csv")
         records, skipped, seen = [], [], set()
         for line, row in enumerate(database.itertuples(index=False), start=2):
             rel = getattr(row, f"filename_{resolution}")
-            base = os.path.join(self.input_dir, str(rel))
+            base = fileio.join(self.input_dir, str(rel))
             path = base + ".hea"
             ids = [parse_int(row.ecg_id), parse_int(row.patient_id), parse_int(row.strat_fold)]
             if None in ids:

@@ -16,6 +16,7 @@ import xml.etree.ElementTree as ET
 
 import numpy as np
 
+from stmem_jax.core import fileio
 from stmem_jax.core.signal import RecordError, Signal
 
 FORMAT = "GE CardioSoft XML"
@@ -46,7 +47,7 @@ def read_cardiosoft(path: str) -> tuple[Signal, dict]:
     ``device`` ("" when absent). Raises RecordError with the reason when the file is unusable.
     """
     try:
-        with open(path, "rb") as f:
+        with fileio.open(path, "rb") as f:
             raw = f.read()
     except OSError as error:
         raise RecordError(f"file missing or unreadable ({error.strerror})") from error

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from stmem_jax.core import cardiosoft, wfdb
+from stmem_jax.core import fileio
 from stmem_jax.core.fileio import file_problem, walk
 from stmem_jax.core.leads import LEAD_NAMES, canonical_lead_name, lead_indices
 from stmem_jax.core.signal import RecordError, Signal
@@ -95,7 +96,7 @@ def _read(path: str) -> tuple[Signal, dict[str, Any]]:
     if path.endswith(".hea"):
         header = wfdb.read_header(path[:-4])
         return wfdb.read_signal(path[:-4]), {"format": "WFDB", "patient_id": header.comments.get("patient", "")}
-    with open(path, "rb") as f:
+    with fileio.open(path, "rb") as f:
         head = f.read(4096)
     if not head:
         raise RecordError("empty file")
@@ -113,7 +114,8 @@ def _read_with_ecgdatakit(path: str) -> tuple[Signal, dict[str, Any]]:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            record = ecgdatakit.FileParser.parse(path, units="mV")
+            with fileio.local_copy(path) as (local,):
+                record = ecgdatakit.FileParser.parse(local, units="mV")
         except ecgdatakit.UnsupportedFormatError:
             raise RecordError("not an ECG file in a format this library reads") from None
         except ImportError as error:
@@ -193,12 +195,12 @@ def list_files(folder: str, pattern: str | None = None, exclude: Sequence[str] =
     (not regular files, links leading outside) are appended to ``skipped`` when given."""
     found, left_out = walk(folder)
     present = set(found)
-    skip = {os.path.abspath(p) for p in exclude}
+    skip = {fileio.absolute(p) for p in exclude}
 
     def wanted(relpath: str) -> bool:
         stem, ext = os.path.splitext(relpath)
         return not (ext.lower() in _COMPANIONS and stem + ".hea" in present) \
-            and os.path.abspath(os.path.join(folder, relpath)) not in skip \
+            and fileio.absolute(fileio.join(folder, relpath)) not in skip \
             and (not pattern or fnmatch.fnmatch(os.path.basename(relpath), pattern) or fnmatch.fnmatch(relpath, pattern))
 
     if skipped is not None:

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from stmem_jax.core.fileio import atomic_path
+from stmem_jax.core import fileio
 from stmem_jax.core.leads import LEAD_NAMES, lead_indices
 
 FILE = "fingerprints.npz"
@@ -49,12 +49,12 @@ def profile(window: np.ndarray, leads) -> np.ndarray:
 def save(path: str, columns: dict[str, np.ndarray]) -> None:
     """Writes the fingerprint table (``split``, ``record_id``, ``patient_id``, ``window``,
     ``profile``; one row per example in split and shard order) atomically."""
-    with atomic_path(path, ".npz") as tmp:
+    with fileio.atomic_path(path, ".npz") as tmp:
         np.savez_compressed(tmp, **columns)
 
 
 def load(path: str) -> dict[str, np.ndarray]:
-    with np.load(path, allow_pickle=False) as f:
+    with fileio.open(path, "rb") as file, np.load(file, allow_pickle=False) as f:
         return {k: f[k] for k in f.files}
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import os
 
+from stmem_jax.core import fileio
 from stmem_jax.core.fileio import file_problem
 
 
@@ -16,7 +17,7 @@ def read_label_table(path: str, key: str) -> dict[str, tuple[list[str], str]]:
     if problem:
         raise ValueError(f"{path}: the labels CSV {problem}")
     try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
+        with fileio.open(path, newline="", encoding="utf-8-sig") as f:
             rows = list(csv.DictReader(f))
     except (OSError, UnicodeDecodeError, csv.Error) as error:
         raise ValueError(f"{path}: cannot read the labels CSV ({error})") from error

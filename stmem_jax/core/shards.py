@@ -23,12 +23,13 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from stmem_jax.core.fileio import OutsideFolder, atomic_path, inside
+from stmem_jax.core import fileio
+from stmem_jax.core.fileio import OutsideFolder, inside
 
 MANIFEST = "manifest.json"
 INT16_MAX = 32767
@@ -137,21 +138,22 @@ def write_shard(path: str | os.PathLike, serialized: Iterable[bytes]) -> tuple[i
     """Writes serialised examples to ``path`` as a TFRecord file, atomically (temporary name, then
     rename), without loading TensorFlow. Returns (examples, bytes)."""
     path = os.fspath(path)
-    count = 0
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+    count = size = 0
+    with fileio.open(path, "wb") as f:
         for record in serialized:
             length = len(record).to_bytes(8, "little")
             f.write(length + _masked_crc(length) + record + _masked_crc(record))
             count += 1
-    return count, os.path.getsize(path)
+            size += 16 + len(record)
+    return count, size
 
 
 def count_records(path: str | os.PathLike) -> int:
     """The examples in a TFRecord file, from the record headers alone (a seek per record); a file
     that ends inside a record is a ValueError naming it."""
     path = os.fspath(path)
-    size, offset, count = os.path.getsize(path), 0, 0
-    with open(path, "rb") as f:
+    size, offset, count = fileio.size(path), 0, 0
+    with fileio.open(path, "rb") as f:
         while offset < size:
             header = f.read(12)
             length = int.from_bytes(header[:8], "little") if len(header) == 12 else -1
@@ -163,6 +165,27 @@ def count_records(path: str | os.PathLike) -> int:
     return count
 
 
+def read_records(path: str, expected: int | None = None) -> Iterator[bytes]:
+    """The serialised examples of the TFRecord file at ``path`` (a local path or a URL), in order,
+    with TFRecord's framing and checksums checked, without loading TensorFlow; a ValueError naming
+    the file when it is damaged, ends inside a record, or holds other than ``expected`` examples."""
+    count = 0
+    with fileio.open(path, "rb") as f:
+        while header := f.read(12):
+            if len(header) < 12 or _masked_crc(header[:8]) != header[8:]:
+                raise ValueError(f"cannot read shard {path}: the header of example {count + 1} is damaged")
+            length = int.from_bytes(header[:8], "little")
+            record, crc = f.read(length), f.read(4)
+            if len(record) < length or len(crc) < 4:
+                raise ValueError(f"cannot read shard {path}: it ends inside example {count + 1}")
+            if _masked_crc(record) != crc:
+                raise ValueError(f"cannot read shard {path}: example {count + 1} fails its checksum")
+            count += 1
+            yield record
+    if expected is not None and count != expected:
+        raise ValueError(f"shard {path} holds {count} examples, the manifest says {expected}")
+
+
 def write_tfds_metadata(directory: str | os.PathLike, features, shard_lengths: Mapping[str, Sequence[int]],
                         description: str = "", name: str | None = None) -> None:
     """Writes TFDS's metadata so ``tfds.builder_from_directory(directory)`` reads the shards; the
@@ -171,11 +194,11 @@ def write_tfds_metadata(directory: str | os.PathLike, features, shard_lengths: M
 
     directory = os.fspath(directory)
     template = tfds.core.ShardedFileTemplate(data_dir=directory, template=SHARD_TEMPLATE,
-                                             dataset_name=name or os.path.basename(os.path.normpath(directory))
+                                             dataset_name=name or fileio.basename(directory)
                                              or "ecg", filetype_suffix="tfrecord")
     splits = []
     for split, lengths in shard_lengths.items():
-        size = sum(os.path.getsize(os.path.join(directory, shard_name(split, i, len(lengths))))
+        size = sum(fileio.size(fileio.join(directory, shard_name(split, i, len(lengths))))
                    for i in range(len(lengths)))
         splits.append(tfds.core.SplitInfo(name=split, shard_lengths=list(lengths), num_bytes=size,
                                           filename_template=template))
@@ -189,7 +212,7 @@ def shard_files(directory: str | os.PathLike, manifest: Mapping[str, Any], split
     a ValueError naming the manifest when the entry is malformed or a shard's name leads outside
     the folder."""
     directory = os.fspath(directory)
-    where = os.path.join(directory, MANIFEST)
+    where = fileio.join(directory, MANIFEST)
     entry = (manifest.get("splits") or {}).get(split)
     lengths = entry.get("shard_lengths") if isinstance(entry, dict) else None
     if not isinstance(lengths, list) or not all(type(n) is int and n >= 0 for n in lengths):
@@ -201,7 +224,7 @@ def shard_files(directory: str | os.PathLike, manifest: Mapping[str, Any], split
             inside(directory, name)
         except OutsideFolder as error:
             raise ValueError(f"{where}: shard of split {split!r}: {error}") from None
-        files.append((os.path.join(directory, name), length))
+        files.append((fileio.join(directory, name), length))
     return files
 
 
@@ -248,15 +271,14 @@ def read_manifests(value: str | os.PathLike | Sequence[str]) -> dict[str, dict[s
 def read_manifest(directory: str | os.PathLike) -> dict[str, Any]:
     """The manifest of a prepared dataset, with a clear error naming it when there is none or it is
     unreadable."""
-    path = os.path.join(os.fspath(directory), MANIFEST)
-    if not os.path.isdir(os.fspath(directory)):
+    path = fileio.join(os.fspath(directory), MANIFEST)
+    if not fileio.isdir(os.fspath(directory)):
         raise FileNotFoundError(f"data directory {directory} does not exist")
-    if not os.path.isfile(path):
+    if not fileio.isfile(path):
         raise FileNotFoundError(f"{directory} is not a prepared dataset: {MANIFEST} is missing "
                                 f"(write one with `stmem-prepare`)")
     try:
-        with open(path, "rb") as f:
-            manifest = json.loads(f.read())
+        manifest = json.loads(fileio.read_bytes(path))
     except ValueError as error:  # empty, truncated, random bytes
         raise ValueError(f"{path}: not a readable manifest ({error})") from None
     if not isinstance(manifest, dict) or not isinstance(manifest.get("splits", {}), dict):

@@ -9,13 +9,13 @@ Other formats fall back to the ``wfdb`` package.
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
 import struct
 
 import numpy as np
 import wfdb
 
+from stmem_jax.core import fileio
 from stmem_jax.core.fileio import file_problem, inside, walk
 from stmem_jax.core.label_table import lookup, read_label_table
 from stmem_jax.core.signal import RecordError, Signal
@@ -46,7 +46,7 @@ def read_header(record_path: str) -> Header:
     if problem:
         raise RecordError(f"header file {problem}")
     try:
-        with open(path, encoding="latin-1") as f:
+        with fileio.open(path, encoding="latin-1") as f:
             lines = [line.strip() for line in f]
     except OSError as error:
         raise RecordError(f"header file unreadable ({error.strerror})") from error
@@ -94,13 +94,14 @@ def read_signal(record_path: str) -> Signal:
     """The physical signal in mV, (leads, samples), with the header's lead names and rate. The
     signal files the header names must be regular files inside the header's folder."""
     header = read_header(record_path)
-    folder = os.path.dirname(record_path) or "."
+    folder = fileio.dirname(record_path) or "."
     files = {name: signal_file(folder, name) for name in header.files}
     if len(files) == 1 and set(header.formats) == {"16"} and len(set(header.offsets)) == 1:
         digital = _read_format16(files[header.files[0]], header.files[0], header)
     else:
         try:
-            digital = np.asarray(wfdb.rdrecord(record_path, physical=False).d_signal, dtype=np.float64).T
+            with fileio.local_copy(record_path + ".hea", *files.values()) as (header_copy, *_):
+                digital = np.asarray(wfdb.rdrecord(header_copy[:-4], physical=False).d_signal, dtype=np.float64).T
         except Exception as error:  # wfdb raises many kinds on broken files
             raise RecordError(f"unreadable signal ({type(error).__name__}: {error})") from error
     gains = np.asarray(header.gains)[:, None]
@@ -124,7 +125,8 @@ def _read_format16(path: str, name: str, header: Header) -> np.ndarray:
     try:
         if name.lower().endswith(".mat"):
             _check_mat(path, name, nsig, header.sig_len, offset)
-        raw = np.fromfile(path, dtype="<i2", offset=offset)
+        content = fileio.read_bytes(path)[offset:]
+        raw = np.frombuffer(content, dtype="<i2", count=len(content) // 2)
     except (OSError, ValueError) as error:
         raise RecordError(f"unreadable signal file {name} ({error})") from error
     expected = header.sig_len * nsig if header.sig_len else raw.size - raw.size % nsig
@@ -139,7 +141,7 @@ def _read_format16(path: str, name: str, header: Header) -> np.ndarray:
 def _check_mat(path: str, name: str, nsig: int, samples: int, offset: int) -> None:
     """A ``.mat`` signal file must be the MATLAB (v4, or v5 as wfdb writes it) int16 matrix of
     ``nsig`` rows and ``samples`` columns (if known) whose values start at ``offset``, as its header says."""
-    with open(path, "rb") as f:
+    with fileio.open(path, "rb") as f:
         head = f.read(max(offset, 20))
     if len(head) < max(offset, 20):
         ok = False
@@ -172,10 +174,10 @@ def list_folder(folder: str, labels_csv: str | None = None
     file). A CSV row matches a record by its relative path or its file name."""
     table = read_label_table(labels_csv, "record") if labels_csv else None
     headers, left_out = walk(folder, "*.hea")
-    skipped = [(relpath, os.path.join(folder, relpath), reason) for relpath, reason in left_out]
+    skipped = [(relpath, fileio.join(folder, relpath), reason) for relpath, reason in left_out]
     records = []
     for relpath in headers:
-        base = os.path.join(folder, relpath[:-4])
+        base = fileio.join(folder, relpath[:-4])
         record_id = relpath[:-4]
         try:
             header = read_header(base)

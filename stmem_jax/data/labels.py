@@ -3,12 +3,14 @@ stratified label-fraction subsets."""
 
 from __future__ import annotations
 
-import os
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 import tensorflow as tf
+
+from stmem_jax.core import fileio
+from stmem_jax.data.records import record_dataset
 
 _CACHE: dict[tuple, tuple[np.ndarray, np.ndarray, list[tuple[str, ...]]]] = {}
 
@@ -17,12 +19,11 @@ def read_labels(path: str, task: str, spec: Mapping[str, tf.io.FixedLenSequenceF
                 ) -> tuple[np.ndarray, np.ndarray, list[tuple[str, ...]]]:
     """(record ids, window indices, class names of ``task`` per example) of one shard, in file
     order; cached per file version. Errors name the file."""
-    stat = os.stat(path)
-    key = (path, task, stat.st_mtime_ns, stat.st_size)
+    key = (path, task, *fileio.version(path))
     if key not in _CACHE:
         record_ids, windows, names = [], [], []
         try:
-            for batch in (tf.data.TFRecordDataset(path).batch(1024)
+            for batch in (record_dataset(path).batch(1024)
                           .map(lambda s: tf.io.parse_example(s, spec)).as_numpy_iterator()):
                 record_ids.extend(r.decode() for r in batch["record_id"])
                 windows.extend(batch["window"].tolist())

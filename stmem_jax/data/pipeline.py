@@ -59,7 +59,6 @@ import atexit
 import dataclasses
 import functools
 import math
-import os
 import queue
 import threading
 from collections.abc import Iterator, Sequence
@@ -69,9 +68,11 @@ import numpy as np
 import tensorflow as tf
 from jax.sharding import NamedSharding, PartitionSpec
 
+from stmem_jax.core import fileio
 from stmem_jax.core import shards as fmt
 from stmem_jax.data import labels as labels_lib
 from stmem_jax.data.augment import rand_augment
+from stmem_jax.data.records import record_dataset
 from stmem_jax.core.recipe import Recipe
 from stmem_jax.data.transforms import band_filter, fixed_crops, random_crop, resample, split_segments, zscore
 from stmem_jax.core.leads import LEAD_NAMES, lead_indices
@@ -170,7 +171,7 @@ def mixture_names(config: InputConfig) -> tuple[str, ...]:
     """Short names of :func:`folders` for logs (base names, or the paths where two share one); empty
     for a single folder."""
     dirs = folders(config)
-    names = tuple(os.path.basename(os.path.normpath(d)) for d in dirs)
+    names = tuple(fileio.basename(d) for d in dirs)
     return () if len(dirs) == 1 else names if len(set(names)) == len(names) else dirs
 
 
@@ -388,7 +389,7 @@ def _explain(config: InputConfig, error: tf.errors.OpError) -> Exception:
 
         for path in split.files:
             try:
-                for index, (_, scale) in enumerate(tf.data.TFRecordDataset(path).map(parse)):
+                for index, (_, scale) in enumerate(record_dataset(path).map(parse)):
                     fmt.check_scale(float(scale), path, index)
             except tf.errors.OpError as e:
                 return ValueError(f"cannot read shard {path}: {e.message}")
@@ -400,11 +401,12 @@ def _explain(config: InputConfig, error: tf.errors.OpError) -> Exception:
 def _read(split: _Split, files: tf.Tensor, mask: np.ndarray | None) -> tf.data.Dataset:
     """(global index, serialised example) of the shards ``files`` (indices), interleaved in a fixed
     order, keeping the examples ``mask`` selects."""
-    paths = tf.constant(split.files)
+    paths, lengths = tf.constant(split.files), tf.constant(split.lengths, tf.int64)
     starts = tf.constant(split.offset + np.cumsum((0,) + split.lengths[:-1]), tf.int64)
+    remote = fileio.is_url(split.directory)
 
     def shard(f):
-        return tf.data.TFRecordDataset(paths[f], buffer_size=1 << 20).enumerate(starts[f])
+        return record_dataset(paths[f], lengths[f], remote=remote).enumerate(starts[f])
 
     ds = tf.data.Dataset.from_tensor_slices(files).interleave(
         shard, cycle_length=min(len(split.files), 8), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
@@ -553,7 +555,7 @@ def _load_split(config: InputConfig, directory: str, manifest: dict, task: tuple
     files, lengths = tuple(path for path, _ in shards), tuple(length for _, length in shards)
     if not sum(lengths):
         raise ValueError(f"split {config.split!r} of {directory} has no examples")
-    missing = [f for f in files if not os.path.isfile(f)]
+    missing = [f for f in files if not fileio.isfile(f)]
     if missing:
         raise FileNotFoundError(f"shard(s) listed in the manifest are missing: {', '.join(missing)}")
     window = model_recipe(dataclasses.replace(config, data_dir=directory)).window_samples
@@ -565,8 +567,8 @@ def _load_split(config: InputConfig, directory: str, manifest: dict, task: tuple
         raise ValueError(f"{directory} is stored filtered ({manifest['filter']}); set bandpass=False")
     _lead_rows(config, manifest, directory)
     if task is None:
-        for path, length in zip(files, lengths):
-            if _record_count(path) != length:
+        for path, length in zip(files, lengths):  # a URL's shards: counted as they are read (a pass over the data)
+            if not fileio.is_url(path) and _record_count(path) != length:
                 raise ValueError(f"shard {path} holds {_record_count(path)} examples, the manifest says {length}")
         return _Split(directory, files, lengths, None, None, offset)
     spec = _spec(manifest, ("record_id", "window", f"labels/{config.task}"))
@@ -587,14 +589,13 @@ def _load_split(config: InputConfig, directory: str, manifest: dict, task: tuple
 
 
 @functools.lru_cache(maxsize=4096)
-def _counted(path: str, mtime_ns: int, size: int) -> int:
+def _counted(path: str, *version) -> int:
     return fmt.count_records(path)
 
 
 def _record_count(path: str) -> int:
     """Examples in a shard (headers only), cached per file version."""
-    stat = os.stat(path)
-    return _counted(path, stat.st_mtime_ns, stat.st_size)
+    return _counted(path, *fileio.version(path))
 
 
 def _steps(config: InputConfig, splits: list[_Split], count: int) -> int:

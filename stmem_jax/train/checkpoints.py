@@ -14,7 +14,6 @@ or optimizer setting) is not damaged: that is :class:`StateMismatch`, and nothin
 from __future__ import annotations
 
 import json
-import os
 from typing import Any
 
 import jax
@@ -22,6 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
+
+from stmem_jax.core import fileio
 
 CHECKSUMS = "checksums.json"
 
@@ -78,9 +79,10 @@ class Checkpoints:
     ``<workdir>/best`` keeps the one with the lowest ``best_metric`` when one is given."""
 
     def __init__(self, workdir: str, keep: int = 3, *, asynchronous: bool = True, best_metric: str | None = None):
-        self.workdir = workdir = os.path.abspath(workdir)
+        self.workdir = workdir = fileio.absolute(workdir)
+        fileio.makedirs(workdir)  # a missing bucket is an error here, never created by orbax
         self.manager = ocp.CheckpointManager(
-            os.path.join(workdir, "checkpoints"),
+            fileio.join(workdir, "checkpoints"),
             options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                                  enable_async_checkpointing=asynchronous),
             item_handlers=ocp.StandardCheckpointHandler())  # known before a save: metadata of existing steps
@@ -88,7 +90,7 @@ class Checkpoints:
         self.best = None
         if best_metric:
             self.best = ocp.CheckpointManager(
-                os.path.join(workdir, "best"),
+                fileio.join(workdir, "best"),
                 options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True, best_fn=lambda m: m[best_metric],
                                                      best_mode="min", enable_async_checkpointing=asynchronous),
                 item_handlers=ocp.StandardCheckpointHandler())
@@ -182,12 +184,11 @@ def _read_checksums(manager: ocp.CheckpointManager) -> dict[str, dict[str, int]]
     """The recorded checksums by step; None without a checksums file. A checksums file that cannot
     be read is a ValueError (restoring unverified would let damage through; moving every step aside
     would drop the run)."""
-    path = os.path.join(str(manager.directory), CHECKSUMS)
-    if not os.path.exists(path):
+    path = fileio.join(str(manager.directory), CHECKSUMS)
+    if not fileio.exists(path):
         return None
     try:
-        with open(path) as f:
-            table = json.load(f)
+        table = json.loads(fileio.read_text(path))
         if not isinstance(table, dict) or not all(isinstance(v, dict) for v in table.values()):
             raise ValueError("not a table of checksums by step")
     except (OSError, ValueError) as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
@@ -203,19 +204,17 @@ def _record_checksums(manager: ocp.CheckpointManager, step: int, state: Any) -> 
         return
     kept = {str(s) for s in manager.all_steps()}
     table = {k: v for k, v in (_read_checksums(manager) or {}).items() if k in kept} | {str(step): values}
-    path = os.path.join(str(manager.directory), CHECKSUMS)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(f"{path}.tmp-{os.getpid()}", "w") as f:
-        json.dump(table, f)
-    os.replace(f"{path}.tmp-{os.getpid()}", path)
+    path = fileio.join(str(manager.directory), CHECKSUMS)
+    fileio.makedirs(fileio.dirname(path))
+    fileio.write_text(path, json.dumps(table))
 
 
 def _move_aside(manager: ocp.CheckpointManager, step: int) -> str:
     """Renames a damaged step's directory to ``broken-<step>`` (nothing is deleted)."""
-    source = os.path.join(str(manager.directory), str(step))
-    target = os.path.join(str(manager.directory), f"broken-{step}")
-    if jax.process_index() == 0 and os.path.isdir(source):
-        os.replace(source, target) if not os.path.exists(target) else None
+    source = fileio.join(str(manager.directory), str(step))
+    target = fileio.join(str(manager.directory), f"broken-{step}")
+    if jax.process_index() == 0 and fileio.isdir(source):  # in a bucket: a copy, then the deletion
+        fileio.rename(source, target) if not fileio.exists(target) else None
     multihost_utils.sync_global_devices(f"checkpoint {step} moved aside")
     manager.reload()
     return target

@@ -20,6 +20,7 @@ import ml_collections
 from ml_collections.config_dict import placeholder
 
 from stmem_jax import methods
+from stmem_jax.core import fileio
 from stmem_jax.core.recipe import Recipe
 from stmem_jax.models import ENCODER_SIZES, PRESETS
 
@@ -253,8 +254,7 @@ def save(workdir: str, config: ml_collections.ConfigDict) -> None:
     import jax
 
     if jax.process_index() == 0:
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config.to_json(indent=2))
+        fileio.write_text(fileio.join(workdir, "config.json"), config.to_json(indent=2))
 
 
 # fields that say which run a workdir holds: resuming it with others is another run, even where the
@@ -272,8 +272,7 @@ def changes(workdir: str, config: ml_collections.ConfigDict) -> dict[str, tuple[
         return out
 
     try:
-        with open(os.path.join(workdir, "config.json")) as f:
-            saved = flat(json.load(f))
+        saved = flat(json.loads(fileio.read_text(fileio.join(workdir, "config.json"))))
     except (OSError, ValueError, AttributeError):
         return {}
     now = flat(json.loads(config.to_json()))

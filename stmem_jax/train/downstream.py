@@ -28,7 +28,6 @@ import copy
 import csv
 import dataclasses
 import json
-import os
 from typing import Any
 
 import flax.linen as nn
@@ -40,6 +39,7 @@ from jax.experimental import multihost_utils
 
 from stmem_jax import infer, methods, models, overlap
 from stmem_jax import mesh as meshlib
+from stmem_jax.core import fileio
 from stmem_jax.core.shards import read_manifests
 from stmem_jax.data.pipeline import global_batches, mixture_names, model_recipe, steps_per_epoch
 from stmem_jax.data.tasks import resolve_task
@@ -86,7 +86,7 @@ def random_encoder(config: ml_collections.ConfigDict, lead_ids: tuple[int, ...])
     after its method's pre-training (a classifier without one: its own initialisation)."""
     spec = config.init.removeprefix(RANDOM)
     key = jax.random.key(config.train.seed)
-    if os.path.exists(spec):
+    if fileio.exists(spec):
         model, _ = infer.load(spec, ("model", "encoder"))
         method = methods.of(model)
         if method is None:  # an encoder or a classifier: its own initialisation
@@ -112,18 +112,17 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     if not config.data.dir:
         raise ValueError(f"task {config.data.task!r} needs data.dir (a stmem-prepare output); the stmem-finetune "
                          f"command prepares the built-in synthetic data when it is empty")
-    workdir = os.path.abspath(workdir)
-    os.makedirs(workdir, exist_ok=True)
+    workdir = fileio.absolute(workdir)
+    fileio.makedirs(workdir)
     config = encoder_input(config)
-    if os.path.isfile(os.path.join(workdir, METRICS_FILE)):
+    if fileio.isfile(fileio.join(workdir, METRICS_FILE)):
         changed = config_lib.changes(workdir, config)
         if changed:
             raise ValueError(f"{workdir} holds a finished run with other settings (changed from its config.json: "
                              f"{config_lib.describe_changes(changed)}); use another workdir, or its own settings to "
                              f"read its results")
         print(f"{workdir} holds a finished run ({METRICS_FILE}): nothing to do", flush=True)
-        with open(os.path.join(workdir, METRICS_FILE)) as f:
-            return json.load(f)
+        return json.loads(fileio.read_text(fileio.join(workdir, METRICS_FILE)))
     task = resolve_task(config.data.dir, config.data.task, config.data.leads)
     leak, seen = pretraining_overlap(config, task)
     if config.data.exclude_pretraining_overlap and seen:
@@ -140,11 +139,11 @@ def encoder_input(config: ml_collections.ConfigDict) -> ml_collections.ConfigDic
     """``config``, or with ``data.sample_rate`` 0 and an ``init`` pre-trained on resampled windows
     (its saved config's ``data.sample_rate``, e.g. CPC at 100 Hz) a copy at that rate and crop length:
     an encoder meets the input it was trained on (set ``data.sample_rate`` to choose another)."""
-    if config.data.sample_rate or not config.init or config.init.startswith(RANDOM) or os.path.isfile(config.init):
+    if config.data.sample_rate or not config.init or config.init.startswith(RANDOM) or fileio.isfile(config.init):
         return config
     try:
-        with open(os.path.join(infer.model_directory(config.init), MODEL_FILE)) as f:
-            data = json.load(f)["metadata"]["config"]["data"]
+        data = json.loads(fileio.read_text(fileio.join(infer.model_directory(config.init), MODEL_FILE))
+                          )["metadata"]["config"]["data"]
         rate, crop = int(data.get("sample_rate", 0)), int(data["crop_samples"])
     except (OSError, ValueError, KeyError, TypeError):
         return config  # no pre-training config: the run's own settings
@@ -243,24 +242,22 @@ def _finish(config, workdir, task, model, params, selected, val, predictions, me
               "classes": task.classes, "multilabel": task.multilabel, "selected_step": selected,
               "select": config.eval.select if val is not None else "last", "validation": val, "test": test,
               "pretraining_overlap": leak}
-    save_model(os.path.join(workdir, "model"), model, {"params": params}, overwrite=True,
+    save_model(fileio.join(workdir, "model"), model, {"params": params}, overwrite=True,
                metadata={"task": task.name, "classes": task.classes, "multilabel": task.multilabel,
                          "leads": config.data.leads, "selected_step": selected,
                          "recipe": model_recipe(test_input).to_dict()})
     if jax.process_index() == 0:
-        np.savez(os.path.join(workdir, "test_predictions.npz"), record_id=predictions["record_id"],
-                 window=predictions["window"], label=predictions["label"], probs=predictions["outputs"],
-                 classes=np.array(task.classes))
+        with fileio.open(fileio.join(workdir, "test_predictions.npz"), "wb") as f:
+            np.savez(f, record_id=predictions["record_id"], window=predictions["window"], label=predictions["label"],
+                     probs=predictions["outputs"], classes=np.array(task.classes))
         columns = ["task", "mode", "leads", "label_fraction", "seed", "selected_step"]
         values = {k: record[k] for k in columns} | {"num_examples": test["num_examples"]} | scalars_of(test)
-        with open(os.path.join(workdir, "test_metrics.csv"), "w", newline="") as f:
+        with fileio.open(fileio.join(workdir, "test_metrics.csv"), "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=list(values))
             writer.writeheader()
             writer.writerow(values)
-        tmp = os.path.join(workdir, METRICS_FILE + ".tmp")
-        with open(tmp, "w") as f:
+        with fileio.open(fileio.join(workdir, METRICS_FILE), "w") as f:
             json.dump(record, f, indent=2)
-        os.replace(tmp, os.path.join(workdir, METRICS_FILE))
     multihost_utils.sync_global_devices("downstream run finished")
     return record
 

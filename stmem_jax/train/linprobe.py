@@ -13,7 +13,6 @@ import contextlib
 import dataclasses
 import hashlib
 import json
-import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -25,6 +24,7 @@ from jax.experimental import multihost_utils
 
 from stmem_jax import infer, models
 from stmem_jax import mesh as meshlib
+from stmem_jax.core import fileio
 from stmem_jax.data.tasks import Task
 from stmem_jax.train import loop
 from stmem_jax.train.classification import (checkpoints_for, eval_interval, num_examples, scalars_of, score,
@@ -50,22 +50,21 @@ def cached_features(config, workdir: str, task: Task, encoder: nn.Module, encode
     key = json.dumps({"input": dataclasses.asdict(keyed), "encoder": models.model_config(encoder),
                       "weights": _encoder_checksum(encoder_params)}, sort_keys=True,
                      default=lambda v: sorted(v) if isinstance(v, frozenset) else str(v))
-    directory = config.data.feature_cache or os.path.join(workdir, "features")
-    path = os.path.join(directory, f"{split}-{hashlib.sha1(key.encode()).hexdigest()[:16]}.npz")
-    found = np.asarray(os.path.isfile(path))
+    directory = config.data.feature_cache or fileio.join(workdir, "features")
+    path = fileio.join(directory, f"{split}-{hashlib.sha1(key.encode()).hexdigest()[:16]}.npz")
+    found = np.asarray(fileio.isfile(path))
     if jax.process_count() > 1:
         found = multihost_utils.process_allgather(found)
     if np.all(found):
-        with np.load(path) as data:
+        with fileio.open(path, "rb") as f, np.load(f) as data:
             return dict(data)
     fn = jax.jit(lambda p, s: infer.crop_outputs(encoder, p, s, task.lead_ids))
     params = jax.device_put({"encoder": jax.device_get(encoder_params)}, meshlib.replicated(mesh))
     features = infer.predict(fn, params, input_config, mesh)
     if jax.process_index() == 0:
-        os.makedirs(directory, exist_ok=True)
-        tmp = f"{path}.tmp-{os.getpid()}.npz"
-        np.savez(tmp, **features)
-        os.replace(tmp, path)
+        fileio.makedirs(directory)
+        with fileio.open(path, "wb") as f:
+            np.savez(f, **features)
     return features
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 from typing import Any
 
 import jax
@@ -26,6 +25,7 @@ from jax.experimental import multihost_utils
 
 from stmem_jax import methods
 from stmem_jax import mesh as meshlib
+from stmem_jax.core import fileio
 from stmem_jax.core.shards import read_manifests
 from stmem_jax.data.pipeline import (InputConfig, global_batches, lead_indices_for, mixture_names, parse_weights,
                                      steps_per_epoch)
@@ -46,8 +46,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         raise ValueError("pre-training needs data.dir (a stmem-prepare output); the stmem-pretrain command "
                          "prepares the built-in synthetic data when it is empty")
     method = methods.get(config.method)
-    workdir = os.path.abspath(workdir)
-    os.makedirs(workdir, exist_ok=True)
+    workdir = fileio.absolute(workdir)
+    fileio.makedirs(workdir)
     mesh = meshlib.make_mesh(config.mesh.fsdp)
     input_config = method_input(config, method, config.data.split, True, config.train.batch_size)
     lead_ids = lead_indices_for(input_config)
@@ -111,7 +111,7 @@ def _export(method, model, state: loop.TrainState, workdir: str, config, mesh) -
     """Writes the whole model and the method's encoder alone, for downstream use (all processes take part)."""
     variables = {"params": state.params}
     meta = {"step": int(state.step), "method": method.name, "config": json.loads(config.to_json())}
-    paths = {"model_dir": os.path.join(workdir, "model"), "encoder_dir": os.path.join(workdir, "encoder")}
+    paths = {"model_dir": fileio.join(workdir, "model"), "encoder_dir": fileio.join(workdir, "encoder")}
     save_model(paths["model_dir"], model, variables, overwrite=True, metadata=meta)
     encoder, encoder_vars = method.encoder(model, variables | {"extra": state.extra})
     encoder_vars = jax.tree.map(  # new arrays (tables that became parameters) join the mesh, replicated
@@ -126,7 +126,7 @@ class _Evaluator:
 
     def __init__(self, config, method, model, mesh, lead_ids, workdir):
         self.method, self.model, self.mesh, self.lead_ids = method, model, mesh, lead_ids
-        self.figure_dir = os.path.join(workdir, "figures")
+        self.figure_dir = fileio.join(workdir, "figures")
         data_dir = config.data.dir
         self.has_validation = any(config.data.val_split in m["splits"] for m in read_manifests(data_dir).values())
         split = config.data.val_split if self.has_validation else config.data.split
@@ -169,5 +169,5 @@ class _Evaluator:
             return None
         rows = self._example | self.method.randomness(self.model, self._example, self.key)
         return self.method.figure(self.model, params, rows, self.lead_ids,
-                                  os.path.join(self.figure_dir, f"reconstruction_{step:07d}.png"),
+                                  fileio.join(self.figure_dir, f"reconstruction_{step:07d}.png"),
                                   title=f"{self.method.label}, step {step}")

@@ -9,6 +9,8 @@ from typing import Any
 
 import jax
 
+from stmem_jax.core import fileio
+
 
 def _duration(seconds: float) -> str:
     seconds = int(max(seconds, 0))
@@ -17,19 +19,20 @@ def _duration(seconds: float) -> str:
 
 class Reporter:
     """Writes ``metrics.jsonl`` and TensorBoard event files under ``workdir`` and prints
-    ``step  epoch  loss  lr  grad_norm  examples/s  ETA`` lines; silent on other processes."""
+    ``step  epoch  loss  lr  grad_norm  examples/s  ETA`` lines; silent on other processes. A workdir
+    in a bucket gets them from a local copy every 30 s and when the run ends (``fileio.LocalMirror``)."""
 
     def __init__(self, workdir: str, total_steps: int, steps_per_epoch: int, global_batch: int):
         self.active = jax.process_index() == 0
         self.total_steps, self.steps_per_epoch, self.global_batch = total_steps, steps_per_epoch, global_batch
         self._last_time, self._last_step = time.perf_counter(), None
         if self.active:
-            os.makedirs(workdir, exist_ok=True)
-            self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+            self._mirror = fileio.LocalMirror(workdir, ("metrics.jsonl",))
+            self._jsonl = open(os.path.join(self._mirror.path, "metrics.jsonl"), "a")
             import tensorflow as tf
 
             self._tf = tf
-            self._writer = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
+            self._writer = tf.summary.create_file_writer(os.path.join(self._mirror.path, "tensorboard"))
 
     def write(self, step: int, metrics: dict[str, float], prefix: str = "train") -> None:
         """Records scalars at ``step`` (jsonl + TensorBoard); prints them unless they are training's
@@ -45,6 +48,7 @@ class Reporter:
             for name, value in metrics.items():
                 self._tf.summary.scalar(f"{prefix}/{name}", value)
         self._writer.flush()
+        self._mirror.sync()
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         """Records and prints one interval's line; ``step`` is the number of steps done."""
@@ -100,6 +104,7 @@ class Reporter:
         if self.active:
             self._jsonl.close()
             self._writer.close()
+            self._mirror.close()
 
     def __enter__(self) -> Reporter:
         return self
