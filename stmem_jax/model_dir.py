@@ -1,4 +1,8 @@
-"""A model and its variables as one directory: orbax-written variables plus ``model.json``."""
+"""A model and its variables as one directory: orbax-written variables plus ``model.json``.
+
+The variables are the model's ``params`` and, for a pre-training model whose method keeps state
+besides its parameters (CPC's BatchNorm running statistics, a momentum encoder), that state as
+``extra``: what the method's exported encoder is made of (``Method.encoder``)."""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
+from stmem_jax import methods
 from stmem_jax.models import init_variables, model_config, model_from_config
 
 MODEL_FILE = "model.json"
@@ -24,8 +29,8 @@ def _path(directory: str | os.PathLike) -> epath.Path:
 
 def save_model(directory: str | os.PathLike, model: nn.Module, variables: dict[str, Any], *,
                overwrite: bool = False, metadata: dict[str, Any] | None = None) -> epath.Path:
-    """Writes ``variables`` with orbax and the model description, so :func:`load_model` (and the
-    trainers) can rebuild both. Refuses to replace an existing directory unless ``overwrite``.
+    """Writes ``variables`` (``params``, and a pre-training model's ``extra``) with orbax and the model
+    description, so :func:`load_model` (and the trainers) can rebuild both. Refuses to replace an existing directory unless ``overwrite``.
     In a multi-process run every process calls it with the same (global) arrays."""
     path = _path(directory)
     if path.exists() and any(path.iterdir()) and not overwrite:
@@ -53,8 +58,17 @@ def load_model(directory: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]
     except (ValueError, KeyError, TypeError) as error:  # JSONDecodeError is a ValueError
         reason = error.args[0] if error.args else type(error).__name__
         raise ValueError(f"{description_file}: not a model description ({reason})") from None
+    checkpointer = ocp.StandardCheckpointer()
+    abstract = jax.eval_shape(lambda: init_variables(model, jax.random.key(0)))
+    saved = set(checkpointer.metadata(path / VARIABLES_DIR).item_metadata.keys())
+    if "extra" in saved:  # the method's state (shapes from the model, never from the files)
+        method = methods.of(model)
+        extra = None if method is None else jax.eval_shape(lambda p: method.init_extra(model, p), abstract["params"])
+        if extra is None:
+            raise ValueError(f"{path / VARIABLES_DIR}: holds an 'extra' collection, which a "
+                             f"{type(model).__name__} does not have")
+        abstract = {**abstract, "extra": extra}
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
-                          jax.eval_shape(lambda: init_variables(model, jax.random.key(0))))
-    variables = ocp.StandardCheckpointer().restore(path / VARIABLES_DIR, target)
+    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), abstract)
+    variables = checkpointer.restore(path / VARIABLES_DIR, target)
     return model, variables

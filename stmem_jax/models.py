@@ -48,12 +48,14 @@ def kinds() -> dict[str, tuple[type[nn.Module], dict[str, Any]]]:
 
 
 def _kind(kind: str) -> tuple[type[nn.Module], dict[str, Any]]:
+    """The registered kind ``kind``. Nothing is imported for it: a saved model's ``kind`` is data, and
+    a method of one's own registers its kinds when the user imports its module (in Python, or by
+    naming it: ``--config.method``, ``--config.model.kind``, ``--method``)."""
     registered = kinds()
-    if kind not in registered and "." in kind:  # a method module outside the package: "<module>[:<name>]"
-        importlib.import_module(kind.split(":")[0])
-        registered = kinds()
     if kind not in registered:
-        raise ValueError(f"unknown model kind {kind!r}; choose from {sorted(registered)}")
+        raise ValueError(f"unknown model kind {kind!r}: not one of the registered kinds ({', '.join(sorted(registered))}); "
+                         f"a method of your own registers its kinds when its module is imported (in Python, or named "
+                         f"on the command line: --config.method, --config.model.kind, --method)")
     return registered[kind]
 
 
@@ -115,7 +117,10 @@ def model_from_config(config: dict[str, Any]) -> nn.Module:
     if not isinstance(config, dict) or not isinstance(config.get("kind"), str):
         raise ValueError(f"a model description is a JSON object with a 'kind', got {str(config)[:80]!r}")
     config = dict(config)
-    cls, fixed = _kind(config.pop("kind"))
+    try:
+        cls, fixed = _kind(config.pop("kind"))
+    except ValueError as error:
+        raise ValueError(f"field 'kind': {error}") from None
     unknown = set(config) - fields(cls)
     if unknown:
         raise ValueError(f"{cls.__name__} has no field(s) {sorted(unknown)}")
