@@ -101,9 +101,10 @@ def _signal_files(path: str) -> list[str]:
 
 @contextlib.contextmanager
 def _lock(output: str):
-    """Holds ``.<name>.stmem-prepare.lock`` in the output's parent while the run lasts, so that a
-    second run on the same output fails at once (the lock dies with its process: no stale lock)."""
-    parent, name = os.path.split(output)
+    """Holds ``.<name>.stmem-prepare.lock`` in the output's real parent (links resolved: two paths to
+    one folder share the lock) while the run lasts, so that a second run on the same output fails at
+    once (the lock dies with its process: no stale lock)."""
+    parent, name = os.path.split(os.path.realpath(output))
     os.makedirs(parent, exist_ok=True)
     path = os.path.join(parent, f".{name}.stmem-prepare.lock")
     while True:

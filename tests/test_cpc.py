@@ -71,14 +71,17 @@ def test_running_statistics_and_export():
     pooled = np.concatenate([c.mean(1), c.max(1), c[:, -1]], axis=-1)
     np.testing.assert_allclose(jax.jit(encoder.apply)(variables, rows["series"]), pooled, rtol=1e-5, atol=1e-6)
     assert c.shape == (4, model.seq_len, model.width)
-    # without the method's state (a random encoder): the initial statistics
-    _, fresh = method.encoder(model, {"params": params})
+    # a random encoder's state: the initial statistics; no state at all (a CPC model/ of an older version) is refused
+    _, fresh = method.encoder(model, {"params": params, "extra": method.init_extra(model, params)})
     np.testing.assert_array_equal(fresh["params"]["encoder"]["norm_0"]["var"], np.ones(model.width))
+    with pytest.raises(ValueError, match="needs the BatchNorm running statistics .* use the run's encoder/"):
+        method.encoder(model, {"params": params})
 
 
 def test_classifier_heads_and_frozen_statistics():
     model, method = small_model(), cpc.Cpc()
-    encoder, variables = method.encoder(model, {"params": method.init_params(model, jax.random.key(0), LEADS)})
+    params = method.init_params(model, jax.random.key(0), LEADS)
+    encoder, variables = method.encoder(model, {"params": params, "extra": method.init_extra(model, params)})
     series = batch(model, 3)["series"]
     classifier = encoder.clone(num_classes=5)
     params = jax.jit(classifier.init)(jax.random.key(1), series)["params"] | variables["params"]

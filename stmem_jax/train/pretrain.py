@@ -81,8 +81,10 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         hooks = [loop.Hook(config.eval.every_steps, validate),
                  loop.Hook(config.log.figure_every_steps, lambda state, step: evaluator.figure(state, step))]
         stop_at = min(total, start + config.train.max_steps_per_run) if config.train.max_steps_per_run else total
+        batches = _FirstChecked(global_batches(input_config, mesh, data_axis=meshlib.BATCH_AXES, start_step=start),
+                                method)
         state, step, last = loop.run(
-            state, step_fn, global_batches(input_config, mesh, data_axis=meshlib.BATCH_AXES, start_step=start),
+            state, step_fn, batches,
             run.key, keys=run.inputs, start=start, schedule=schedule, reporter=reporter, checkpoints=checkpoints,
             log_every=config.log.every_steps, checkpoint_every=config.checkpoint.every_steps, stop_at=stop_at,
             hooks=hooks, sources=mixture_names(input_config))
@@ -109,6 +111,26 @@ def input_recipe(input_config: InputConfig) -> Recipe:
     """The input the pre-trained model met (the data's recipe at ``data.sample_rate`` and
     ``data.crop_samples``), with the recipe's evaluation crops: what its users feed it."""
     return dataclasses.replace(model_recipe(input_config), eval_crops=Recipe.eval_crops)
+
+
+class _FirstChecked:
+    """Batches whose first one the method checks (``Method.check_batch``) before it trains on it."""
+
+    def __init__(self, batches, method: methods.Method):
+        self.batches, self.method, self.checked = batches, method, False
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict:
+        batch = next(self.batches)
+        if not self.checked:
+            self.checked = True
+            self.method.check_batch({name: batch[name] for name in self.method.inputs})
+        return batch
+
+    def close(self) -> None:
+        getattr(self.batches, "close", lambda: None)()
 
 
 def _local_checksum(params) -> float:
