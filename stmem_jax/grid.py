@@ -86,7 +86,7 @@ def grid_runs(config: ml_collections.ConfigDict) -> list[Run]:
     for run in runs:
         other = folders.setdefault(run.name, run)
         if other is not run:
-            what = "is listed twice" if other == run else f"and {_describe(other)} would share it"
+            what = "is listed twice" if other == run else f"and {_describe(other)} would share one folder"
             raise ValueError(f"the grid's run {_describe(run)} {what} (runs/{run.name}): a run's folder is its task, "
                              f"method name (letters, digits and _.+- kept, the rest '_'), mode, leads, fraction and "
                              f"seed; give the methods (or tasks) names that differ there")

@@ -34,7 +34,7 @@ from stmem_jax.core.leads import LEAD_NAMES, lead_indices
 from stmem_jax.core.recipe import Recipe, window_inputs
 from stmem_jax.core.shards import read_manifests
 from stmem_jax.core.signal import RecordError
-from stmem_jax.model_dir import MODEL_FILE, load_model
+from stmem_jax.model_dir import MODEL_FILE, load_model, read_description
 
 if TYPE_CHECKING:  # the input pipeline (TensorFlow) loads only when a prepared split is read
     from stmem_jax.data.pipeline import InputConfig
@@ -76,14 +76,10 @@ def input_recipe(path: str, model: nn.Module | None = None, prefer: Sequence[str
     when the saved pre-training config set one."""
     if os.path.isfile(path):
         return Recipe(crop_samples=(model or load_torch_checkpoint(path)[0]).seq_len)
-    file = os.path.join(model_directory(path, prefer), MODEL_FILE)
-    try:
-        with open(file) as f:
-            description = json.load(f)
-        metadata = description.get("metadata") or {}
-        seq_len = model.seq_len if model is not None else int(description["model"]["seq_len"])
-    except (ValueError, KeyError, TypeError, AttributeError) as error:
-        raise ValueError(f"{file}: not a model description ({error})") from None
+    directory = model_directory(path, prefer)
+    file = os.path.join(directory, MODEL_FILE)
+    described, metadata = read_description(directory)
+    seq_len = (model or described).seq_len
     saved = metadata.get("recipe")
     if saved is None:
         data = (metadata.get("config") or {}).get("data") or {}

@@ -45,9 +45,9 @@ def save_model(directory: str | os.PathLike, model: nn.Module, variables: dict[s
     return path
 
 
-def load_model(directory: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuilds the model saved by :func:`save_model` and restores its variables onto this process's
-    first device, whatever the device count of the run that saved them."""
+def read_description(directory: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
+    """The model a directory written by :func:`save_model` describes, and its metadata; nothing else is
+    read. ValueError naming ``model.json`` and what is wrong when it describes no model."""
     path = _path(directory)
     description_file = path / MODEL_FILE
     if not description_file.exists():
@@ -55,9 +55,20 @@ def load_model(directory: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]
     try:
         description = json.loads(description_file.read_text())
         model = model_from_config(description["model"])
-    except (ValueError, KeyError, TypeError) as error:  # JSONDecodeError is a ValueError
+        metadata = description.get("metadata") or {}
+        if not isinstance(metadata, dict):
+            raise ValueError("field 'metadata' is not an object")
+    except (ValueError, KeyError, TypeError, AttributeError) as error:  # JSONDecodeError is a ValueError
         reason = error.args[0] if error.args else type(error).__name__
         raise ValueError(f"{description_file}: not a model description ({reason})") from None
+    return model, metadata
+
+
+def load_model(directory: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuilds the model saved by :func:`save_model` and restores its variables onto this process's
+    first device, whatever the device count of the run that saved them."""
+    path = _path(directory)
+    model, _ = read_description(path)
     checkpointer = ocp.StandardCheckpointer()
     abstract = jax.eval_shape(lambda: init_variables(model, jax.random.key(0)))
     saved = set(checkpointer.metadata(path / VARIABLES_DIR).item_metadata.keys())

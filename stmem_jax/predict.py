@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import os
 import sys
 from typing import Any
@@ -30,15 +29,14 @@ from stmem_jax import infer, methods
 from stmem_jax import mesh as meshlib
 from stmem_jax.core.leads import lead_indices, parse_leads
 from stmem_jax.core.signal import EXIT_SKIPPED
-from stmem_jax.model_dir import MODEL_FILE
+from stmem_jax.model_dir import read_description
 
 
 def load_classifier(path: str) -> tuple[Any, dict[str, Any], dict[str, Any]]:
     """The classifier saved by stmem-finetune at ``path`` (its workdir or ``model/``), its variables,
     and what was saved with it: ``classes``, ``multilabel``, ``leads``, ``recipe`` (a Recipe)."""
     directory = infer.model_directory(path, ("model",))
-    with open(os.path.join(directory, MODEL_FILE)) as f:
-        info = json.load(f).get("metadata") or {}
+    _, info = read_description(directory)
     if "classes" not in info:
         raise ValueError(f"{directory} is not a fine-tuned classifier (no classes saved with it); "
                          f"stmem-predict takes a stmem-finetune workdir")
