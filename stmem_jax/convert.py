@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import math
 import os
 import pickle
 import re
@@ -300,13 +301,15 @@ def _scan(path: str | os.PathLike) -> tuple[Any, int]:
     is not one, declares sizes beyond ``MAX_PTH_BYTES`` or tensors its storages do not hold whole."""
     try:
         with zipfile.ZipFile(path) as archive:
-            entries = {info.filename: info.file_size for info in archive.infolist()}
+            entries: dict[str, int] = {}
+            for info in archive.infolist():
+                entries[info.filename] = max(entries.get(info.filename, 0), info.file_size)
+            declared = sum(info.file_size for info in archive.infolist())
             pickles = [name for name in entries if name.endswith("/data.pkl") and name.count("/") == 1]
             if len(pickles) != 1:
                 raise ValueError("no data.pkl at the top of the archive")
             if entries[pickles[0]] > MAX_PICKLE_BYTES:
                 raise ValueError(f"its data.pkl declares {entries[pickles[0]]:,} bytes (at most {MAX_PICKLE_BYTES:,})")
-            declared = sum(entries.values())
             if declared > MAX_PTH_BYTES:
                 raise ValueError(f"its entries declare {declared:,} bytes uncompressed, more than a checkpoint this "
                                  f"package reads holds (at most {MAX_PTH_BYTES:,})")
@@ -325,7 +328,7 @@ def _scan(path: str | os.PathLike) -> tuple[Any, int]:
         if not isinstance(tensor, _Tensor):
             continue
         entry = entries.get(f"{root}/data/{tensor.storage.key}")
-        numel = int(np.prod(tensor.shape, dtype=np.int64))
+        numel = math.prod(tensor.shape)
         stored = tensor.storage.numel * tensor.storage.itemsize
         if entry is None or entry < stored or not _contiguous(tensor.shape, tensor.stride) or \
                 tensor.offset + numel > tensor.storage.numel:

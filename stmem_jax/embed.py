@@ -9,8 +9,9 @@ input it was trained on (the recipe saved with it: rate, crop length, evaluation
 encoder pre-trained at 100 Hz gets 100 Hz crops, from a prepared split resampled in the
 pipeline). Every window gives the mean of the features of its evaluation crops (equally spaced,
 each z-scored). Files (any format ``stmem_jax.core.ecgfile`` reads) go through that recipe as
-stmem-prepare applies it (``stmem_jax.core.recipe``: resampled, band-filtered, cut into windows); each gives its first usable
-window, or every window with ``--per-window``, and its path relative to the folder as record id.
+stmem-prepare applies it (``stmem_jax.core.recipe``: resampled, band-filtered, cut into windows);
+each gives its first usable window, or every window with ``--per-window``, and its path relative
+to the folder as record id.
 The ``.npz`` holds ``features`` (N, W), ``record_id``, ``window`` and, where known, labels:
 ``label`` and ``classes`` with ``--task`` (a prepared split; single-label tasks keep only the
 examples with one class) or ``labels`` (';'-joined, with ``--labels``).

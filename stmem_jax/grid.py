@@ -12,9 +12,10 @@ runs once per point as the ``Supervised`` row, with the first method's encoder a
 run has its own directory under ``<workdir>/runs`` (names that would share one are refused); a run
 whose test metrics exist is skipped, so an interrupted grid resumes, once its recorded identity
 (``config.json``: settings and the checksum of its init's weights) is the grid's: a finished run of
-other weights or settings is refused before anything runs, never reported. At the end it writes ``runs.csv`` (every run) and ``results.md``
-(:func:`paper_tables`: the paper's Table 1 layout and, with several lead settings, its
-lead-robustness layout; ``grid.reference=paper`` puts the paper's numbers beside ours).
+other weights or settings is refused before anything runs, never reported. At the end it writes
+``runs.csv`` (every run) and ``results.md`` (:func:`paper_tables`: the paper's Table 1 layout
+and, with several lead settings, its lead-robustness layout; ``grid.reference=paper`` puts the
+paper's numbers beside ours).
 """
 
 from __future__ import annotations
@@ -153,7 +154,8 @@ def check_finished(config: ml_collections.ConfigDict, runs: list[Run], workdir: 
     for run in runs:
         directory = os.path.join(workdir, "runs", run.name)
         if os.path.isfile(os.path.join(directory, downstream.METRICS_FILE)):
-            changed = config_lib.changes(directory, downstream.with_identity(run_config(config, run), checksums, quiet=True))
+            expected = downstream.with_identity(run_config(config, run), checksums, quiet=True)
+            changed = config_lib.changes(directory, expected)
             if changed:
                 foreign.append(f"runs/{run.name} ({config_lib.describe_changes(changed, most=3)})")
     if foreign:

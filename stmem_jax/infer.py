@@ -78,7 +78,7 @@ def input_recipe(path: str, model: nn.Module | None = None, prefer: Sequence[str
         return Recipe(crop_samples=(model or load_torch_checkpoint(path)[0]).seq_len)
     directory = model_directory(path, prefer)
     file = os.path.join(directory, MODEL_FILE)
-    described, metadata = read_description(directory)
+    described, _, metadata = read_description(directory)
     seq_len = (model or described).seq_len
     saved = metadata.get("recipe")
     if saved is None:

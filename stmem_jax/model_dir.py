@@ -28,10 +28,12 @@ def _path(directory: str | os.PathLike) -> epath.Path:
 
 
 def save_model(directory: str | os.PathLike, model: nn.Module, variables: dict[str, Any], *,
-               overwrite: bool = False, metadata: dict[str, Any] | None = None) -> epath.Path:
+               overwrite: bool = False, metadata: dict[str, Any] | None = None, kind: str | None = None
+               ) -> epath.Path:
     """Writes ``variables`` (``params``, and a pre-training model's ``extra``) with orbax and the model
-    description, so :func:`load_model` (and the trainers) can rebuild both. Refuses to replace an existing directory unless ``overwrite``.
-    In a multi-process run every process calls it with the same (global) arrays."""
+    description (``kind``: see ``models.model_config``), so :func:`load_model` (and the trainers) can
+    rebuild both. Refuses to replace an existing directory unless ``overwrite``. In a multi-process
+    run every process calls it with the same (global) arrays."""
     path = _path(directory)
     if path.exists() and any(path.iterdir()) and not overwrite:
         raise FileExistsError(f"{path} already exists and is not empty; pass overwrite=True to replace it")
@@ -40,14 +42,14 @@ def save_model(directory: str | os.PathLike, model: nn.Module, variables: dict[s
     checkpointer.save(path / VARIABLES_DIR, variables, force=overwrite)
     checkpointer.wait_until_finished()
     if jax.process_index() == 0:
-        description = {"model": model_config(model), "metadata": metadata or {}}
+        description = {"model": model_config(model, kind), "metadata": metadata or {}}
         (path / MODEL_FILE).write_text(json.dumps(description, indent=2, sort_keys=True))
     return path
 
 
-def read_description(directory: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
-    """The model a directory written by :func:`save_model` describes, and its metadata; nothing else is
-    read. ValueError naming ``model.json`` and what is wrong when it describes no model."""
+def read_description(directory: str | os.PathLike) -> tuple[nn.Module, str, dict[str, Any]]:
+    """The model a directory written by :func:`save_model` describes, its kind and its metadata;
+    nothing else is read. ValueError naming ``model.json`` and what is wrong when it describes no model."""
     path = _path(directory)
     description_file = path / MODEL_FILE
     if not description_file.exists():
@@ -61,19 +63,19 @@ def read_description(directory: str | os.PathLike) -> tuple[nn.Module, dict[str,
     except (ValueError, KeyError, TypeError, AttributeError) as error:  # JSONDecodeError is a ValueError
         reason = error.args[0] if error.args else type(error).__name__
         raise ValueError(f"{description_file}: not a model description ({reason})") from None
-    return model, metadata
+    return model, description["model"]["kind"], metadata
 
 
 def load_model(directory: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuilds the model saved by :func:`save_model` and restores its variables onto this process's
     first device, whatever the device count of the run that saved them."""
     path = _path(directory)
-    model, _ = read_description(path)
+    model, kind, _ = read_description(path)
     checkpointer = ocp.StandardCheckpointer()
     abstract = jax.eval_shape(lambda: init_variables(model, jax.random.key(0)))
     saved = set(checkpointer.metadata(path / VARIABLES_DIR).item_metadata.keys())
     if "extra" in saved:  # the method's state (shapes from the model, never from the files)
-        method = methods.of(model)
+        method = methods.get(kind) if kind in methods.names() else None
         extra = None if method is None else jax.eval_shape(lambda p: method.init_extra(model, p), abstract["params"])
         if extra is None:
             raise ValueError(f"{path / VARIABLES_DIR}: holds an 'extra' collection, which a "

@@ -53,9 +53,10 @@ def _kind(kind: str) -> tuple[type[nn.Module], dict[str, Any]]:
     naming it: ``--config.method``, ``--config.model.kind``, ``--method``)."""
     registered = kinds()
     if kind not in registered:
-        raise ValueError(f"unknown model kind {kind!r}: not one of the registered kinds ({', '.join(sorted(registered))}); "
-                         f"a method of your own registers its kinds when its module is imported (in Python, or named "
-                         f"on the command line: --config.method, --config.model.kind, --method)")
+        raise ValueError(f"unknown model kind {kind!r}: not one of the registered kinds "
+                         f"({', '.join(sorted(registered))}); a method of your own registers its kinds when its "
+                         f"module is imported (in Python, or named on the command line: --config.method, "
+                         f"--config.model.kind, --method)")
     return registered[kind]
 
 
@@ -99,13 +100,15 @@ def checked(model: nn.Module) -> nn.Module:
     return model
 
 
-def model_config(model: nn.Module) -> dict[str, Any]:
-    """JSON-serialisable description of a model: its kind and every field."""
-    for kind, (cls, fixed) in kinds().items():
-        if type(model) is cls and all(getattr(model, k) == v for k, v in fixed.items()):
+def model_config(model: nn.Module, kind: str | None = None) -> dict[str, Any]:
+    """JSON-serialisable description of a model: its kind (``kind``, else the first registered kind of
+    its class and fixed fields: a method of one's own that reuses a class names its own) and every field."""
+    for registered, (cls, fixed) in kinds().items():
+        if type(model) is cls and all(getattr(model, k) == v for k, v in fixed.items()) and kind in (None, registered):
+            kind = registered
             break
     else:
-        raise ValueError(f"not a registered model: {type(model).__name__}")
+        raise ValueError(f"not a registered model{f' of kind {kind!r}' if kind else ''}: {type(model).__name__}")
     config = {name: getattr(model, name) for name in sorted(fields(cls))}
     config["dtype"] = jnp.dtype(config["dtype"]).name
     return {"kind": kind, **config}

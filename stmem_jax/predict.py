@@ -36,7 +36,7 @@ def load_classifier(path: str) -> tuple[Any, dict[str, Any], dict[str, Any]]:
     """The classifier saved by stmem-finetune at ``path`` (its workdir or ``model/``), its variables,
     and what was saved with it: ``classes``, ``multilabel``, ``leads``, ``recipe`` (a Recipe)."""
     directory = infer.model_directory(path, ("model",))
-    _, info = read_description(directory)
+    _, _, info = read_description(directory)
     if "classes" not in info:
         raise ValueError(f"{directory} is not a fine-tuned classifier (no classes saved with it); "
                          f"stmem-predict takes a stmem-finetune workdir")

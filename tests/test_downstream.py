@@ -351,7 +351,8 @@ def test_grid_methods_whose_names_would_share_a_folder_are_refused_before_anythi
     config = load_config(os.path.join(CONFIGS, "grid.py"), "ptbxl:rhythm")
     config.grid.update(methods=("ST MEM=runs/a", "ST_MEM=runs/b"), modes=("linprobe",))
     with pytest.raises(ValueError, match=r"run ST_MEM=runs/b \(linprobe, task rhythm\) and ST MEM=runs/a "
-                                         r"\(linprobe, task rhythm\) would share one folder \(runs/rhythm/ST_MEM-linprobe/"):
+                                         r"\(linprobe, task rhythm\) would share one folder "
+                                         r"\(runs/rhythm/ST_MEM-linprobe/"):
         grid.grid_runs(config)
     config.grid.methods = ("ST-MEM=runs/a", "ST-MEM=runs/a")
     with pytest.raises(ValueError, match=r"run ST-MEM=runs/a \(linprobe, task rhythm\) is listed twice"):

@@ -191,7 +191,8 @@ def task_classes(manifests: dict[str, dict], task: str) -> tuple[list[str], bool
 def model_recipe(config: InputConfig) -> Recipe:
     """The recipe the model sees through this input: the prepared data's rate (or ``sample_rate``, the
     data's then its ``prepared_fs``) and window, its band filter (or the default band when
-    ``bandpass`` filters unfiltered data on the fly), and the config's crop length and evaluation crops. Raw ECGs go through it to meet the model as trained."""
+    ``bandpass`` filters unfiltered data on the fly), and the config's crop length and evaluation
+    crops. Raw ECGs go through it to meet the model as trained."""
     recipe = Recipe.of_manifest(next(iter(fmt.read_manifests(config.data_dir).values())))
     if config.bandpass:
         recipe = recipe.with_band_of(Recipe())

@@ -5,10 +5,11 @@ its bits weighted by position, modulo 2^32, computed on the devices and exact wh
 sharding, so any flipped bit or byte changes it. A restore checks it; :meth:`Checkpoints.restore_latest`
 falls back from a damaged step (unreadable, arrays that differ from their checksum, or no checksum
 recorded for it) to the newest intact one, moving the damaged one aside (``broken-<step>``, or
-``broken-<step>-<n>`` beside an earlier one) with a warning. An unreadable ``checksums.json`` verifies nothing: that is an error, and nothing is moved.
-Without any ``checksums.json`` (checkpoints written before checksums existed) a step is restored
-unverified, with a warning. A step whose arrays have other shapes than this run's (another model
-or optimizer setting) is not damaged: that is :class:`StateMismatch`, and nothing is touched.
+``broken-<step>-<n>`` beside an earlier one) with a warning. An unreadable ``checksums.json``
+verifies nothing: that is an error, and nothing is moved. Without any ``checksums.json``
+(checkpoints written before checksums existed) a step is restored unverified, with a warning. A
+step whose arrays have other shapes than this run's (another model or optimizer setting) is not
+damaged: that is :class:`StateMismatch`, and nothing is touched.
 """
 
 from __future__ import annotations

@@ -84,14 +84,13 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         batches = _FirstChecked(global_batches(input_config, mesh, data_axis=meshlib.BATCH_AXES, start_step=start),
                                 method)
         state, step, last = loop.run(
-            state, step_fn, batches,
-            run.key, keys=run.inputs, start=start, schedule=schedule, reporter=reporter, checkpoints=checkpoints,
-            log_every=config.log.every_steps, checkpoint_every=config.checkpoint.every_steps, stop_at=stop_at,
-            hooks=hooks, sources=mixture_names(input_config))
+            state, step_fn, batches, run.key, keys=run.inputs, start=start, schedule=schedule, reporter=reporter,
+            checkpoints=checkpoints, log_every=config.log.every_steps, checkpoint_every=config.checkpoint.every_steps,
+            stop_at=stop_at, hooks=hooks, sources=mixture_names(input_config))
     summary = {"step": int(step), "total_steps": total, "workdir": workdir, **last,
                "process": jax.process_index(), "local_params_checksum": _local_checksum(state.params)}
     if step == total:
-        summary |= _export(method, run.model, state, workdir, config, mesh, input_recipe(input_config))
+        summary |= _export(method, run.model, state, workdir, config, mesh, _trained_recipe(input_config))
     return summary
 
 
@@ -107,7 +106,7 @@ def method_input(config: ml_collections.ConfigDict, method: methods.Method, spli
                        augment_prob=d.augment_prob, eval_crops=1)
 
 
-def input_recipe(input_config: InputConfig) -> Recipe:
+def _trained_recipe(input_config: InputConfig) -> Recipe:
     """The input the pre-trained model met (the data's recipe at ``data.sample_rate`` and
     ``data.crop_samples``), with the recipe's evaluation crops: what its users feed it."""
     return dataclasses.replace(model_recipe(input_config), eval_crops=Recipe.eval_crops)
@@ -146,7 +145,7 @@ def _export(method, model, state: loop.TrainState, workdir: str, config, mesh, r
     meta = {"step": int(state.step), "method": method.name, "config": json.loads(config.to_json()),
             "recipe": recipe.to_dict()}
     paths = {"model_dir": os.path.join(workdir, "model"), "encoder_dir": os.path.join(workdir, "encoder")}
-    save_model(paths["model_dir"], model, variables, overwrite=True, metadata=meta)
+    save_model(paths["model_dir"], model, variables, overwrite=True, metadata=meta, kind=method.name)
     encoder, encoder_vars = method.encoder(model, variables)
     encoder_vars = jax.tree.map(  # new arrays (tables that became parameters) join the mesh, replicated
         lambda x: jax.device_put(x, meshlib.replicated(mesh)) if isinstance(x, np.ndarray) else x, encoder_vars)
