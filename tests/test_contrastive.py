@@ -151,7 +151,6 @@ def test_moco_step_keeps_the_patch_embedding_and_moves_the_momentum_encoder_by_i
     assert features.shape == (8, 64)
 
 
-@pytest.mark.slow
 def test_cmsc_refuses_pretraining_on_batches_of_one_patient(tmp_path):
     """Every pair of a one-patient batch is a positive: a constant loss, no gradient; the run stops
     at its first batch, before any step, naming why."""
