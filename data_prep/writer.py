@@ -105,13 +105,14 @@ def _signal_files(path: str, found: dict[str, int]) -> list[str]:
 
 @contextlib.contextmanager
 def _lock(output: str):
-    """Holds ``.<name>.stmem-prepare.lock`` in the output's parent while the run lasts, so that a
-    second run on the same output fails at once (the lock dies with its process: no stale lock).
-    A bucket has no file locks: an output there is not locked (run one preparation per output)."""
+    """Holds ``.<name>.stmem-prepare.lock`` in the output's real parent (links resolved: two paths to
+    one folder share the lock) while the run lasts, so that a second run on the same output fails at
+    once (the lock dies with its process: no stale lock). A bucket has no file locks: an output there
+    is not locked (run one preparation per output)."""
     if fileio.is_url(output):
         yield
         return
-    parent, name = os.path.split(output)
+    parent, name = os.path.split(os.path.realpath(output))
     os.makedirs(parent, exist_ok=True)
     path = os.path.join(parent, f".{name}.stmem-prepare.lock")
     while True:

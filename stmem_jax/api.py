@@ -2,7 +2,7 @@
 reconstruct a masked ECG.
 
     from stmem_jax import api
-    encoder, variables = api.load_encoder("runs/pretrain")           # or a public .pth file
+    encoder, variables = api.load_encoder("runs/pretrain")           # or a public .pth file; remembers its recipe
     features = api.embed(encoder, variables, ecgs, fs=500, leads=("I", "II", "V1"))
     ecg = api.read_ecg("exam.dcm")                                    # DICOM, HL7 aECG, MUSE, EDF, WFDB, ...
     features = api.embed(encoder, variables, [ecg])
@@ -10,8 +10,12 @@ reconstruct a masked ECG.
     result = api.reconstruct(model, pre_vars, ecgs[0], fs=500, leads="12")
     api.plot_reconstruction(result, "reconstruction.png")
 
-Recordings go through the ST-MEM recipe (``stmem_jax.core.recipe``, stmem-prepare's defaults unless
-``recipe`` says otherwise): resampled, band-filtered, cropped, z-scored. Arrays are cropped over
+Recordings go through the recipe the model was trained on (``stmem_jax.core.recipe``; saved with
+it, e.g. a CPC encoder pre-trained at 100 Hz gets 100 Hz crops): resampled, band-filtered,
+cropped, z-scored. :func:`load_encoder` and :func:`load_pretraining_model` remember the recipe
+for the variables they return, and :func:`embed` and :func:`reconstruct` use it; ``recipe=``
+overrides it (:func:`input_recipe` reads it from a path); variables not loaded here get
+stmem-prepare's defaults at the model's crop length. Arrays are cropped over
 their whole length; ECGs read from files are cut into windows as stmem-prepare cuts them, and their
 first usable window is used (as ``stmem-embed --files`` does).
 """
@@ -19,6 +23,7 @@ first usable window is used (as ``stmem-embed --files`` does).
 from __future__ import annotations
 
 import functools
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -30,11 +35,46 @@ from stmem_jax.core.ecgfile import ECG, ECGFileError, read_ecg
 from stmem_jax.core.leads import LEAD_NAMES, lead_indices
 from stmem_jax.core.recipe import Recipe, model_inputs, window_inputs
 from stmem_jax.core.signal import RecordError
-from stmem_jax.infer import load_encoder, load_pretraining_model
 from stmem_jax.plots import reconstruction_figure
 
-__all__ = ["ECG", "read_ecg", "load_encoder", "load_pretraining_model", "prepare", "embed", "reconstruct",
-           "plot_reconstruction"]
+__all__ = ["ECG", "read_ecg", "load_encoder", "load_pretraining_model", "input_recipe", "prepare", "embed",
+           "reconstruct", "plot_reconstruction"]
+
+# id of the first array of variables returned by a load function -> (a weak reference to it, its recipe)
+_RECIPES: dict[int, tuple[weakref.ref, Recipe]] = {}
+
+
+def _remember(loaded: tuple[Any, dict[str, Any]], recipe: Recipe) -> tuple[Any, dict[str, Any]]:
+    """``loaded`` (model, variables), with ``recipe`` recorded for the variables (while they live)."""
+    first = jax.tree.leaves(loaded[1])[0]
+    key = id(first)
+    _RECIPES[key] = (weakref.ref(first, lambda _, key=key: _RECIPES.pop(key, None)), recipe)
+    return loaded
+
+
+def _recipe_of(variables: dict[str, Any], model) -> Recipe:
+    """The recipe recorded for ``variables`` by a load function, else the default one at the model's crop length."""
+    leaves = jax.tree.leaves(variables)
+    entry = _RECIPES.get(id(leaves[0])) if leaves else None
+    return entry[1] if entry is not None and entry[0]() is leaves[0] else Recipe(crop_samples=model.seq_len)
+
+
+def load_encoder(path: str) -> tuple[Any, dict[str, Any]]:
+    """The classification encoder (no head) and its variables of the weights at ``path`` (a
+    stmem-pretrain workdir, a model directory, a downstream run's ``model/``, a public ``.pth``)."""
+    encoder, variables = infer.load_encoder(path)
+    return _remember((encoder, variables), infer.input_recipe(path, encoder, ("encoder", "model")))
+
+
+def load_pretraining_model(path: str) -> tuple[Any, dict[str, Any]]:
+    """The whole pre-training model (encoder and decoder) at ``path`` and its variables."""
+    model, variables = infer.load_pretraining_model(path)
+    return _remember((model, variables), infer.input_recipe(path, model, ("model",)))
+
+
+def input_recipe(path: str) -> Recipe:
+    """The recipe the model at ``path`` was trained on (what :func:`embed` feeds it)."""
+    return infer.input_recipe(path)
 
 
 def prepare(ecgs: np.ndarray, fs: float, *, recipe: Recipe = Recipe(), crop_samples: int | None = None,
@@ -50,11 +90,12 @@ def prepare(ecgs: np.ndarray, fs: float, *, recipe: Recipe = Recipe(), crop_samp
 
 def embed(encoder, variables: dict[str, Any], ecgs: np.ndarray | ECG | Sequence[ECG], fs: float | None = None,
           leads: str | Sequence[str] | None = None, *, batch_size: int = 64, crops: int | None = None,
-          recipe: Recipe = Recipe()) -> np.ndarray:
+          recipe: Recipe | None = None) -> np.ndarray:
     """Pooled encoder features (B, W), the mean over the evaluation crops, of raw ECGs (B, C, T) or
     (C, T) in mV at ``fs`` Hz whose rows are ``leads`` (names, any order; default the first C
     standard leads), or of ECGs from :func:`read_ecg` (``leads`` selects among theirs; default all
-    of the first one's)."""
+    of the first one's), through the model's recipe (see the module docstring)."""
+    recipe = recipe or _recipe_of(variables, encoder)
     if isinstance(ecgs, ECG) or (isinstance(ecgs, Sequence) and ecgs and isinstance(ecgs[0], ECG)):
         inputs, leads = _ecg_inputs([ecgs] if isinstance(ecgs, ECG) else list(ecgs), leads, recipe, encoder.seq_len,
                                     crops)
@@ -81,11 +122,12 @@ def _ecg_inputs(ecgs: list[ECG], leads, recipe: Recipe, crop_samples: int, crops
 
 
 def reconstruct(model, variables: dict[str, Any], ecg: np.ndarray, fs: float, leads: str | Sequence[str] = "12", *,
-                mask_ratio: float | None = None, seed: int = 0, recipe: Recipe = Recipe()) -> dict[str, Any]:
+                mask_ratio: float | None = None, seed: int = 0, recipe: Recipe | None = None) -> dict[str, Any]:
     """Masks one ECG (C, T) at random and reconstructs its centre crop with a masked autoencoder
     (ST-MEM, MTAE, MLAE; ``mask_ratio`` default: the model's): the model input (C', T'), the
     prediction on the input's scale (C', N, P), the mask (C', N), the loss and the lead indices of
     the rows (MTAE's and MLAE's rows are all their leads, the missing ones zero)."""
+    recipe = recipe or _recipe_of(variables, model)
     if not hasattr(model, "reconstruction"):
         raise ValueError(f"reconstruct needs a masked autoencoder's pre-training model; got {type(model).__name__}")
     model = model if mask_ratio is None else model.clone(mask_ratio=mask_ratio)

@@ -16,9 +16,14 @@ the shapes (``BaselineMAE.from_torch``). Exported files carry ``config['model_na
 
 from __future__ import annotations
 
+import dataclasses
+import io
+import math
 import os
+import pickle
 import re
 import sys
+import zipfile
 from typing import Any
 
 import flax.linen as nn
@@ -208,31 +213,182 @@ def _torch():
     return torch
 
 
+# Limits on what a .pth file may make this process allocate, checked from the archive's entries before any
+# tensor is read: the entries' uncompressed sizes together at most MAX_PTH_BYTES (the public ViT-B/75
+# pre-training file, with its optimizer's state, holds 1.1 GB), and at most PTH_PER_MODEL times the float32
+# size of the model its tensors describe (a float64 file with an optimizer's two moments) plus PTH_SLACK.
+MAX_PTH_BYTES = 4 << 30
+PTH_PER_MODEL = 6
+PTH_SLACK = 16 << 20
+MAX_PICKLE_BYTES = 64 << 20  # the archive's data.pkl (object structure, no tensor data)
+_ITEMSIZE = {"DoubleStorage": 8, "FloatStorage": 4, "HalfStorage": 2, "BFloat16Storage": 2, "LongStorage": 8,
+             "IntStorage": 4, "ShortStorage": 2, "CharStorage": 1, "ByteStorage": 1, "BoolStorage": 1,
+             "ComplexFloatStorage": 8, "ComplexDoubleStorage": 16, "UntypedStorage": 1}
+
+
+class _Stub:
+    """Whatever a pickle builds that is neither a tensor nor a plain container: its arguments are
+    kept, no code runs and nothing is imported."""
+
+    def __new__(cls, *args, **kwargs):
+        stub = object.__new__(cls)
+        stub.args = args
+        return stub
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __setstate__(self, state):
+        self.state = state
+
+
+@dataclasses.dataclass(frozen=True)
+class _Storage:
+    key: str
+    itemsize: int
+    numel: int
+
+
+@dataclasses.dataclass(frozen=True)
+class _Tensor:
+    storage: _Storage
+    offset: int
+    shape: tuple[int, ...]
+    stride: tuple[int, ...]
+
+
+def _tensor(storage: Any, offset: Any, shape: Any, stride: Any, *rest: Any) -> _Tensor:
+    numbers = (offset, *shape, *stride) if isinstance(shape, tuple) and isinstance(stride, tuple) else (None,)
+    if not isinstance(storage, _Storage) or len(shape) != len(stride) or \
+            not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in numbers):
+        raise pickle.UnpicklingError("a tensor whose storage, offset, shape or strides are not ones")
+    return _Tensor(storage, offset, shape, stride)
+
+
+class _ArchiveScanner(pickle.Unpickler):
+    """Unpickles a ``torch.save`` archive's ``data.pkl`` with tensors as :class:`_Tensor` records."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) == ("collections", "OrderedDict"):
+            return dict
+        if (module, name) in (("torch._utils", "_rebuild_tensor_v2"), ("torch._utils", "_rebuild_tensor")):
+            return _tensor
+        if (module, name) == ("torch._utils", "_rebuild_parameter"):
+            return lambda data, *rest: data
+        return type(f"{module}.{name}", (_Stub,), {"itemsize": _ITEMSIZE.get(name) if module == "torch" else None})
+
+    def persistent_load(self, pid):
+        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
+            raise pickle.UnpicklingError(f"unknown persistent id {str(pid)[:80]}")
+        _, kind, key, _, numel = pid
+        if getattr(kind, "itemsize", None) is None or not isinstance(numel, int) or numel < 0:
+            raise pickle.UnpicklingError(f"storage {key!r} of unknown type {getattr(kind, '__name__', kind)!r}")
+        return _Storage(str(key), kind.itemsize, numel)
+
+
+def _contiguous(shape: tuple[int, ...], stride: tuple[int, ...]) -> bool:
+    expected = 1
+    for size, step in zip(reversed(shape), reversed(stride)):
+        if size != 1 and step != expected:
+            return False
+        expected *= size
+    return True
+
+
+def _scan(local: str, path: str) -> tuple[Any, int]:
+    """The content of the ``torch.save`` archive at ``local`` (named ``path`` in errors) with each tensor a :class:`_Tensor` (read
+    from the archive's directory and its pickle alone: no tensor is read), and the bytes its entries
+    declare uncompressed (what reading it allocates). ValueError naming the file for an archive that
+    is not one, declares sizes beyond ``MAX_PTH_BYTES`` or tensors its storages do not hold whole."""
+    try:
+        with zipfile.ZipFile(local) as archive:
+            entries: dict[str, int] = {}
+            for info in archive.infolist():
+                entries[info.filename] = max(entries.get(info.filename, 0), info.file_size)
+            declared = sum(info.file_size for info in archive.infolist())
+            pickles = [name for name in entries if name.endswith("/data.pkl") and name.count("/") == 1]
+            if len(pickles) != 1:
+                raise ValueError("no data.pkl at the top of the archive")
+            if entries[pickles[0]] > MAX_PICKLE_BYTES:
+                raise ValueError(f"its data.pkl declares {entries[pickles[0]]:,} bytes (at most {MAX_PICKLE_BYTES:,})")
+            if declared > MAX_PTH_BYTES:
+                raise ValueError(f"its entries declare {declared:,} bytes uncompressed, more than a checkpoint this "
+                                 f"package reads holds (at most {MAX_PTH_BYTES:,})")
+            scanner = _ArchiveScanner(io.BytesIO(archive.read(pickles[0])))
+            content = scanner.load()
+    except zipfile.BadZipFile:
+        raise ValueError(f"{path}: not a readable PyTorch checkpoint (not a zip archive, the format torch.save "
+                         f"writes)") from None
+    except (ValueError, pickle.UnpicklingError, EOFError, TypeError, AttributeError, IndexError, KeyError,
+            RecursionError, MemoryError) as error:
+        raise ValueError(f"{path}: not a readable PyTorch checkpoint ({str(error)[:160] or type(error).__name__})"
+                         ) from None
+    root = pickles[0].rsplit("/", 1)[0]
+    state_dict = content.get("model", content) if isinstance(content, dict) else {}
+    for key, tensor in (state_dict.items() if isinstance(state_dict, dict) else ()):
+        if not isinstance(tensor, _Tensor):
+            continue
+        entry = entries.get(f"{root}/data/{tensor.storage.key}")
+        numel = math.prod(tensor.shape)
+        stored = tensor.storage.numel * tensor.storage.itemsize
+        if entry is None or entry < stored or not _contiguous(tensor.shape, tensor.stride) or \
+                tensor.offset + numel > tensor.storage.numel:
+            raise ValueError(f"{path}: tensor {key!r} of shape {tensor.shape} is not stored whole in the file "
+                             f"(strides {tensor.stride}, {entry or 0} bytes stored): not a saved model")
+    return content, declared
+
+
+def _state_dict(path: str | os.PathLike, content: Any, tensor_type: type) -> tuple[dict[str, Any], Any]:
+    """The state dict of a checkpoint's content (the dict, or its ``'model'`` entry) and its config."""
+    state_dict = content.get("model", content) if isinstance(content, dict) else None
+    if not isinstance(state_dict, dict) or not all(isinstance(v, tensor_type) for v in state_dict.values()):
+        raise ValueError(f"{path}: expected a state dict or a dict with a 'model' state dict")
+    return state_dict, content.get("config") if "model" in content else None
+
+
+def _float32_bytes(model: nn.Module) -> int:
+    """Bytes of the model's parameters and fixed tables in float32."""
+    shapes = jax.tree.leaves(jax.eval_shape(lambda: init_variables(model, jax.random.key(0))))
+    tables = model.fixed_tables().values() if hasattr(model, "fixed_tables") else ()
+    return 4 * sum(int(np.prod(x.shape)) for x in [*shapes, *tables])
+
+
 def load_torch_checkpoint(path: str | os.PathLike, *, strict: bool = True, kind: str | None = None
                           ) -> tuple[nn.Module, dict[str, Any]]:
     """Reads a public ST-MEM / MTAE / MLAE ``.pth`` file (full pre-training model or encoder only)
     and returns the Flax model built with the preset inferred from the file, and its variables;
-    ``kind`` ('mtae' or 'mlae') overrides the file's own hints (see the module docstring)."""
-    torch = _torch()
+    ``kind`` ('mtae' or 'mlae') overrides the file's own hints (see the module docstring). Before
+    any tensor is read, the archive's entries and pickle are checked (``MAX_PTH_BYTES``,
+    ``PTH_PER_MODEL``): a file that would make it allocate more than its model can need is refused."""
     path = os.fspath(path)
     if not fileio.isfile(path):
         raise FileNotFoundError(f"no such checkpoint file: {path}")
+    with fileio.local_copy(path) as (local,):
+        return _load_local(local, path, strict, kind)
+
+
+def _load_local(local: str, path: str, strict: bool, kind: str | None) -> tuple[nn.Module, dict[str, Any]]:
+    """:func:`load_torch_checkpoint` of the local file ``local`` (errors name ``path``, the user's)."""
+    content, declared = _scan(local, path)
+    state_dict, config = _state_dict(path, content, _Tensor)
+    try:  # the model its shapes describe (nothing read yet), and what it can need
+        model = infer_model({k: np.broadcast_to(np.float32(0), v.shape) for k, v in state_dict.items()}, kind,
+                            config)
+    except (KeyError, ValueError) as error:
+        raise type(error)(f"{path}: {error.args[0]}") from None
+    limit = min(MAX_PTH_BYTES, PTH_PER_MODEL * _float32_bytes(model) + PTH_SLACK)
+    if declared > limit:
+        raise ValueError(f"{path}: its entries declare {declared:,} bytes uncompressed, more than the "
+                         f"{type(model).__name__} its tensors describe can need ({limit:,}: {PTH_PER_MODEL} x its "
+                         f"float32 size + {PTH_SLACK >> 20} MiB): not a saved model")
+    torch = _torch()
     try:
-        with fileio.local_copy(path) as (local,):
-            content = torch.load(local, map_location="cpu", weights_only=True)
+        content = torch.load(local, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many kinds, with messages of many lines
         reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:160]
         raise ValueError(f"{path}: not a readable PyTorch checkpoint ({reason})") from error
-    state_dict = content.get("model", content) if isinstance(content, dict) else None
-    if not isinstance(state_dict, dict) or not all(torch.is_tensor(v) for v in state_dict.values()):
-        raise ValueError(f"{path}: expected a state dict or a dict with a 'model' state dict")
-    for key, tensor in state_dict.items():  # sizes the file declares must be sizes it holds: nothing is copied yet
-        if not tensor.is_contiguous() or tensor.untyped_storage().nbytes() < tensor.numel() * tensor.element_size():
-            raise ValueError(f"{path}: tensor {key!r} of shape {tuple(tensor.shape)} is not stored whole in the file "
-                             f"(strides {tensor.stride()}, {tensor.untyped_storage().nbytes()} bytes): not a saved "
-                             f"model")
+    state_dict, config = _state_dict(path, content, torch.Tensor)
     arrays = {k: v.detach().to(torch.float32).numpy() for k, v in state_dict.items()}
-    config = content.get("config") if "model" in content else None
     try:
         return variables_from_state_dict(arrays, strict=strict, kind=kind, config=config)
     except (KeyError, ValueError) as error:

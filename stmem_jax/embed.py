@@ -4,11 +4,14 @@
     stmem-embed --model ST-MEM_encoder.pth --files /data/my_ecgs --output features.npz
 
 ``--model`` is anything stmem-finetune accepts as ``init`` (a stmem-pretrain workdir, a saved
-model directory, a downstream workdir's ``model/``, a public ``.pth`` file). Every 10 s window
-gives the mean of the features of its evaluation crops (equally spaced, each z-scored). Files (any
-format ``stmem_jax.core.ecgfile`` reads) go through the recipe as stmem-prepare applies it
-(``stmem_jax.core.recipe``: resampled, band-filtered, cut into windows); each gives its first usable
-window, or every window with ``--per-window``, and its path relative to the folder as record id.
+model directory, a downstream workdir's ``model/``, a public ``.pth`` file). The model gets the
+input it was trained on (the recipe saved with it: rate, crop length, evaluation crops; a CPC
+encoder pre-trained at 100 Hz gets 100 Hz crops, from a prepared split resampled in the
+pipeline). Every window gives the mean of the features of its evaluation crops (equally spaced,
+each z-scored). Files (any format ``stmem_jax.core.ecgfile`` reads) go through that recipe as
+stmem-prepare applies it (``stmem_jax.core.recipe``: resampled, band-filtered, cut into windows);
+each gives its first usable window, or every window with ``--per-window``, and its path relative
+to the folder as record id.
 The ``.npz`` holds ``features`` (N, W), ``record_id``, ``window`` and, where known, labels:
 ``label`` and ``classes`` with ``--task`` (a prepared split; single-label tasks keep only the
 examples with one class) or ``labels`` (';'-joined, with ``--labels``).
@@ -25,7 +28,7 @@ import sys
 import jax
 import numpy as np
 
-from stmem_jax import infer
+from stmem_jax import infer, methods
 from stmem_jax import mesh as meshlib
 from stmem_jax.core import fileio
 from stmem_jax.core.label_table import lookup, read_label_table
@@ -36,15 +39,16 @@ from stmem_jax.core.signal import EXIT_SKIPPED
 
 
 def embed_split(encoder, variables, data_dir: str, split: str, leads="12", task: str | None = None,
-                batch_size: int = 64, crops: int | None = None) -> dict[str, np.ndarray]:
+                batch_size: int = 64, crops: int | None = None, recipe: Recipe | None = None) -> dict[str, np.ndarray]:
     """Features of every example of a prepared split (of one folder, or of several one after the
-    other), read by the input pipeline (crops: the dataset's recipe unless given)."""
-    from stmem_jax.data.pipeline import InputConfig, folders, task_classes  # TensorFlow: only to read a split
+    other), read by the input pipeline as the encoder's ``recipe`` says (default: the recipe at the
+    encoder's crop length; ``infer.input_recipe`` reads a saved model's): at its rate (resampled in
+    the pipeline where the data's differs), crop length and evaluation crops (``crops`` overrides)."""
+    from stmem_jax.data.pipeline import folders, task_classes  # TensorFlow: only to read a split
 
-    manifest = next(iter(read_manifests(data_dir).values()))
-    input_config = InputConfig(data_dir=data_dir, split=split, batch_size=batch_size, training=False, leads=leads,
-                               crop_samples=encoder.seq_len, task=task,
-                               eval_crops=crops or Recipe.of_manifest(manifest).eval_crops)
+    recipe = recipe or Recipe(crop_samples=encoder.seq_len)
+    recipe = dataclasses.replace(recipe, eval_crops=crops or recipe.eval_crops)
+    input_config = infer.split_input(data_dir, split, recipe, leads, batch_size, task=task)
     mesh = meshlib.make_mesh()
     params = jax.device_put(variables["params"], meshlib.replicated(mesh))
     out = infer.predict(infer.features_fn(encoder, lead_indices(leads)), params, input_config, mesh)
@@ -57,10 +61,12 @@ def embed_split(encoder, variables, data_dir: str, split: str, leads="12", task:
 
 def embed_files(encoder, variables, folder: str, leads="12", labels_csv: str | None = None, batch_size: int = 64,
                 crops: int | None = None, per_window: bool = False, pattern: str | None = None,
-                recipe: Recipe = Recipe()) -> tuple[dict[str, np.ndarray], list[tuple[str, str]]]:
-    """Features of the ECG files under ``folder`` (any format ``core.ecgfile`` reads): one row per
-    file (its first usable window) or per window, the file's relative path as ``record_id``; and
-    the files left out with their reasons."""
+                recipe: Recipe | None = None) -> tuple[dict[str, np.ndarray], list[tuple[str, str]]]:
+    """Features of the ECG files under ``folder`` (any format ``core.ecgfile`` reads), each through
+    the encoder's ``recipe`` (default: the recipe at the encoder's crop length): one row per file (its
+    first usable window) or per window, the file's relative path as ``record_id``; and the files left
+    out with their reasons."""
+    recipe = recipe or Recipe(crop_samples=encoder.seq_len)
     recipe = dataclasses.replace(recipe, eval_crops=crops or recipe.eval_crops)
     out, skipped = infer.file_outputs(infer.features_fn(encoder, lead_indices(leads)), variables["params"], folder,
                                       leads, recipe, crop_samples=encoder.seq_len, per_window=per_window,
@@ -87,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--leads", default="12", help="12, limb, 1, a lead name or comma-separated names")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--crops", type=int, help="evaluation crops per window (features averaged); default: the recipe's")
+    p.add_argument("--method", help="a method of your own (its module path), imported so that its saved models load")
     p.add_argument("--output", required=True, help=".npz file to write")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     args = p.parse_args(argv)
@@ -102,12 +109,16 @@ def main(argv: list[str] | None = None) -> int:
 
     def body():
         skipped = []
+        if args.method:
+            methods.get(args.method)  # registers its model kinds
         encoder, variables = infer.load_encoder(args.model)
+        recipe = infer.input_recipe(args.model, encoder)
         if args.data:
-            out = embed_split(encoder, variables, args.data, args.split, leads, args.task, args.batch_size, args.crops)
+            out = embed_split(encoder, variables, args.data, args.split, leads, args.task, args.batch_size, args.crops,
+                              recipe)
         else:
             out, skipped = embed_files(encoder, variables, args.files, leads, args.labels, args.batch_size, args.crops,
-                                       args.per_window, args.pattern)
+                                       args.per_window, args.pattern, recipe)
         if jax.process_index() == 0:
             fileio.makedirs(fileio.dirname(fileio.absolute(args.output)))
             with fileio.open(args.output, "wb") as f:

@@ -9,10 +9,13 @@ The grid is tasks x methods x modes x label fractions x lead settings x seeds: `
 stmem-finetune: a workdir, a model directory, a .pth or ``random:<method or path>``), ``scratch``
 runs once per point as the ``Supervised`` row, with the first method's encoder architecture;
 ``grid.tasks`` entries ``TASK=DIR`` give a task its own prepared folder (datasets side by side). Every
-run has its own directory under ``<workdir>/runs``; a run whose test metrics exist is skipped, so an
-interrupted grid resumes. At the end it writes ``runs.csv`` (every run) and ``results.md``
-(:func:`paper_tables`: the paper's Table 1 layout and, with several lead settings, its
-lead-robustness layout; ``grid.reference=paper`` puts the paper's numbers beside ours).
+run has its own directory under ``<workdir>/runs`` (names that would share one are refused); a run
+whose test metrics exist is skipped, so an interrupted grid resumes, once its recorded identity
+(``config.json``: settings and the checksum of its init's weights) is the grid's: a finished run of
+other weights or settings is refused before anything runs, never reported. At the end it writes
+``runs.csv`` (every run) and ``results.md`` (:func:`paper_tables`: the paper's Table 1 layout
+and, with several lead settings, its lead-robustness layout; ``grid.reference=paper`` puts the
+paper's numbers beside ours).
 """
 
 from __future__ import annotations
@@ -80,7 +83,19 @@ def grid_runs(config: ml_collections.ConfigDict) -> list[Run]:
                     for fraction in g.fractions:
                         runs.extend(Run(task, method, init, mode, float(fraction), leads, int(seed), data_dir)
                                     for seed in g.seeds)
+    folders: dict[str, Run] = {}
+    for run in runs:
+        other = folders.setdefault(run.name, run)
+        if other is not run:
+            what = "is listed twice" if other == run else f"and {_describe(other)} would share one folder"
+            raise ValueError(f"the grid's run {_describe(run)} {what} (runs/{run.name}): a run's folder is its task, "
+                             f"method name (letters, digits and _.+- kept, the rest '_'), mode, leads, fraction and "
+                             f"seed; give the methods (or tasks) names that differ there")
     return runs
+
+
+def _describe(run: Run) -> str:
+    return f"{run.method}={run.init or '-'} ({run.mode}, task {run.task}{'=' + run.data_dir if run.data_dir else ''})"
 
 
 def run_config(config: ml_collections.ConfigDict, run: Run) -> ml_collections.ConfigDict:
@@ -110,6 +125,7 @@ def run_grid(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     check_reference(reference)
     ran, skipped, rows = [], [], []
     runs = grid_runs(config)
+    check_finished(config, runs, workdir)
     for i, run in enumerate(runs):
         directory = fileio.join(workdir, "runs", run.name)
         if fileio.isfile(fileio.join(directory, downstream.METRICS_FILE)):
@@ -124,6 +140,27 @@ def run_grid(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                      "val_auroc": (record["validation"] or {}).get("auroc"), **record["test"]})
     text = write_results(rows, config.grid.seeds, workdir, paper_tables(rows, config.grid.seeds, reference))
     return {"ran": ran, "skipped": skipped, "rows": rows, "table": text}
+
+
+def check_finished(config: ml_collections.ConfigDict, runs: list[Run], workdir: str) -> None:
+    """Refuses (before anything runs) a grid whose finished runs are not the grid's: a run folder whose
+    ``config.json`` records another identity (``train.config.identity``: another init's weights under
+    the same name, other settings) than the run the grid would make there."""
+    from stmem_jax.train import config as config_lib, downstream
+
+    checksums: dict = {}  # one checksum per init
+    foreign = []
+    for run in runs:
+        directory = fileio.join(workdir, "runs", run.name)
+        if fileio.isfile(fileio.join(directory, downstream.METRICS_FILE)):
+            expected = downstream.with_identity(run_config(config, run), checksums, quiet=True)
+            changed = config_lib.changes(directory, expected)
+            if changed:
+                foreign.append(f"runs/{run.name} ({config_lib.describe_changes(changed, most=3)})")
+    if foreign:
+        raise ValueError(f"{len(foreign)} finished run(s) in {workdir} are not this grid's, changed from their "
+                         f"config.json: {'; '.join(foreign[:3])}{' ...' if len(foreign) > 3 else ''}; move them away "
+                         f"to run them again, or use another workdir")
 
 
 def write_results(rows: list[dict], seeds, workdir: str, text: str | None = None) -> str:

@@ -11,7 +11,10 @@ PyTorch ``.pth`` file; the model may be a pre-training model, an encoder or a cl
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import itertools
+import json
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -23,14 +26,15 @@ from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 from stmem_jax import mesh as meshlib
-from stmem_jax import methods, microbatch
+from stmem_jax import methods, microbatch, models
 from stmem_jax.convert import load_torch_checkpoint
 from stmem_jax.core import fileio
 from stmem_jax.core.ecgfile import list_files, read_ecg
 from stmem_jax.core.leads import LEAD_NAMES, lead_indices
 from stmem_jax.core.recipe import Recipe, window_inputs
+from stmem_jax.core.shards import read_manifests
 from stmem_jax.core.signal import RecordError
-from stmem_jax.model_dir import MODEL_FILE, load_model
+from stmem_jax.model_dir import MODEL_FILE, load_model, read_description
 
 if TYPE_CHECKING:  # the input pipeline (TensorFlow) loads only when a prepared split is read
     from stmem_jax.data.pipeline import InputConfig
@@ -55,7 +59,81 @@ def load(path: str, prefer: Sequence[str] = ("encoder", "model")) -> tuple[nn.Mo
 
 def load_encoder(path: str) -> tuple[nn.Module, dict[str, Any]]:
     """The classification encoder (no head) of the weights at ``path``, whatever model they hold."""
-    return methods.classification_encoder(*load(path, ("encoder", "model")))
+    try:
+        return methods.classification_encoder(*load(path, ("encoder", "model")))
+    except ValueError as error:
+        message = str(error)
+        raise ValueError(message if path in message else f"{path}: {message}") from None
+
+
+def input_recipe(path: str, model: nn.Module | None = None, prefer: Sequence[str] = ("encoder", "model")) -> Recipe:
+    """The input the model at ``path`` (as :func:`load` finds it; ``model``: that model, if loaded) was
+    trained on, to feed it exactly that: ``metadata.recipe`` of its ``model.json`` (``Recipe.to_dict()``).
+    Keys missing there (an older version wrote it) take the field's default, the behaviour of the
+    versions without the field; keys this version does not know (a newer one wrote it) are refused,
+    as is a crop length other than the model's. Without a recipe (a public ``.pth``, an export from
+    before recipes were saved): the default recipe at the model's crop length, at ``data.sample_rate``
+    when the saved pre-training config set one."""
+    if fileio.isfile(path):
+        return Recipe(crop_samples=(model or load_torch_checkpoint(path)[0]).seq_len)
+    directory = model_directory(path, prefer)
+    file = fileio.join(directory, MODEL_FILE)
+    described, _, metadata = read_description(directory)
+    seq_len = (model or described).seq_len
+    saved = metadata.get("recipe")
+    if saved is None:
+        data = (metadata.get("config") or {}).get("data") or {}
+        return Recipe(fs=int(data.get("sample_rate") or Recipe.fs), crop_samples=seq_len)
+    known = {field.name for field in dataclasses.fields(Recipe)}
+    unknown = sorted(set(saved) - known) if isinstance(saved, dict) else []
+    if unknown:
+        raise ValueError(f"{file}: metadata.recipe has field(s) {', '.join(unknown)} that this version of stmem-jax "
+                         f"does not know (a newer version saved the model): upgrade to feed it the input it was "
+                         f"trained on")
+    try:
+        recipe = Recipe(**saved)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{file}: metadata.recipe is not a recipe ({error})") from None
+    if recipe.crop_samples != seq_len:
+        raise ValueError(f"{file}: metadata.recipe has {recipe.crop_samples}-sample crops; the model takes {seq_len}")
+    return recipe
+
+
+def checksum(path: str, prefer: Sequence[str] = ("encoder", "model"), *, weights: bool = True) -> str:
+    """A SHA-256 (16 hex digits) of the model at ``path`` as :func:`load` finds it: its description
+    and, with ``weights``, every array (path, dtype, shape and bytes). Another file holding the same
+    model gives the same checksum; any changed weight changes it."""
+    model, variables = load(path, prefer)
+    digest = hashlib.sha256(json.dumps(models.model_config(model), sort_keys=True).encode())
+    for key, leaf in jax.tree_util.tree_flatten_with_path(variables)[0] if weights else ():
+        array = np.ascontiguousarray(jax.device_get(leaf))
+        digest.update(f"{jax.tree_util.keystr(key)} {array.dtype} {array.shape}".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()[:16]
+
+
+def split_input(data_dir: str, split: str, recipe: Recipe, leads, batch_size: int, task: str | None = None
+                ) -> InputConfig:
+    """The evaluation input of a prepared split that shows a model the input of ``recipe``: its crops
+    and evaluation crops, the windows resampled to its rate in the pipeline where the data's differs,
+    its band filter applied on the fly to unfiltered data; an error naming the folder when the
+    data's window or filter cannot give that."""
+    from stmem_jax.data.pipeline import InputConfig  # TensorFlow: only to read a split
+
+    bandpass, rates = False, set()
+    for directory, manifest in read_manifests(data_dir).items():
+        data = Recipe.of_manifest(manifest)
+        if data.window_s != recipe.window_s:
+            raise ValueError(f"{directory} holds {data.window_s:g} s windows; the model was trained on "
+                             f"{recipe.window_s:g} s windows")
+        stored, wanted = data.filter_settings(), recipe.filter_settings()
+        bandpass = stored is None and wanted is not None
+        if stored != wanted and not (bandpass and recipe.with_band_of(Recipe()) == recipe):
+            raise ValueError(f"{directory} is stored with the filter {stored}; the model was trained with {wanted}")
+        rates.add(data.fs)
+    return InputConfig(data_dir=data_dir, split=split, batch_size=batch_size, training=False, leads=leads, task=task,
+                       crop_samples=recipe.crop_samples, eval_crops=recipe.eval_crops, bandpass=bandpass,
+                       sample_rate=0 if rates == {recipe.fs} else recipe.fs)
 
 
 def load_pretraining_model(path: str) -> tuple[nn.Module, dict[str, Any]]:

@@ -18,7 +18,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from stmem_jax import plugins
 
 # Encoder width / depth / heads / MLP and decoder width / depth / heads (heads are always 64 wide).
 PRESETS: dict[str, dict[str, int]] = {
@@ -50,12 +49,15 @@ def kinds() -> dict[str, tuple[type[nn.Module], dict[str, Any]]]:
 
 
 def _kind(kind: str) -> tuple[type[nn.Module], dict[str, Any]]:
+    """The registered kind ``kind``. Nothing is imported for it: a saved model's ``kind`` is data, and
+    a method of one's own registers its kinds when the user imports its module (in Python, or by
+    naming it: ``--config.method``, ``--config.model.kind``, ``--method``)."""
     registered = kinds()
-    if kind not in registered and "." in kind:  # a method module outside the package: "<module>[:<name>]"
-        plugins.import_module(kind.split(":")[0], "model kind")
-        registered = kinds()
     if kind not in registered:
-        raise ValueError(f"unknown model kind {kind!r}; choose from {sorted(registered)}")
+        raise ValueError(f"unknown model kind {kind!r}: not one of the registered kinds "
+                         f"({', '.join(sorted(registered))}); a method of your own registers its kinds when its "
+                         f"module is imported (in Python, or named on the command line: --config.method, "
+                         f"--config.model.kind, --method)")
     return registered[kind]
 
 
@@ -99,13 +101,15 @@ def checked(model: nn.Module) -> nn.Module:
     return model
 
 
-def model_config(model: nn.Module) -> dict[str, Any]:
-    """JSON-serialisable description of a model: its kind and every field."""
-    for kind, (cls, fixed) in kinds().items():
-        if type(model) is cls and all(getattr(model, k) == v for k, v in fixed.items()):
+def model_config(model: nn.Module, kind: str | None = None) -> dict[str, Any]:
+    """JSON-serialisable description of a model: its kind (``kind``, else the first registered kind of
+    its class and fixed fields: a method of one's own that reuses a class names its own) and every field."""
+    for registered, (cls, fixed) in kinds().items():
+        if type(model) is cls and all(getattr(model, k) == v for k, v in fixed.items()) and kind in (None, registered):
+            kind = registered
             break
     else:
-        raise ValueError(f"not a registered model: {type(model).__name__}")
+        raise ValueError(f"not a registered model{f' of kind {kind!r}' if kind else ''}: {type(model).__name__}")
     config = {name: getattr(model, name) for name in sorted(fields(cls))}
     config["dtype"] = jnp.dtype(config["dtype"]).name
     return {"kind": kind, **config}
@@ -117,7 +121,10 @@ def model_from_config(config: dict[str, Any]) -> nn.Module:
     if not isinstance(config, dict) or not isinstance(config.get("kind"), str):
         raise ValueError(f"a model description is a JSON object with a 'kind', got {str(config)[:80]!r}")
     config = dict(config)
-    cls, fixed = _kind(config.pop("kind"))
+    try:
+        cls, fixed = _kind(config.pop("kind"))
+    except ValueError as error:
+        raise ValueError(f"field 'kind': {error}") from None
     unknown = set(config) - fields(cls)
     if unknown:
         raise ValueError(f"{cls.__name__} has no field(s) {sorted(unknown)}")

@@ -1,5 +1,5 @@
-"""Importing a module of the user's own: a method module named by ``config.method``, or the one a
-saved model's kind names. A failure there (any exception, a syntax error included) is the user's
+"""Importing a module of the user's own: a method module named on the command line
+(``config.method``, ``model.kind``, ``--method``; never one a saved model's files name). A failure there (any exception, a syntax error included) is the user's
 module's, not a bug of stmem-jax: :class:`PluginError` names the module and the error in one line
 and keeps the traceback lines of the user's own files."""
 

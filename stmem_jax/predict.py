@@ -18,55 +18,31 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import sys
 from typing import Any
 
 import jax
 import numpy as np
 
-from stmem_jax import infer
+from stmem_jax import infer, methods
 from stmem_jax import mesh as meshlib
 from stmem_jax.core import fileio
 from stmem_jax.core.leads import lead_indices, parse_leads
-from stmem_jax.core.recipe import Recipe
-from stmem_jax.core.shards import read_manifests
 from stmem_jax.core.signal import EXIT_SKIPPED
-from stmem_jax.model_dir import MODEL_FILE
+from stmem_jax.model_dir import read_description
 
 
 def load_classifier(path: str) -> tuple[Any, dict[str, Any], dict[str, Any]]:
     """The classifier saved by stmem-finetune at ``path`` (its workdir or ``model/``), its variables,
     and what was saved with it: ``classes``, ``multilabel``, ``leads``, ``recipe`` (a Recipe)."""
     directory = infer.model_directory(path, ("model",))
-    info = json.loads(fileio.read_text(fileio.join(directory, MODEL_FILE))).get("metadata") or {}
+    _, _, info = read_description(directory)
     if "classes" not in info:
         raise ValueError(f"{directory} is not a fine-tuned classifier (no classes saved with it); "
                          f"stmem-predict takes a stmem-finetune workdir")
     model, variables = infer.load(directory)
-    info = dict(info, leads=parse_leads(str(info.get("leads") or "12")))
-    # classifiers saved before the recipe was recorded: the default recipe at the model's crop length
-    info["recipe"] = Recipe(**info["recipe"]) if "recipe" in info else Recipe(crop_samples=model.seq_len)
+    info = dict(info, leads=parse_leads(str(info.get("leads") or "12")), recipe=infer.input_recipe(directory, model))
     return model, variables, info
-
-
-def split_input(data_dir: str, split: str, info: dict[str, Any], batch_size: int):
-    """The evaluation input of a prepared split that shows the model what it was trained on; an error
-    naming the folder when its rate, window or filter cannot give that."""
-    from stmem_jax.data.pipeline import InputConfig  # TensorFlow: only to read a split
-
-    recipe: Recipe = info["recipe"]
-    for directory, manifest in read_manifests(data_dir).items():
-        data = Recipe.of_manifest(manifest)
-        if (data.fs, data.window_s) != (recipe.fs, recipe.window_s):
-            raise ValueError(f"{directory} holds {data.window_s:g} s windows at {data.fs} Hz; the model was trained "
-                             f"on {recipe.window_s:g} s at {recipe.fs} Hz")
-        stored, wanted = data.filter_settings(), recipe.filter_settings()
-        bandpass = stored is None and wanted is not None
-        if stored != wanted and not (bandpass and recipe.with_band_of(Recipe()) == recipe):
-            raise ValueError(f"{directory} is stored with the filter {stored}; the model was trained with {wanted}")
-    return InputConfig(data_dir=data_dir, split=split, batch_size=batch_size, training=False, leads=info["leads"],
-                       crop_samples=recipe.crop_samples, eval_crops=recipe.eval_crops, bandpass=bandpass)
 
 
 def predict_split(model, variables, info, data_dir: str, split: str, batch_size: int = 64) -> dict[str, np.ndarray]:
@@ -74,7 +50,8 @@ def predict_split(model, variables, info, data_dir: str, split: str, batch_size:
     mesh = meshlib.make_mesh()
     params = jax.device_put(variables["params"], meshlib.replicated(mesh))
     fn = infer.probabilities_fn(model, lead_indices(info["leads"]), info["multilabel"])
-    return infer.predict(fn, params, split_input(data_dir, split, info, batch_size), mesh)
+    return infer.predict(fn, params, infer.split_input(data_dir, split, info["recipe"], info["leads"], batch_size),
+                         mesh)
 
 
 def predict_files(model, variables, info, folder: str, batch_size: int = 64, per_window: bool = False,
@@ -105,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pattern", help="--files: only files whose name or relative path matches this glob")
     p.add_argument("--per-window", action="store_true", help="--files: one row per 10 s window, not per file")
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--method", help="a method of your own (its module path), imported so that its saved models load")
     p.add_argument("--output", required=True, help="CSV file to write")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     args = p.parse_args(argv)
@@ -116,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     use_compilation_cache()
     def body():
         skipped = []
+        if args.method:
+            methods.get(args.method)  # registers its model kinds
         model, variables, info = load_classifier(args.model)
         if args.data:
             out = predict_split(model, variables, info, args.data, args.split, args.batch_size)

@@ -103,3 +103,16 @@ def test_an_unreadable_latest_step_falls_back_and_none_intact_starts_afresh(tmp_
     with Checkpoints(str(tmp_path), keep=3, asynchronous=False) as c:
         assert c.restore_latest(target()) == (None, None)
     assert sorted(os.listdir(directory)) == ["broken-1", "broken-2", "broken-3", ck.CHECKSUMS]
+
+
+def test_a_damaged_step_is_moved_aside_beside_an_earlier_broken_one_and_the_run_goes_on(tmp_path, capsys):
+    directory = three_steps(tmp_path)
+    os.makedirs(os.path.join(directory, "broken-3"))  # step 3 was damaged once before
+    os.remove(largest_array_file(os.path.join(directory, "3")))
+    with Checkpoints(str(tmp_path), keep=3, asynchronous=False) as c:
+        restored, step = c.restore_latest(target())
+        assert step == 2 and sorted(c.manager.all_steps()) == [1, 2]
+        c.save(3, state(3))  # the resumed run reaches step 3 again
+        assert c.latest_step() == 3
+    assert "broken-3-1" in capsys.readouterr().out
+    assert {"broken-3", "broken-3-1", "3"} <= set(os.listdir(directory))

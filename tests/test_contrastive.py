@@ -1,5 +1,5 @@
 """MoCo v3 and CMSC: their losses against NumPy, over the global batch on 8 devices as on 1, the
-momentum encoder and the frozen patch embedding."""
+momentum encoder and the frozen patch embedding, and CMSC's refusal of batches of one patient."""
 
 import os
 import subprocess
@@ -232,3 +232,26 @@ def test_moco_step_keeps_the_patch_embedding_and_moves_the_momentum_encoder_by_i
     assert models.model_config(encoder)["kind"] == "mtae_classifier"
     features = encoder.apply(variables, rows["view1"], leads=leads)
     assert features.shape == (8, 64)
+
+
+def test_cmsc_refuses_pretraining_on_batches_of_one_patient(tmp_path):
+    """Every pair of a one-patient batch is a positive: a constant loss, no gradient; the run stops
+    at its first batch, before any step, naming why."""
+    from stmem_jax.train import pretrain
+    from stmem_jax.train.config import load_config
+    from tests.data_fixtures import write_dataset
+
+    method = methods.get("cmsc")
+    method.check_batch({"patient": jnp.array([4, 4, 9, 4], jnp.int32)})  # a negative pair: fine
+    data = write_dataset(tmp_path / "one", num_records=2, windows_per_record=8, tasks={},
+                         splits={"train": 1.0})  # 16 windows of one patient
+    config = load_config("cmsc", "tiny")
+    for key, value in {**{f"model.{k}": v for k, v in SMALL.items() if k in ("width", "depth", "heads", "mlp_dim")},
+                       "data.segment_samples": 600, "data.dir": data, "train.batch_size": 8, "train.num_steps": 2,
+                       "eval.every_steps": 0, "log.figure_every_steps": 0, "checkpoint.asynchronous": False}.items():
+        section, field = key.split(".")
+        config[section][field] = value
+    with pytest.raises(ValueError, match=r"every example of the first batch \(8\) is of one patient: CMSC contrasts "
+                                         r"segments of different patients"):
+        pretrain.train(config, str(tmp_path / "run"))
+    assert not [s for s in os.listdir(tmp_path / "run" / "checkpoints") if s.isdigit()]

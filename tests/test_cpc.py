@@ -1,8 +1,11 @@
 """CPC (``stmem_jax.methods.cpc``): the loss against NumPy, one loss on 1 and 8 devices, the
 exported encoder and its heads, BatchNorm's running statistics, and pre-training and fine-tuning at
-250 Hz (at 100 Hz, resumed, probed and on 8 devices: tests/test_methods.py)."""
+250 Hz (at 100 Hz, resumed, probed and on 8 devices: tests/test_methods.py); a 100 Hz run's exports
+(model/ and encoder/ alike, its input through stmem-embed and the API, a linear probe predicted) and
+its resumes with another rate or horizon refused."""
 
 import os
+import re
 
 import jax
 import jax.numpy as jnp
@@ -96,14 +99,17 @@ def test_running_statistics_and_export():
     pooled = np.concatenate([c.mean(1), c.max(1), c[:, -1]], axis=-1)
     np.testing.assert_allclose(jax.jit(encoder.apply)(variables, rows["series"]), pooled, rtol=1e-5, atol=1e-6)
     assert c.shape == (4, model.seq_len, model.width)
-    # without the method's state (a random encoder): the initial statistics
-    _, fresh = method.encoder(model, {"params": params})
+    # a random encoder's state: the initial statistics; no state at all (a CPC model/ of an older version) is refused
+    _, fresh = method.encoder(model, {"params": params, "extra": method.init_extra(model, params)})
     np.testing.assert_array_equal(fresh["params"]["encoder"]["norm_0"]["var"], np.ones(model.width))
+    with pytest.raises(ValueError, match="needs the BatchNorm running statistics .* use the run's encoder/"):
+        method.encoder(model, {"params": params})
 
 
 def test_classifier_heads_and_frozen_statistics():
     model, method = small_model(), cpc.Cpc()
-    encoder, variables = method.encoder(model, {"params": method.init_params(model, jax.random.key(0), LEADS)})
+    params = method.init_params(model, jax.random.key(0), LEADS)
+    encoder, variables = method.encoder(model, {"params": params, "extra": method.init_extra(model, params)})
     series = batch(model, 3)["series"]
     classifier = encoder.clone(num_classes=5)
     params = jax.jit(classifier.init)(jax.random.key(1), series)["params"] | variables["params"]
@@ -210,3 +216,101 @@ def test_pretrain_finetune_and_probe(synthetic_shards, tmp_path, rate, crop):
                    "checkpoint.asynchronous": False})
         result = downstream.train(run, str(tmp_path / mode))
         assert np.isfinite(result["test"]["auroc"])
+
+
+def md5_tree(root):
+    """``{path: md5}`` of every file under ``root``: what a refused run may not touch."""
+    import hashlib
+
+    return {os.path.join(d, f): hashlib.md5(open(os.path.join(d, f), "rb").read()).hexdigest()
+            for d, _, files in os.walk(root) for f in files}
+
+
+@pytest.fixture(scope="module")
+def cpc100(synthetic_shards, tmp_path_factory):
+    """A finished CPC pre-training at 100 Hz (cpc:tiny: 1000-sample crops resampled from the 250 Hz
+    shards in the pipeline), 2 steps, and its config."""
+    from stmem_jax.train import pretrain
+    from stmem_jax.train.config import load_config
+
+    config = load_config("cpc", "tiny")
+    _set(config, {"model.width": 8, "model.negatives": 8, "train.batch_size": 8, "train.num_steps": 2,
+                  "train.warmup_steps": 1, "log.every_steps": 1, "eval.every_steps": 0,
+                  "checkpoint.asynchronous": False, "data.dir": synthetic_shards})
+    workdir = str(tmp_path_factory.mktemp("cpc100") / "pretrain")
+    pretrain.train(config, workdir)
+    return workdir, config
+
+
+@pytest.mark.slow
+def test_a_100_hz_encoder_gets_100_hz_crops_from_model_or_encoder_through_embed_and_the_api(cpc100, synthetic_shards,
+                                                                                            tmp_path):
+    from stmem_jax import api, embed, infer
+    from stmem_jax.core.ecgfile import read_ecg
+    from stmem_jax.data.pipeline import InputConfig, make_dataset
+
+    workdir, _ = cpc100
+    recipe = api.input_recipe(workdir)
+    assert (recipe.fs, recipe.prepared_fs, recipe.crop_samples) == (100, 250, 1000)
+    # model/ holds the running statistics too: its encoder is encoder/'s
+    series = np.random.default_rng(0).standard_normal((3, 1, 12, 1000)).astype(np.float32)
+    features = []
+    for name in ("model", "encoder"):
+        encoder, variables = infer.load_encoder(os.path.join(workdir, name))
+        assert api.input_recipe(os.path.join(workdir, name)) == recipe
+        features.append(np.asarray(infer.features_fn(encoder, LEADS)(variables["params"], series)))
+    np.testing.assert_allclose(features[0], features[1], rtol=1e-6, atol=1e-7)
+
+    # stmem-embed of a prepared split: the pipeline's 100 Hz crops, as fine-tuning reads them
+    output = str(tmp_path / "split.npz")
+    assert embed.main(["--model", workdir, "--data", synthetic_shards, "--split", "test", "--batch-size", "16",
+                       "--output", output]) == 0
+    split = np.load(output)
+    pipeline = InputConfig(synthetic_shards, split="test", batch_size=16, training=False, sample_rate=100,
+                           crop_samples=1000)
+    batch = next(make_dataset(pipeline, process_index=0, process_count=1).as_numpy_iterator())
+    encoder, variables = api.load_encoder(workdir)
+    expected = infer.features_fn(encoder, LEADS)(variables["params"], batch["series"])
+    ids = [r.decode() for r in batch["record_id"]]
+    np.testing.assert_allclose(split["features"][:len(ids)], expected, rtol=1e-4, atol=1e-6)
+    assert list(split["record_id"][:len(ids)]) == ids
+
+    # the API on the native recording (500 Hz): the same crops, the same features
+    native = os.path.join(os.path.dirname(synthetic_shards), "native", "records500")
+    ecg = read_ecg(os.path.join(native, f"{int(ids[0]) // 1000 * 1000:05d}", f"{int(ids[0]):05d}_hr.hea"))
+    np.testing.assert_allclose(api.prepare(ecg.signal, ecg.fs, recipe=recipe)[0], batch["series"][0], atol=2e-3)
+    np.testing.assert_allclose(api.embed(encoder, variables, [ecg])[0], split["features"][0], rtol=1e-3, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_a_linear_probe_of_cpc_predicts_and_its_pretraining_resumes_only_as_itself(cpc100, synthetic_shards,
+                                                                                    tmp_path):
+    from stmem_jax import predict
+    from stmem_jax.train import downstream, pretrain
+    from stmem_jax.train.config import downstream as downstream_config
+
+    workdir, config = cpc100
+    run = downstream_config()
+    _set(run, {"train.batch_size": 16, "train.num_steps": 3, "train.min_steps": 0, "train.warmup_steps": 1,
+               "eval.batch_size": 32, "eval.crops": 1, "data.augment": False, "data.dir": synthetic_shards,
+               "data.task": "rhythm", "mode": "linprobe", "init": workdir, "checkpoint.asynchronous": False})
+    probe = str(tmp_path / "probe")
+    downstream.train(run, probe)
+    model, variables, info = predict.load_classifier(probe)
+    assert model.linear_head and (info["recipe"].fs, info["recipe"].crop_samples) == (100, 1000)
+    saved = np.load(os.path.join(probe, "test_predictions.npz"))
+    out = predict.predict_split(model, variables, info, synthetic_shards, "test", 32)
+    by_id = dict(zip(out["record_id"], out["outputs"]))
+    np.testing.assert_allclose([by_id[r] for r in saved["record_id"]], saved["probs"], atol=1e-5)
+
+    # resumed at 250 Hz, or with another horizon: refused in one line naming the changes, nothing touched
+    before = md5_tree(workdir)
+    for changes, says in [({"data.sample_rate": 0, "data.crop_samples": 2250},
+                           "data.crop_samples (1000 -> 2250), data.sample_rate (100 -> 0)"),
+                          ({"model.horizon": 6}, "model.horizon (None -> 6)")]:
+        other = config.copy_and_resolve_references()
+        _set(other, changes)
+        with pytest.raises(ValueError, match=r"holds checkpoints of another run .*" + re.escape(says)) as error:
+            pretrain.train(other, workdir)
+        assert "\n" not in str(error.value)
+    assert md5_tree(workdir) == before

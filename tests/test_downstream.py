@@ -332,6 +332,32 @@ def test_benchmark_runs_a_grid_and_resumes(pretrained, synthetic_shards, tmp_pat
     rows = open(tmp_path / "runs.csv").read().splitlines()
     assert len(rows) == 7 and rows[0].startswith("task,method,mode,leads,label_fraction,seed,auroc,f1")
 
+    # the same grid with other weights under the method's name: its finished runs are not this grid's
+    other = tmp_path / "retrained"
+    encoder, variables = load_model(os.path.join(pretrained, "encoder"))
+    save_model(other / "encoder", encoder, jax.tree.map(lambda x: np.asarray(x) * 1.01, variables))
+    before = {os.path.join(d, f): os.stat(os.path.join(d, f)).st_mtime_ns
+              for d, _, files in os.walk(tmp_path / "runs") for f in files}
+    config.grid.methods = (f"Random={other}",)
+    with pytest.raises(ValueError, match=r"3 finished run\(s\) in .* are not this grid's, changed from their "
+                                         r"config.json: runs/rhythm/Random-linprobe/leads-12/fraction-0.5/seed-0 "
+                                         r"\(init \('.*' -> '.*retrained'\), init_checksum \('\w+' -> '\w+'\)"):
+        grid.run_grid(config, str(tmp_path))
+    assert before == {os.path.join(d, f): os.stat(os.path.join(d, f)).st_mtime_ns
+                      for d, _, files in os.walk(tmp_path / "runs") for f in files}
+
+
+def test_grid_methods_whose_names_would_share_a_folder_are_refused_before_anything_runs():
+    config = load_config(os.path.join(CONFIGS, "grid.py"), "ptbxl:rhythm")
+    config.grid.update(methods=("ST MEM=runs/a", "ST_MEM=runs/b"), modes=("linprobe",))
+    with pytest.raises(ValueError, match=r"run ST_MEM=runs/b \(linprobe, task rhythm\) and ST MEM=runs/a "
+                                         r"\(linprobe, task rhythm\) would share one folder "
+                                         r"\(runs/rhythm/ST_MEM-linprobe/"):
+        grid.grid_runs(config)
+    config.grid.methods = ("ST-MEM=runs/a", "ST-MEM=runs/a")
+    with pytest.raises(ValueError, match=r"run ST-MEM=runs/a \(linprobe, task rhythm\) is listed twice"):
+        grid.grid_runs(config)
+
 
 def copy_native_records(synthetic_shards, record_ids, folder):
     """The native WFDB files of prepared records, copied into ``folder``; their file names."""

@@ -1,16 +1,19 @@
-"""Mistaken runs and untrusted model files: a workdir resumed with another model, checksums that
-cannot verify, model files that ask for huge memory or describe no model, and configs that make no
-sense (the common fields and every method's own). Each ends in one line naming the problem (exit
-status 1; a config that makes no sense: 2, before anything is built or written) and touches nothing
-already written."""
+"""Mistaken runs and untrusted model files: a workdir resumed or rerun as another run, checksums that
+cannot verify, model files that ask for huge memory, describe no model or name code to run, and
+configs that make no sense (the common fields and every method's own). Each ends in one line naming
+the problem (exit status 1; a config that makes no sense: 2, before anything is built or written)
+and touches nothing already written."""
 
+import hashlib
 import json
 import os
+import re
+import struct
 import subprocess
 import sys
+import zipfile
 
 import jax
-import numpy as np
 import pytest
 
 from test_pretrain import CONFIG, ROOT, SMALL, small_config
@@ -249,3 +252,117 @@ def test_resuming_a_linear_probe_of_another_encoder_of_the_same_width_is_refused
     with pytest.raises(ValueError, match=r"checkpoints of another run .*init \('random:st_mem' -> 'random:mtae'\)"):
         downstream.train(config, workdir)
     assert tree_state(workdir) == before
+
+
+def md5_tree(root):
+    """``{path: md5}`` of every file under ``root``: what a refused run may not touch."""
+    return {os.path.join(d, f): hashlib.md5(open(os.path.join(d, f), "rb").read()).hexdigest()
+            for d, _, files in os.walk(root) for f in files}
+
+
+def payload_folder(parent, kind):
+    """``<parent>/evilmdl``: a model.json whose kind names ``evilmdl.payload`` beside it, and the path of the
+    file that module writes when it runs."""
+    folder = parent / "evilmdl"
+    folder.mkdir(exist_ok=True)
+    ran = parent / "payload-ran"
+    (folder / "payload.py").write_text(f"open({str(ran)!r}, 'w').write('ran')\nx = None\n")
+    (folder / "model.json").write_text(json.dumps({"model": {"kind": kind, "seq_len": 2250}, "metadata": {}}))
+    return ran
+
+
+def test_a_model_folder_never_runs_code_and_a_crafted_kind_names_the_file_and_field(tmp_path, monkeypatch):
+    from stmem_jax import api
+
+    monkeypatch.chdir(tmp_path)  # as `python -m ...` run from the folder's parent: the current folder is on the path
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for kind in ("evilmdl.payload:x", "evilmdl.payload", "__import__('os')"):
+        ran = payload_folder(tmp_path, kind)
+        with pytest.raises(ValueError, match=re.escape(f"evilmdl/model.json: not a model description (field 'kind': "
+                                                       f"unknown model kind {kind!r}")):
+            api.load_encoder("evilmdl")
+        assert not ran.exists() and not [m for m in sys.modules if m.startswith("evilmdl")]
+
+
+@pytest.mark.slow
+def test_finetuning_from_a_model_folder_that_names_a_module_runs_no_code(synthetic_shards, tmp_path):
+    ran = payload_folder(tmp_path, "evilmdl.payload:x")
+    result = subprocess.run([sys.executable, "-m", "stmem_jax.cli", "finetune", "--config=ptbxl:rhythm",
+                             "--config.init=evilmdl", f"--config.data.dir={synthetic_shards}",
+                             f"--workdir={tmp_path / 'run'}"], capture_output=True, text=True, timeout=600,
+                            cwd=tmp_path, env=dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT))
+    one_line_error(result, "evilmdl/model.json", "field 'kind'", "unknown model kind 'evilmdl.payload:x'")
+    assert not ran.exists() and not os.path.exists(tmp_path / "run" / "config.json")
+
+
+def pth_bomb(path, tensors, uncompressed):
+    """``tensors`` saved by torch, plus a tensor ``bomb`` of ``uncompressed`` bytes of zeros stored
+    deflate-compressed (a few MB on disk)."""
+    torch = pytest.importorskip("torch")
+    mark = 123457  # the bomb's length as torch pickles it, then rewritten
+    torch.save({"model": dict(tensors, bomb=torch.zeros(mark))}, path)
+    with zipfile.ZipFile(path) as archive:
+        entries = [(info.filename, archive.read(info.filename)) for info in archive.infolist()]
+    length = b"J" + struct.pack("<i", uncompressed // 4)
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in entries:
+            if name.endswith("/data.pkl"):
+                assert data.count(b"J" + struct.pack("<i", mark)) == 2  # the storage's length and the tensor's
+                archive.writestr(name, data.replace(b"J" + struct.pack("<i", mark), length))
+            elif len(data) == mark * 4:
+                info = zipfile.ZipInfo(name)
+                info.compress_type, info._compresslevel = zipfile.ZIP_DEFLATED, 1
+                with archive.open(info, "w", force_zip64=True) as f:
+                    for _ in range(uncompressed >> 24):
+                        f.write(bytes(1 << 24))
+            else:
+                archive.writestr(name, data)
+
+
+@pytest.mark.slow
+def test_a_compressed_pth_bomb_is_refused_before_any_tensor_is_read(tmp_path):
+    torch = pytest.importorskip("torch")
+    from stmem_jax.convert import state_dict_from_variables
+    from stmem_jax.models import create_model, init_variables
+
+    model = create_model("st_mem_classifier", "tiny", depth=1)
+    tensors = {k: torch.from_numpy(v) for k, v in
+               state_dict_from_variables(model, init_variables(model, jax.random.key(0))).items()}
+    path = tmp_path / "bomb.pth"
+    pth_bomb(path, tensors, 1 << 30)  # 1 GiB of zeros
+    assert os.path.getsize(path) < 10 << 20
+    # the peak resident memory of the process, KiB (VmHWM: its own; ru_maxrss would carry this test's over the exec)
+    code = ("import re, sys\nfrom stmem_jax.convert import load_torch_checkpoint\n"
+            "try:\n    load_torch_checkpoint(sys.argv[1])\nexcept ValueError as error:\n    print(error)\n"
+            "print(re.search(r'VmHWM:\\s*(\\d+) kB', open('/proc/self/status').read())[1])")
+    result = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=600,
+                            cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    message, peak = result.stdout.strip().splitlines()[-2:]
+    assert message.startswith(f"{path}: its entries declare 1,07") and "more than the STMEMClassifier" in message
+    assert int(peak) * 1024 < 1e9
+
+
+@pytest.mark.slow
+def test_an_mtae_run_resumed_or_rerun_as_mtae_rlm_is_refused_and_touches_nothing(synthetic_shards, tmp_path):
+    from stmem_jax.train.config import load_config
+
+    def config(name, **overrides):
+        c = load_config(name, "tiny")
+        for key, value in {**SMALL, "data.dir": synthetic_shards, "train.num_steps": 2, "checkpoint.every_steps": 1,
+                           **overrides}.items():
+            section, field = key.split(".")
+            c[section][field] = value
+        return c
+
+    workdir = str(tmp_path / "run")
+    assert pretrain.train(config("mtae", **{"train.max_steps_per_run": 1}), workdir)["step"] == 1  # unfinished
+    for finished in (False, True):
+        before = md5_tree(workdir)
+        with pytest.raises(ValueError, match=re.escape("holds checkpoints of another run (changed from its "
+                                                       "config.json: data.lead_masking (0.0 -> 0.5))")) as error:
+            pretrain.train(config("mtae_rlm"), workdir)
+        assert "\n" not in str(error.value)
+        assert md5_tree(workdir) == before  # config.json, checkpoints, model/, encoder/ as they were
+        if not finished:
+            assert pretrain.train(config("mtae"), workdir)["step"] == 2  # its own settings finish it

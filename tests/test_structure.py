@@ -145,13 +145,15 @@ FILE_ACCESS_ALLOWED = {
     ("stmem_jax/demo.py", "os.path.join"): "the model shipped inside the package",
     ("stmem_jax/demo.py", "os.path.abspath"): "the model shipped inside the package",
     ("stmem_jax/train/config.py", "os.path.abspath"): "the shipped configs' folder",
-    ("stmem_jax/configs/downstream/grid.py", "os.path.abspath"): "a shipped config beside it",
+    ("stmem_jax/plugins.py", "os.path.abspath"): "the package's own folder (its frames left out of a plugin's traceback)",
+    ("configs/downstream/grid.py", "os.path.abspath"): "a shipped config beside it",
     ("stmem_jax/train/config.py", "os.path.join"): "config files are Python modules, imported from local files",
     ("stmem_jax/train/config.py", "os.listdir"): "the shipped configs' folder",
     ("stmem_jax/train/config.py", "os.path.isdir"): "the shipped configs' folder",
     ("stmem_jax/train/config.py", "os.path.isfile"): "a config file is a local Python module",
     ("stmem_jax/train/config.py", "open"): "the config file's source, for the config's fingerprint",
-    ("stmem_jax/configs/downstream/grid.py", "os.path.join"): "a shipped config beside it",
+    ("configs/downstream/grid.py", "os.path.join"): "a shipped config beside it",
+    ("configs/downstream/grid.py", "os.listdir"): "the shipped configs beside it",
     ("stmem_jax/train/reporting.py", "open"): "the local folder of a fileio.LocalMirror",
     ("stmem_jax/train/reporting.py", "os.path.join"): "the local folder of a fileio.LocalMirror",
     ("stmem_jax/train/reporting.py", "os.replace"): "the local folder of a fileio.LocalMirror",
@@ -168,6 +170,7 @@ FILE_ACCESS_ALLOWED = {
     ("stmem_jax/model_dir.py", "epath.Path"): "orbax's path type, of fileio.absolute's path or URL",
     ("data_prep/sources/code15.py", "h5py.File"): "the file object fileio.open gives",
     ("data_prep/writer.py", "os.path.join"): "the lock file beside a local output (a bucket has no lock)",
+    ("data_prep/writer.py", "os.path.realpath"): "the lock file beside a local output (links resolved)",
     ("data_prep/writer.py", "os.makedirs"): "the lock file beside a local output",
     ("data_prep/writer.py", "os.open"): "the lock file beside a local output",
     ("data_prep/writer.py", "fcntl.flock"): "the lock file beside a local output",
@@ -194,7 +197,7 @@ def test_user_paths_reach_files_only_through_the_io_layer():
     calls that cannot take a bucket URL, but where ``FILE_ACCESS_ALLOWED`` says why no user path
     reaches it; every allowed entry is still used."""
     found = set()
-    for folder in ("stmem_jax", "data_prep"):
+    for folder in ("stmem_jax", "data_prep", "configs"):
         for directory, _, files in os.walk(os.path.join(ROOT, folder)):
             for name in (f for f in files if f.endswith(".py")):
                 path = os.path.relpath(os.path.join(directory, name), ROOT)

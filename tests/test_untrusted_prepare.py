@@ -373,6 +373,24 @@ def test_a_second_run_on_the_same_output_fails_naming_the_lock_and_a_dead_holder
     assert main(["wfdb", "--input", str(wfdb_folder), "--output", str(out), "--quiet"]) == 0
 
 
+def test_a_second_run_through_a_link_to_the_output_fails_naming_the_lock(wfdb_folder, tmp_path, capsys):
+    out = tmp_path / "out"
+    os.makedirs(out)
+    os.symlink(out, tmp_path / "alias")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom data_prep.writer import _lock\n"
+                               f"with _lock({str(out)!r}):\n    print('held', flush=True)\n    time.sleep(60)\n"],
+        cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        assert main(["wfdb", "--input", str(wfdb_folder), "--output", str(tmp_path / "alias"), "--quiet"]) == 1
+        one_line_error(capsys, str(tmp_path / ".out.stmem-prepare.lock"), f"(pid {holder.pid}) is writing")
+        assert not os.listdir(out)
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 def test_a_run_where_every_record_is_unusable_is_an_error_without_a_manifest(tmp_path, capsys):
     folder = tmp_path / "input"
     record(folder, "s0", seconds=4)

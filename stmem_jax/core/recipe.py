@@ -29,8 +29,11 @@ from stmem_jax.core.signal import RecordError, Signal
 
 @dataclasses.dataclass(frozen=True)
 class Recipe:
-    """Sampling rate, window, band filter (None disables a side), crop length, evaluation crops, and
-    the longest gap of missing (non-finite) samples that is interpolated rather than left out."""
+    """Sampling rate, window, band filter (None disables a side), crop length, evaluation crops, the
+    longest gap of missing (non-finite) samples that is interpolated rather than left out, and the
+    rate the windows are prepared at when the model's rate ``fs`` is reached by resampling prepared
+    windows (``prepared_fs``: a model trained with ``data.sample_rate``, e.g. CPC at 100 Hz on 250 Hz
+    shards; 0: the windows are prepared at ``fs``)."""
 
     fs: int = 250
     window_s: float = 10.0
@@ -40,17 +43,21 @@ class Recipe:
     crop_samples: int = 2250
     eval_crops: int = 3
     max_gap_s: float = 0.0
+    prepared_fs: int = 0
 
     def __post_init__(self):
         problems = []
         if not (isinstance(self.fs, int) and self.fs > 0):
             problems.append(f"sampling rate must be a positive whole number of Hz, got {self.fs!r}")
+        if not (isinstance(self.prepared_fs, int) and self.prepared_fs >= 0):
+            problems.append(f"prepared_fs must be 0 or a positive whole number of Hz, got {self.prepared_fs!r}")
         if not (math.isfinite(self.window_s) and self.window_s > 0):
             problems.append(f"window must last more than 0 s, got {self.window_s!r}")
+        rate = self.prepared_fs or self.fs
         for name in ("highpass_hz", "lowpass_hz"):
             value = getattr(self, name)
-            if value is not None and not (math.isfinite(value) and 0 < value < self.fs / 2):
-                problems.append(f"{name} must lie between 0 and half the sampling rate ({self.fs / 2:g} Hz), "
+            if value is not None and not (math.isfinite(value) and 0 < value < rate / 2):
+                problems.append(f"{name} must lie between 0 and half the sampling rate ({rate / 2:g} Hz), "
                                 f"got {value!r}")
         if self.filter_order < 1:
             problems.append(f"filter_order must be at least 1, got {self.filter_order}")
@@ -65,6 +72,10 @@ class Recipe:
     @property
     def window_samples(self) -> int:
         return int(round(self.fs * self.window_s))
+
+    def prepared(self) -> Recipe:
+        """The recipe of the prepared windows: at ``prepared_fs`` (this recipe when 0)."""
+        return dataclasses.replace(self, fs=self.prepared_fs, prepared_fs=0) if self.prepared_fs else self
 
     @property
     def filtered(self) -> bool:
@@ -193,7 +204,8 @@ def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
 
 def make_windows(sig: Signal, wanted: Sequence[str], recipe: Recipe
                  ) -> tuple[list[tuple[int, np.ndarray]], int]:
-    """The record cut into non-overlapping windows at the recipe's rate, filtered.
+    """The record cut into non-overlapping windows at the recipe's rate, filtered (at ``prepared_fs``,
+    the windows then resampled to ``fs``, when it is set).
 
     Gaps of non-finite samples up to ``recipe.max_gap_s`` are interpolated and kept. Longer gaps
     are bridged by a straight line for resampling and filtering only (a zero fill would ring
@@ -214,8 +226,9 @@ def make_windows(sig: Signal, wanted: Sequence[str], recipe: Recipe
     duration = data.shape[1] / sig.fs
     if duration < recipe.window_s:
         raise RecordError(f"shorter than the window ({duration:.2f} s < {recipe.window_s:g} s)")
-    resampled = band_filter(resample(fill_gaps(data, sig.fs), sig.fs, recipe.fs), recipe)
-    length = recipe.window_samples
+    prepared = recipe.prepared()
+    resampled = band_filter(resample(fill_gaps(data, sig.fs), sig.fs, prepared.fs), prepared)
+    length = prepared.window_samples
     native = int(round(recipe.window_s * sig.fs))
     missing = bad.any(axis=0)
     windows, dropped = [], 0
@@ -226,6 +239,8 @@ def make_windows(sig: Signal, wanted: Sequence[str], recipe: Recipe
         if missing[start:start + native].any() or not np.isfinite(window).all():  # gaps, or beyond float32
             dropped += 1
             continue
+        if prepared is not recipe:  # prepared windows resampled to the model's rate (as the pipeline does)
+            window = resample(window, prepared.fs, recipe.fs).astype(np.float32)
         windows.append((w, window))
     return windows, dropped
 
@@ -245,7 +260,8 @@ def model_inputs(ecgs: np.ndarray, fs: float, recipe: Recipe = Recipe(), *, crop
                  count: int | None = None, bandpass: bool = True, lead_names: Sequence[str] | None = None
                  ) -> np.ndarray:
     """Recordings (B, C, T) or (C, T) in mV at ``fs`` Hz -> model inputs (B, count, C, crop_samples):
-    gaps up to ``recipe.max_gap_s`` interpolated, resampled to the recipe's rate, band-filtered, cut
+    gaps up to ``recipe.max_gap_s`` interpolated, resampled to the recipe's rate, band-filtered (at
+    ``prepared_fs`` when set, then resampled to ``fs``), cut
     into ``count`` crops (default: the recipe's evaluation crops), each z-scored. Bad input (a rate
     that is not a positive number, a (T, C) array, a non-finite sample left) is a ValueError naming
     the example and lead (``lead_names``, else the row)."""
@@ -271,9 +287,11 @@ def model_inputs(ecgs: np.ndarray, fs: float, recipe: Recipe = Recipe(), *, crop
                          f"{first / fs:.3f} s; gaps up to Recipe.max_gap_s (now {recipe.max_gap_s:g} s) are "
                          f"interpolated, e.g. recipe=Recipe(max_gap_s=0.1)")
     length = crop_samples or recipe.crop_samples
-    signal = resample(ecgs, fs, recipe.fs)
+    prepared = recipe.prepared()
+    signal = resample(ecgs, fs, prepared.fs)
     if bandpass:
-        signal = band_filter(signal, recipe)
+        signal = band_filter(signal, prepared)
+    signal = resample(signal, prepared.fs, recipe.fs)
     if signal.shape[-1] < length:
         raise ValueError(f"ECGs last {signal.shape[-1] / recipe.fs:.2f} s at {recipe.fs} Hz; the model needs "
                          f"{length / recipe.fs:.2f} s")

@@ -190,14 +190,16 @@ def task_classes(manifests: dict[str, dict], task: str) -> tuple[list[str], bool
 
 
 def model_recipe(config: InputConfig) -> Recipe:
-    """The recipe the model sees through this input: the prepared data's rate and window, its band
-    filter (or the default band when ``bandpass`` filters unfiltered data on the fly), and the
-    config's crop length and evaluation crops. Raw ECGs go through it to meet the model as trained."""
+    """The recipe the model sees through this input: the prepared data's rate (or ``sample_rate``, the
+    data's then its ``prepared_fs``) and window, its band filter (or the default band when
+    ``bandpass`` filters unfiltered data on the fly), and the config's crop length and evaluation
+    crops. Raw ECGs go through it to meet the model as trained."""
     recipe = Recipe.of_manifest(next(iter(fmt.read_manifests(config.data_dir).values())))
     if config.bandpass:
         recipe = recipe.with_band_of(Recipe())
+    resampled = config.sample_rate and config.sample_rate != recipe.fs
     return dataclasses.replace(recipe, fs=config.sample_rate or recipe.fs, crop_samples=config.crop_samples,
-                               eval_crops=config.eval_crops)
+                               eval_crops=config.eval_crops, prepared_fs=recipe.fs if resampled else 0)
 
 
 def steps_per_epoch(config: InputConfig, *, process_count: int | None = None) -> int:

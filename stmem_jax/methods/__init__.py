@@ -30,12 +30,9 @@ __all__ = ["Method", "Rows", "get", "names", "register", "of", "is_pretraining",
 
 def of(model: nn.Module) -> Method | None:
     """The method whose pre-training model ``model`` is (its kind is the method's name); None for
-    other models (classifiers)."""
+    other models (classifiers). Imports nothing: a registered kind's method is registered."""
     kind = models.model_config(model)["kind"]
-    try:
-        return get(kind)
-    except ValueError:
-        return None
+    return get(kind) if kind in names() else None
 
 
 def is_pretraining(model: nn.Module) -> bool:

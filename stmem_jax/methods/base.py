@@ -105,6 +105,11 @@ class Method(abc.ABC):
         validation split selects the kept best state. ``rows`` also holds ``valid`` (B,): False on
         the padding of the last batch (a contrastive loss leaves those out of its negatives)."""
 
+    def check_batch(self, rows: Rows) -> None:
+        """Raises ValueError when a training batch (``rows``: the inputs of :attr:`inputs`, global
+        arrays) can teach the method nothing, e.g. a contrastive batch without a negative pair; the
+        pre-training driver asks it of each run's first batch. Default: every batch can."""
+
     def figure(self, model: nn.Module, params: Any, rows: Rows, leads: tuple[int, ...], path: str,
                title: str) -> str | None:
         """Writes a figure of one example (``rows`` holds one) to ``path``; None when it has none."""

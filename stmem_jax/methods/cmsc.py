@@ -123,6 +123,15 @@ class Cmsc(ContrastiveMethod):
 
         return cmsc_terms(embed(rows["segment1"]), embed(rows["segment2"]), rows["patient"], model.temperature, valid)
 
+    def check_batch(self, rows):
+        """Refuses a batch whose examples are all of one patient: every pair is a positive, so the loss
+        is a constant with no gradient (one patient in the data, or a batch of one)."""
+        if not bool(jax.jit(lambda p: jnp.any(p != p[0]))(rows["patient"])):
+            raise ValueError(f"every example of the first batch ({rows['patient'].shape[0]}) is of one patient: CMSC "
+                             f"contrasts segments of different patients, and this batch holds no negative pair, so "
+                             f"its loss teaches nothing; pre-train CMSC on data of many patients, with "
+                             f"train.batch_size at least 2")
+
     def loss(self, model, params, extra, rows, leads):
         terms = self._terms(model, params, rows, leads)
         if model.positives == "clocs":

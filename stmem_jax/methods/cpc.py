@@ -44,7 +44,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 
 from stmem_jax import models
 from stmem_jax.core.leads import lead_indices
@@ -371,12 +370,15 @@ class Cpc(Method):
 
     def encoder(self, model, variables):
         """The classifier kind's encoder with the pre-trained weights; the running statistics
-        (``variables['extra']``, the method's state; without it the initial ones, as at
-        initialisation) become its BatchNorms' ``mean`` / ``var`` parameters."""
+        (``variables['extra']``, the method's state: a random encoder's are the initial ones) become
+        its BatchNorms' ``mean`` / ``var`` parameters. Variables without them are refused: the
+        encoder would normalise with mean 0 and variance 1."""
         encoder = self.classifier_model(model)
         running = variables.get("extra")
         if running is None:
-            running = jax.tree.map(np.asarray, self.init_extra(model, None))
+            raise ValueError("CPC's encoder needs the BatchNorm running statistics (the method's extra state) and "
+                             "these variables hold none (a CPC model/ written before they were saved with it): use "
+                             "the run's encoder/")
         params = dict(variables["params"]["encoder"])
         for name, stats in running.items():
             params[name] = {**params[name], "mean": stats["mean"], "var": stats["var"]}

@@ -4,15 +4,17 @@ Every save also records a checksum of each array (``checksums.json`` beside the 
 its bits weighted by position, modulo 2^32, computed on the devices and exact whatever the
 sharding, so any flipped bit or byte changes it. A restore checks it; :meth:`Checkpoints.restore_latest`
 falls back from a damaged step (unreadable, arrays that differ from their checksum, or no checksum
-recorded for it) to the newest intact one, moving the damaged one aside (``broken-<step>``) with a
-warning. An unreadable ``checksums.json`` verifies nothing: that is an error, and nothing is moved.
-Without any ``checksums.json`` (checkpoints written before checksums existed) a step is restored
-unverified, with a warning. A step whose arrays have other shapes than this run's (another model
-or optimizer setting) is not damaged: that is :class:`StateMismatch`, and nothing is touched.
+recorded for it) to the newest intact one, moving the damaged one aside (``broken-<step>``, or
+``broken-<step>-<n>`` beside an earlier one) with a warning. An unreadable ``checksums.json``
+verifies nothing: that is an error, and nothing is moved. Without any ``checksums.json``
+(checkpoints written before checksums existed) a step is restored unverified, with a warning. A
+step whose arrays have other shapes than this run's (another model or optimizer setting) is not
+damaged: that is :class:`StateMismatch`, and nothing is touched.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 from typing import Any
 
@@ -210,11 +212,16 @@ def _record_checksums(manager: ocp.CheckpointManager, step: int, state: Any) -> 
 
 
 def _move_aside(manager: ocp.CheckpointManager, step: int) -> str:
-    """Renames a damaged step's directory to ``broken-<step>`` (nothing is deleted)."""
+    """Renames a damaged step's directory to ``broken-<step>``, or ``broken-<step>-<n>`` when an
+    earlier one holds that name (nothing is deleted)."""
     source = fileio.join(str(manager.directory), str(step))
     target = fileio.join(str(manager.directory), f"broken-{step}")
+    for n in itertools.count(1):
+        if not fileio.exists(target):
+            break
+        target = fileio.join(str(manager.directory), f"broken-{step}-{n}")
     if jax.process_index() == 0 and fileio.isdir(source):  # in a bucket: a copy, then the deletion
-        fileio.rename(source, target) if not fileio.exists(target) else None
+        fileio.rename(source, target)
     multihost_utils.sync_global_devices(f"checkpoint {step} moved aside")
     manager.reload()
     return target

@@ -257,33 +257,49 @@ def save(workdir: str, config: ml_collections.ConfigDict) -> None:
         fileio.write_text(fileio.join(workdir, "config.json"), config.to_json(indent=2))
 
 
-# fields that say which run a workdir holds: resuming it with others is another run, even where the
-# state keeps its shapes (a linear probe of another encoder of the same width)
-RUN_IDENTITY = ("method", "mode", "init", "data.task", "data.leads", "data.label_fraction", "data.crop_samples")
+# A run's identity is every field of its config, except these, which change only its speed, its memory,
+# its logging or where it writes: a resume or a rerun may change them (a prefix ending in "." names a section).
+NOT_IDENTITY = ("checkpoint.", "log.", "mesh.", "distributed.", "eval.batch_size", "data.workers",
+                "data.feature_cache", "train.grad_accum_steps", "train.max_steps_per_run", "model.remat")
+# the length of the run: a resume may change it (the run goes on to its new end); a finished downstream run and
+# the grid's runs compare it too (their results are those of their length)
+EXTENDABLE = ("train.epochs", "train.num_steps", "train.min_steps")
 
 
-def changes(workdir: str, config: ml_collections.ConfigDict) -> dict[str, tuple[Any, Any]]:
-    """``{field: (saved, now)}`` of the fields in which ``config`` differs from the one a run saved in
-    ``<workdir>/config.json``; empty when there is none to compare with."""
-    def flat(tree, prefix=""):
-        out = {}
-        for key, value in tree.items():
-            out |= flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value}
-        return out
+def _flat(tree: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for key, value in tree.items():
+        out |= _flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value}
+    return out
 
+
+def identity(config: ml_collections.ConfigDict | dict, *, resume: bool = False) -> dict[str, Any]:
+    """``{field: value}`` of the fields that say what a run computes: all but ``NOT_IDENTITY`` (and,
+    when ``resume``, ``EXTENDABLE``): the method and its own fields, the model, the data and its
+    recipe (``data.sample_rate``, lead masking, ...), the optimizer and its schedule, the downstream
+    mode, task and ``init`` (with its weights' checksum), the seed."""
+    flat = _flat(json.loads(config.to_json()) if isinstance(config, ml_collections.ConfigDict) else config)
+    ignored = NOT_IDENTITY + (EXTENDABLE if resume else ())
+    return {k: v for k, v in flat.items() if not any(k == f or (f.endswith(".") and k.startswith(f)) for f in ignored)}
+
+
+def changes(workdir: str, config: ml_collections.ConfigDict, *, resume: bool = False) -> dict[str, tuple[Any, Any]]:
+    """``{field: (saved, now)}`` of the identity fields (:func:`identity`) in which ``config`` differs
+    from the one a run saved in ``<workdir>/config.json`` (a field one of them lacks is ``'absent'``
+    there); empty when there is none to compare with."""
     try:
-        saved = flat(json.loads(fileio.read_text(fileio.join(workdir, "config.json"))))
+        saved = identity(json.loads(fileio.read_text(fileio.join(workdir, "config.json"))), resume=resume)
     except (OSError, ValueError, AttributeError):
         return {}
-    now = flat(json.loads(config.to_json()))
+    now = identity(config, resume=resume)
     return {k: (saved.get(k, "absent"), now.get(k, "absent")) for k in sorted(set(saved) | set(now))
-            if saved.get(k) != now.get(k)}
+            if saved.get(k, "absent") != now.get(k, "absent")}
 
 
 def describe_changes(changed: dict[str, tuple[Any, Any]], most: int = 8) -> str:
-    """``field (saved -> now), ...`` of the first ``most`` changes, identity fields first."""
-    order = sorted(changed, key=lambda k: k not in RUN_IDENTITY)
-    return ", ".join(f"{k} ({changed[k][0]!r} -> {changed[k][1]!r})" for k in order[:most])
+    """``field (saved -> now), ...`` of the first ``most`` changes."""
+    more = f" and {len(changed) - most} more" if len(changed) > most else ""
+    return ", ".join(f"{k} ({saved!r} -> {now!r})" for k, (saved, now) in list(changed.items())[:most]) + more
 
 
 def _comments(source: str) -> dict[str, str]:

@@ -17,8 +17,11 @@ initialisation (the random-encoder control).
 The loss is the classification loss; the evaluator validates at intervals (3 crops, probabilities
 averaged) and the state with the best validation loss or macro AUROC (``eval.select``) is
 evaluated on the test split. The workdir gets ``test_metrics.json`` (written last: a finished
-run), ``test_metrics.csv``, ``test_predictions.npz`` and ``model/`` (the selected classifier). A
-run resumes from its latest checkpoint (``stmem_jax.train.loop``).
+run), ``test_metrics.csv``, ``test_predictions.npz`` and ``model/`` (the selected classifier, with
+its input recipe). A run resumes from its latest checkpoint (``stmem_jax.train.loop``). Its
+``config.json`` records its identity, with ``init_checksum``, the checksum of the weights ``init``
+held: a rerun or a resume with other settings (``train.config.identity``) or other weights under
+the same path is refused, and a finished run is never reported for another.
 """
 
 from __future__ import annotations
@@ -40,10 +43,11 @@ from jax.experimental import multihost_utils
 from stmem_jax import infer, methods, models, overlap
 from stmem_jax import mesh as meshlib
 from stmem_jax.core import fileio
+from stmem_jax.core.recipe import Recipe
 from stmem_jax.core.shards import read_manifests
 from stmem_jax.data.pipeline import global_batches, mixture_names, model_recipe, steps_per_epoch
 from stmem_jax.data.tasks import resolve_task
-from stmem_jax.model_dir import MODEL_FILE, save_model
+from stmem_jax.model_dir import save_model
 from stmem_jax.train import linprobe, loop, setup
 from stmem_jax.train.classification import (checkpoints_for, eval_interval, num_examples, scalars_of, score,
                                             validation)
@@ -70,6 +74,8 @@ def build_classifier(config: ml_collections.ConfigDict, num_classes: int, lead_i
                       remat=m.remat)
         if "first_k_leads" in models.fields(type(encoder)):
             fields["first_k_leads"] = m.first_k_leads
+        if config.mode == "linprobe" and "linear_head" in models.fields(type(encoder)):
+            fields["linear_head"] = True  # a classifier with a deeper fine-tuning head is probed with its linear one
         model = encoder.clone(**fields)
         encoder_params = None if config.mode == "scratch" else variables["params"]["encoder"]
     else:
@@ -97,7 +103,7 @@ def random_encoder(config: ml_collections.ConfigDict, lead_ids: tuple[int, ...])
         method = methods.get(spec)
         model = method.model(config, lead_ids)
     params = jax.jit(lambda: method.init_params(model, key, lead_ids))()
-    encoder, variables = method.encoder(model, {"params": params})
+    encoder, variables = method.encoder(model, {"params": params, "extra": method.init_extra(model, params)})
     return encoder, jax.device_get(variables)
 
 
@@ -113,8 +119,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         raise ValueError(f"task {config.data.task!r} needs data.dir (a stmem-prepare output); the stmem-finetune "
                          f"command prepares the built-in synthetic data when it is empty")
     workdir = fileio.absolute(workdir)
+    config = with_identity(config)
     fileio.makedirs(workdir)
-    config = encoder_input(config)
     if fileio.isfile(fileio.join(workdir, METRICS_FILE)):
         changed = config_lib.changes(workdir, config)
         if changed:
@@ -135,24 +141,55 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     return _finish(config, workdir, task, model, params, selected, val, test, mesh, leak)
 
 
-def encoder_input(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """``config``, or with ``data.sample_rate`` 0 and an ``init`` pre-trained on resampled windows
-    (its saved config's ``data.sample_rate``, e.g. CPC at 100 Hz) a copy at that rate and crop length:
-    an encoder meets the input it was trained on (set ``data.sample_rate`` to choose another)."""
-    if config.data.sample_rate or not config.init or config.init.startswith(RANDOM) or fileio.isfile(config.init):
-        return config
-    try:
-        data = json.loads(fileio.read_text(fileio.join(infer.model_directory(config.init), MODEL_FILE))
-                          )["metadata"]["config"]["data"]
-        rate, crop = int(data.get("sample_rate", 0)), int(data["crop_samples"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return config  # no pre-training config: the run's own settings
-    if not rate:
+def encoder_input(config: ml_collections.ConfigDict, quiet: bool = False) -> ml_collections.ConfigDict:
+    """``config``, or with ``data.sample_rate`` 0 and an ``init`` trained on another input than the
+    data's rate and ``data.crop_samples`` (its saved recipe, ``infer.input_recipe``: e.g. CPC at
+    100 Hz) a copy at that rate (the pipeline resamples) and crop length: an encoder meets the input
+    it was trained on (set ``data.sample_rate`` to choose another)."""
+    path = config.init.removeprefix(RANDOM)
+    if config.data.sample_rate or not config.init or not fileio.exists(path):
+        return config  # a random:<method> encoder is built for the config's input
+    recipe = infer.input_recipe(path, prefer=("model", "encoder") if config.init.startswith(RANDOM) else
+                                ("encoder", "model"))
+    stored = {Recipe.of_manifest(m).fs for m in read_manifests(config.data.dir).values()}
+    rate = 0 if stored == {recipe.fs} else recipe.fs
+    if (rate, recipe.crop_samples) == (0, config.data.crop_samples):
         return config
     config = copy.deepcopy(config)
-    config.data.sample_rate, config.data.crop_samples = rate, crop
-    print(f"input: {rate} Hz, {crop}-sample crops, as {config.init} was pre-trained (data.sample_rate and "
-          f"data.crop_samples)", flush=True)
+    config.data.sample_rate, config.data.crop_samples = rate, recipe.crop_samples
+    if not quiet:
+        print(f"input: {recipe.fs} Hz, {recipe.crop_samples}-sample crops, as {config.init} was trained "
+              f"(data.sample_rate and data.crop_samples)", flush=True)
+    return config
+
+
+def init_checksum(config: ml_collections.ConfigDict, cache: dict | None = None) -> str:
+    """What ``init`` holds (``infer.checksum``): its weights, or for scratch and ``random:<path>``
+    (only the architecture is used) its model description; empty without init or with
+    ``random:<method>`` (the config builds it). ``cache`` keeps checksums by (path, what) for a grid."""
+    path = config.init.removeprefix(RANDOM)
+    if not config.init or not fileio.exists(path):
+        return ""
+    architecture = config.init.startswith(RANDOM) or config.mode == "scratch"
+    key = (fileio.absolute(path), architecture)
+    if cache is None or key not in cache:
+        prefer = ("model", "encoder") if config.init.startswith(RANDOM) else ("encoder", "model")
+        value = infer.checksum(path, prefer, weights=not architecture)
+        if cache is None:
+            return value
+        cache[key] = value
+    return cache[key]
+
+
+def with_identity(config: ml_collections.ConfigDict, cache: dict | None = None, quiet: bool = False
+                  ) -> ml_collections.ConfigDict:
+    """The config a run of ``config`` records as its identity (``config.json``): :func:`encoder_input`'s,
+    with ``init_checksum`` (:func:`init_checksum`): a rerun with other weights under the same path is
+    another run. Imports the method ``model.kind`` names (a method of your own: its saved models load)."""
+    methods.get(config.model.kind)
+    config = copy.deepcopy(encoder_input(config, quiet))
+    with config.unlocked():
+        config.init_checksum = init_checksum(config, cache)
     return config
 
 
@@ -237,7 +274,8 @@ def _finish(config, workdir, task, model, params, selected, val, predictions, me
         predictions = infer.predict(infer.probabilities_fn(model, task.lead_ids, task.multilabel), params,
                                     test_input, mesh)
     test = validation(task, predictions)
-    record = {"task": task.name, "mode": config.mode, "init": config.init, "data_dir": task.data_dir,
+    record = {"task": task.name, "mode": config.mode, "init": config.init, "init_checksum": config.init_checksum,
+              "data_dir": task.data_dir,
               "leads": config.data.leads, "label_fraction": config.data.label_fraction, "seed": config.train.seed,
               "classes": task.classes, "multilabel": task.multilabel, "selected_step": selected,
               "select": config.eval.select if val is not None else "last", "validation": val, "test": test,

@@ -86,10 +86,7 @@ def _feature_batches(x: np.ndarray, y: np.ndarray, batch: int, per_epoch: int, s
 
 def train_head(config, workdir, task, model, encoder_params, mesh, has_val):
     """The head trained on cached features of the frozen encoder (every process the same); returns
-    (classifier params, selected step, validation metrics, test predictions). A classifier with a
-    ``linear_head`` field (a deeper head for fine-tuning) is probed with its linear one."""
-    if "linear_head" in models.fields(type(model)):
-        model = model.clone(linear_head=True)
+    (classifier params, selected step, validation metrics, test predictions)."""
     encoder = model.clone(num_classes=0)
     crops = num_examples(task.input(config, config.data.train_split, False, 1, config.data.label_fraction)) * \
         config.eval.crops  # every evaluation crop of every training example

@@ -134,24 +134,24 @@ def init_or_restore(init_state: Callable[..., TrainState], mesh, checkpoints: Ch
                     config: ml_collections.ConfigDict | None = None) -> tuple[TrainState, int, Any]:
     """The state of ``init_state(*args)`` on ``mesh`` (parameters and optimizer state replicated or
     FSDP-split), or the latest checkpoint restored onto the same shardings. ``args`` (e.g.
-    pre-trained weights) may sit on any device. Checkpoints of another run (other shapes) are a
-    StateMismatch naming the fields in which ``config`` differs from the run's saved config.
+    pre-trained weights) may sit on any device. Checkpoints of another run are a StateMismatch,
+    nothing touched: ``config`` differs from the run's saved config in a field of its identity
+    (``config.identity``, the run's length excepted: it may grow), or the state has other shapes.
     Returns (state, its step, the restore target)."""
     args = jax.device_get(args)  # weights restored on one device would not match the mesh
     abstract = jax.eval_shape(init_state, *args)
     shardings = state_shardings(mesh, abstract)
     target = abstract_with_shardings(abstract, shardings)
     changed = {} if config is None or checkpoints.latest_step() is None else \
-        config_lib.changes(checkpoints.workdir, config)
+        config_lib.changes(checkpoints.workdir, config, resume=True)
     advice = "Use another workdir, or the run's own settings"
-    if set(changed) & set(config_lib.RUN_IDENTITY):
+    if changed:
         raise StateMismatch(f"{checkpoints.workdir} holds checkpoints of another run (changed from its config.json: "
                             f"{config_lib.describe_changes(changed)}). {advice}")
     try:
         state, start = checkpoints.restore_latest(target)
     except StateMismatch as error:
-        raise StateMismatch(f"{error}. " + (f"Changed from its config.json: {config_lib.describe_changes(changed)}. "
-                                            if changed else "") + advice) from None
+        raise StateMismatch(f"{error}. {advice}") from None
     if start is None:
         return jax.jit(init_state, out_shardings=shardings)(*args), 0, target
     print(f"resumed from step {start} in {checkpoints.workdir}", flush=True)

@@ -9,12 +9,15 @@ method brings its model, loss, validation metric and figure, and the encoder it 
 driver gives it the data, the shared set-up (``stmem_jax.train.setup``), validation over the
 validation split at intervals (the best state is kept in ``<workdir>/best``), figures, and the
 loop (``stmem_jax.train.loop``), which resumes from the latest checkpoint in the workdir. At the
-end the encoder alone is written to ``<workdir>/encoder`` and the whole model to ``<workdir>/model``.
+end the encoder alone is written to ``<workdir>/encoder`` and the whole model (with the method's
+state, e.g. CPC's running statistics) to ``<workdir>/model``, each with the input recipe it was
+trained on (``metadata.recipe`` in ``model.json``: rate, window, filter, crop length).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 from typing import Any
 
@@ -27,8 +30,9 @@ from stmem_jax import methods
 from stmem_jax import mesh as meshlib
 from stmem_jax.core import fileio
 from stmem_jax.core.shards import read_manifests
-from stmem_jax.data.pipeline import (InputConfig, global_batches, lead_indices_for, mixture_names, parse_weights,
-                                     steps_per_epoch)
+from stmem_jax.core.recipe import Recipe
+from stmem_jax.data.pipeline import (InputConfig, global_batches, lead_indices_for, mixture_names, model_recipe,
+                                     parse_weights, steps_per_epoch)
 from stmem_jax.model_dir import save_model
 from stmem_jax.train import loop, setup
 from stmem_jax.train.checkpoints import Checkpoints
@@ -77,15 +81,16 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         hooks = [loop.Hook(config.eval.every_steps, validate),
                  loop.Hook(config.log.figure_every_steps, lambda state, step: evaluator.figure(state, step))]
         stop_at = min(total, start + config.train.max_steps_per_run) if config.train.max_steps_per_run else total
+        batches = _FirstChecked(global_batches(input_config, mesh, data_axis=meshlib.BATCH_AXES, start_step=start),
+                                method)
         state, step, last = loop.run(
-            state, step_fn, global_batches(input_config, mesh, data_axis=meshlib.BATCH_AXES, start_step=start),
-            run.key, keys=run.inputs, start=start, schedule=schedule, reporter=reporter, checkpoints=checkpoints,
-            log_every=config.log.every_steps, checkpoint_every=config.checkpoint.every_steps, stop_at=stop_at,
-            hooks=hooks, sources=mixture_names(input_config))
+            state, step_fn, batches, run.key, keys=run.inputs, start=start, schedule=schedule, reporter=reporter,
+            checkpoints=checkpoints, log_every=config.log.every_steps, checkpoint_every=config.checkpoint.every_steps,
+            stop_at=stop_at, hooks=hooks, sources=mixture_names(input_config))
     summary = {"step": int(step), "total_steps": total, "workdir": workdir, **last,
                "process": jax.process_index(), "local_params_checksum": _local_checksum(state.params)}
     if step == total:
-        summary |= _export(method, run.model, state, workdir, config, mesh)
+        summary |= _export(method, run.model, state, workdir, config, mesh, _trained_recipe(input_config))
     return summary
 
 
@@ -101,19 +106,47 @@ def method_input(config: ml_collections.ConfigDict, method: methods.Method, spli
                        augment_prob=d.augment_prob, eval_crops=1)
 
 
+def _trained_recipe(input_config: InputConfig) -> Recipe:
+    """The input the pre-trained model met (the data's recipe at ``data.sample_rate`` and
+    ``data.crop_samples``), with the recipe's evaluation crops: what its users feed it."""
+    return dataclasses.replace(model_recipe(input_config), eval_crops=Recipe.eval_crops)
+
+
+class _FirstChecked:
+    """Batches whose first one the method checks (``Method.check_batch``) before it trains on it."""
+
+    def __init__(self, batches, method: methods.Method):
+        self.batches, self.method, self.checked = batches, method, False
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict:
+        batch = next(self.batches)
+        if not self.checked:
+            self.checked = True
+            self.method.check_batch({name: batch[name] for name in self.method.inputs})
+        return batch
+
+    def close(self) -> None:
+        getattr(self.batches, "close", lambda: None)()
+
+
 def _local_checksum(params) -> float:
     """Sum of |x| over this process's first shard of every parameter (replicas must agree)."""
     return float(sum(np.abs(np.asarray(leaf.addressable_shards[0].data, np.float64)).sum()
                      for leaf in jax.tree.leaves(params)))
 
 
-def _export(method, model, state: loop.TrainState, workdir: str, config, mesh) -> dict[str, str]:
-    """Writes the whole model and the method's encoder alone, for downstream use (all processes take part)."""
-    variables = {"params": state.params}
-    meta = {"step": int(state.step), "method": method.name, "config": json.loads(config.to_json())}
+def _export(method, model, state: loop.TrainState, workdir: str, config, mesh, recipe: Recipe) -> dict[str, str]:
+    """Writes the whole model (with the method's state, if it keeps one) and the method's encoder
+    alone, for downstream use, each with the input recipe it was trained on (all processes take part)."""
+    variables = {"params": state.params} | ({} if state.extra is None else {"extra": state.extra})
+    meta = {"step": int(state.step), "method": method.name, "config": json.loads(config.to_json()),
+            "recipe": recipe.to_dict()}
     paths = {"model_dir": fileio.join(workdir, "model"), "encoder_dir": fileio.join(workdir, "encoder")}
-    save_model(paths["model_dir"], model, variables, overwrite=True, metadata=meta)
-    encoder, encoder_vars = method.encoder(model, variables | {"extra": state.extra})
+    save_model(paths["model_dir"], model, variables, overwrite=True, metadata=meta, kind=method.name)
+    encoder, encoder_vars = method.encoder(model, variables)
     encoder_vars = jax.tree.map(  # new arrays (tables that became parameters) join the mesh, replicated
         lambda x: jax.device_put(x, meshlib.replicated(mesh)) if isinstance(x, np.ndarray) else x, encoder_vars)
     save_model(paths["encoder_dir"], encoder, encoder_vars, overwrite=True, metadata=meta)
