@@ -30,7 +30,7 @@ from stmem_jax import infer
 from stmem_jax import mesh as meshlib
 from stmem_jax.core.label_table import lookup, read_label_table
 from stmem_jax.core.leads import lead_indices, parse_leads
-from stmem_jax.core.recipe import Recipe
+from stmem_jax.core.recipe import AUTHORS, Recipe
 from stmem_jax.core.shards import read_manifests
 from stmem_jax.core.signal import EXIT_SKIPPED
 
@@ -57,7 +57,7 @@ def embed_split(encoder, variables, data_dir: str, split: str, leads="12", task:
 
 def embed_files(encoder, variables, folder: str, leads="12", labels_csv: str | None = None, batch_size: int = 64,
                 crops: int | None = None, per_window: bool = False, pattern: str | None = None,
-                recipe: Recipe = Recipe()) -> tuple[dict[str, np.ndarray], list[tuple[str, str]]]:
+                recipe: Recipe = AUTHORS) -> tuple[dict[str, np.ndarray], list[tuple[str, str]]]:
     """Features of the ECG files under ``folder`` (any format ``core.ecgfile`` reads): one row per
     file (its first usable window) or per window, the file's relative path as ``record_id``; and
     the files left out with their reasons."""

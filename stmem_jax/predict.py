@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import os
 import sys
@@ -52,22 +53,26 @@ def load_classifier(path: str) -> tuple[Any, dict[str, Any], dict[str, Any]]:
 
 
 def split_input(data_dir: str, split: str, info: dict[str, Any], batch_size: int):
-    """The evaluation input of a prepared split that shows the model what it was trained on; an error
-    naming the folder when its rate, window or filter cannot give that."""
-    from stmem_jax.data.pipeline import InputConfig  # TensorFlow: only to read a split
+    """The evaluation input of a prepared split that shows the model what it was trained on (its
+    recipe's filter placement and resampling: a folder prepared otherwise is an error naming it); an
+    error naming the folder when its rate, window or band filter cannot give that."""
+    from stmem_jax.data.pipeline import InputConfig, model_recipe  # TensorFlow: only to read a split
 
     recipe: Recipe = info["recipe"]
+    input_config = InputConfig(data_dir=data_dir, split=split, batch_size=batch_size, training=False,
+                               leads=info["leads"], crop_samples=recipe.crop_samples, eval_crops=recipe.eval_crops,
+                               filter=recipe.filter_on, resample=recipe.resample)
     for directory, manifest in read_manifests(data_dir).items():
         data = Recipe.of_manifest(manifest)
         if (data.fs, data.window_s) != (recipe.fs, recipe.window_s):
             raise ValueError(f"{directory} holds {data.window_s:g} s windows at {data.fs} Hz; the model was trained "
                              f"on {recipe.window_s:g} s at {recipe.fs} Hz")
-        stored, wanted = data.filter_settings(), recipe.filter_settings()
-        bandpass = stored is None and wanted is not None
-        if stored != wanted and not (bandpass and recipe.with_band_of(Recipe()) == recipe):
-            raise ValueError(f"{directory} is stored with the filter {stored}; the model was trained with {wanted}")
-    return InputConfig(data_dir=data_dir, split=split, batch_size=batch_size, training=False, leads=info["leads"],
-                       crop_samples=recipe.crop_samples, eval_crops=recipe.eval_crops, bandpass=bandpass)
+        seen = model_recipe(dataclasses.replace(input_config, data_dir=directory))
+        band = (seen.highpass_hz, seen.lowpass_hz, seen.filter_order)
+        if band != (recipe.highpass_hz, recipe.lowpass_hz, recipe.filter_order):
+            raise ValueError(f"{directory} gives the band filter (high-pass, low-pass, order) {band}; the model was "
+                             f"trained with {(recipe.highpass_hz, recipe.lowpass_hz, recipe.filter_order)}")
+    return input_config
 
 
 def predict_split(model, variables, info, data_dir: str, split: str, batch_size: int = 64) -> dict[str, np.ndarray]:
