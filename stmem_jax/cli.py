@@ -19,22 +19,29 @@ from collections.abc import Callable
 SYNTHETIC_TASKS = ("st_mem", "all", "diagnostic", "subdiagnostic", "superdiagnostic", "rhythm")
 
 
-def synthetic_dataset(directory: str, records: int, seed: int = 0, workers: int = 2) -> str:
+def synthetic_dataset(directory: str, records: int, seed: int = 0, workers: int = 2, recipe=None) -> str:
     """The built-in synthetic dataset: ``records`` ECGs generated in PTB-XL's layout in
-    ``<directory>/native`` and prepared into ``<directory>/shards`` by the ``stmem-prepare synthetic``
-    command (on process 0; the others wait). Reused when already prepared; returns the shards' path."""
+    ``<directory>/native`` and prepared as ``recipe`` says (its resampling, filter at preparation or
+    not, flat leads; default the authors' recipe) by the ``stmem-prepare synthetic`` command, into
+    ``<directory>/shards`` (the authors' recipe) or ``<directory>/shards-<recipe>`` (on process 0; the
+    others wait). Reused when already prepared; returns the shards' path."""
     import jax
     from jax.experimental import multihost_utils
 
+    from stmem_jax.core.recipe import AUTHORS
     from stmem_jax.core.shards import MANIFEST
 
-    target = os.path.join(os.path.abspath(directory), "shards")
+    recipe = recipe or AUTHORS
+    prefilter = "filtered" if recipe.prefiltered else "unfiltered"
+    name = recipe.name if recipe.name != "custom" else f"{recipe.resample}-{prefilter}-{recipe.flat_leads}"
+    target = os.path.join(os.path.abspath(directory), "shards" if name == "authors" else f"shards-{name}")
     if jax.process_index() == 0 and not os.path.isfile(os.path.join(target, MANIFEST)):
         native = os.path.join(os.path.abspath(directory), "native")
         print(f"generating {records} synthetic ECGs in {native}", flush=True)
         command = [sys.executable, "-m", "data_prep", "synthetic", "--input", native, "--output", target,
                    "--records", str(records), "--seed", str(seed), "--workers", str(workers),
-                   "--shard-windows", "500"]
+                   "--shard-windows", "500", "--resample", recipe.resample, "--flat-leads", recipe.flat_leads,
+                   "--filter" if recipe.prefiltered else "--no-filter"]
         code = subprocess.run(command).returncode
         if code not in (0, 3):  # 3: finished, some records skipped
             raise RuntimeError(f"preparing the synthetic data failed (exit status {code}): {' '.join(command)}")
@@ -42,8 +49,19 @@ def synthetic_dataset(directory: str, records: int, seed: int = 0, workers: int 
     return target
 
 
+def preparation(config):
+    """The preparation (a ``core.recipe.Recipe``) that a trainer config's recipe expects of its folders."""
+    from stmem_jax.core.recipe import Recipe
+    from stmem_jax.train.config import resolve_recipe
+
+    data = resolve_recipe(config).data
+    return Recipe(resample=data.resample, flat_leads=data.flat_leads,
+                  filter_on="record" if data.filter == "record" else "crop")
+
+
 def with_synthetic_data(run, workdir: str) -> None:
-    """Sets ``run.data.dir`` to the built-in synthetic data under ``<workdir>/data`` when it is empty."""
+    """Sets ``run.data.dir`` to the built-in synthetic data under ``<workdir>/data``, prepared as the
+    run's recipe expects, when it is empty."""
     data = run.data
     if data.dir:
         return
@@ -51,7 +69,7 @@ def with_synthetic_data(run, workdir: str) -> None:
         raise ValueError(f"task {data.task!r} needs data.dir (a stmem-prepare output); the built-in synthetic data "
                          f"has the tasks {', '.join(SYNTHETIC_TASKS)}")
     data.dir = synthetic_dataset(os.path.join(workdir, "data"), data.synthetic_records, data.synthetic_seed,
-                                 data.workers)
+                                 data.workers, preparation(run))
 
 
 def use_compilation_cache() -> None:
