@@ -82,6 +82,11 @@ def crop_probabilities(logits: jax.Array, multilabel: bool) -> jax.Array:
     return (jax.nn.sigmoid(logits) if multilabel else jax.nn.softmax(logits)).mean(axis=1)
 
 
+def outputs_fn(model: nn.Module, lead_ids: tuple[int, ...]) -> Callable:
+    """Jitted ``(params, (B, crops, C, T)) -> (B, crops, K)``: :func:`crop_outputs`."""
+    return jax.jit(lambda p, s: crop_outputs(model, p, s, lead_ids))
+
+
 def probabilities_fn(model: nn.Module, lead_ids: tuple[int, ...], multilabel: bool) -> Callable:
     """Jitted ``(params, (B, crops, C, T)) -> (B, K)``: class probabilities averaged over the crops."""
     return jax.jit(lambda p, s: crop_probabilities(crop_outputs(model, p, s, lead_ids), multilabel))
