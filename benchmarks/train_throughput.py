@@ -28,7 +28,7 @@ from stmem_jax import methods
 from stmem_jax.core.views import batch_shape
 from stmem_jax.flops import peak_flops
 from stmem_jax.train import setup
-from stmem_jax.train.config import config_names, downstream, load_config, pretraining
+from stmem_jax.train.config import config_names, downstream, load_config, pretraining, resolve_recipe
 from stmem_jax.train.loop import Schedule
 
 
@@ -56,7 +56,7 @@ def step_config(kind: str, method: str, preset: str, dtype: str, batch: int, rem
         config.model.update(kind=method, preset=preset, drop_path=0.1)
     config.model.update(dtype=dtype, remat=remat)
     config.train.update(batch_size=batch, grad_accum_steps=accum, num_steps=1000, warmup_steps=10)
-    return config
+    return resolve_recipe(config)
 
 
 def measure(preset: str, dtype: str, batch: int, steps: int, remat: bool = False, accum: int = 0,

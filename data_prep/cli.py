@@ -8,6 +8,7 @@ number when stopped by SIGTERM or Ctrl-C (the same command resumes).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import multiprocessing
 import os
 import signal
@@ -16,7 +17,7 @@ import sys
 from data_prep.sources import SOURCES
 from data_prep.writer import PrepareError, prepare
 from stmem_jax.core import fileio
-from stmem_jax.core.recipe import Recipe
+from stmem_jax.core.recipe import FLAT_LEADS, RECIPES, RESAMPLING, Recipe
 from stmem_jax.core.signal import EXIT_SKIPPED
 
 
@@ -27,12 +28,21 @@ def parser() -> argparse.ArgumentParser:
                                    "generated PTB-XL layout, default OUTPUT-native)")
     p.add_argument("--output", required=True, help="folder for shards and manifest.json")
     p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="worker processes")
+    p.add_argument("--recipe", choices=sorted(RECIPES), default="authors",
+                   help="authors (default): each native 10 s window FFT-resampled, not filtered (the pipeline filters "
+                        "each crop), records with a flat lead kept, as the ST-MEM authors' code; stmem_jax: the record "
+                        "resampled (polyphase) and band-filtered whole, records with a flat lead dropped")
+    p.add_argument("--resample", choices=RESAMPLING, help="fft: each native window (scipy.signal.resample); polyphase: "
+                                                          "the whole record (default: the recipe's)")
+    p.add_argument("--filter", action=argparse.BooleanOptionalAction, default=None,
+                   help="band-filter at preparation, or not (then the pipeline filters: each crop under the authors' "
+                        "recipe); default: the recipe's (authors: no, stmem_jax: yes)")
+    p.add_argument("--flat-leads", choices=FLAT_LEADS, help="keep or drop records with a flat lead (default: the recipe's)")
     p.add_argument("--fs", type=int, default=Recipe.fs, help="target sampling rate (Hz)")
     p.add_argument("--window-s", type=float, default=Recipe.window_s, help="window length (s)")
     p.add_argument("--highpass", type=float, default=Recipe.highpass_hz, help="high-pass cut-off (Hz)")
     p.add_argument("--lowpass", type=float, default=Recipe.lowpass_hz, help="low-pass cut-off (Hz)")
     p.add_argument("--filter-order", type=int, default=Recipe.filter_order, help="Butterworth order of each side")
-    p.add_argument("--no-filter", action="store_true", help="store unfiltered signals")
     p.add_argument("--max-gap-s", type=float, default=Recipe.max_gap_s,
                    help="interpolate gaps of missing samples up to this long (s); windows with longer gaps are dropped")
     p.add_argument("--seed", type=int, default=0, help="seed of the 70/10/20 patient split")
@@ -98,9 +108,13 @@ def _error(message) -> int:
 
 def _prepare(args: argparse.Namespace) -> dict:
     """The run the arguments ask for; its manifest."""
-    recipe = Recipe(fs=args.fs, window_s=args.window_s, filter_order=args.filter_order, max_gap_s=args.max_gap_s,
-                    highpass_hz=None if args.no_filter else args.highpass,
-                    lowpass_hz=None if args.no_filter else args.lowpass)
+    base = RECIPES[args.recipe]
+    prefilter = base.prefiltered if args.filter is None else args.filter
+    recipe = dataclasses.replace(
+        base, fs=args.fs, window_s=args.window_s, filter_order=args.filter_order, max_gap_s=args.max_gap_s,
+        highpass_hz=args.highpass, lowpass_hz=args.lowpass, resample=args.resample or base.resample,
+        flat_leads=args.flat_leads or base.flat_leads,
+        filter_on="record" if prefilter else base.filter_on if base.filter_on != "record" else "crop")
     name = args.source
     input_dir = args.input
     if name == "synthetic":

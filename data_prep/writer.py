@@ -396,7 +396,7 @@ def _finish(output, source, recipe, jobs, tasks, listing_skips, inputs, settings
     error_n = sum(r["error_n"] for r in results)
     manifest = {
         "format_version": 1, "tool": f"stmem-prepare {__version__}", "source": source.name,
-        "leads": list(source.leads), "recipe": recipe.to_dict(), "sampling_rate": recipe.fs,
+        "leads": list(source.leads), "recipe": recipe.to_dict(), "recipe_name": recipe.name, "sampling_rate": recipe.fs,
         "window_samples": recipe.window_samples, "window_s": recipe.window_s, "filter": recipe.filter_settings(),
         "tasks": {t: source.tasks[t] for t in tasks}, "splits": splits,
         "storage": {"dtype": "int16", "scale": "per example: max |x| -> 32767; mV = value * scale",

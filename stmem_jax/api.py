@@ -11,17 +11,20 @@ reconstruct a masked ECG.
     api.plot_reconstruction(result, "reconstruction.png")
 
 Recordings go through the recipe the model was trained on (``stmem_jax.core.recipe``; saved with
-it, e.g. a CPC encoder pre-trained at 100 Hz gets 100 Hz crops): resampled, band-filtered,
-cropped, z-scored. :func:`load_encoder` and :func:`load_pretraining_model` remember the recipe
-for the variables they return, and :func:`embed` and :func:`reconstruct` use it; ``recipe=``
-overrides it (:func:`input_recipe` reads it from a path); variables not loaded here get
-stmem-prepare's defaults at the model's crop length. Arrays are cropped over
-their whole length; ECGs read from files are cut into windows as stmem-prepare cuts them, and their
-first usable window is used (as ``stmem-embed --files`` does).
+it, e.g. a CPC encoder pre-trained at 100 Hz gets 100 Hz crops, the shipped encoder stmem-jax's
+recipe): resampled, cropped, band-filtered (each crop under the authors' recipe), z-scored, exactly
+as the input pipeline feeds a model (:func:`model_inputs` shows what it sees). :func:`load_encoder`
+and :func:`load_pretraining_model` remember the recipe for the variables they return, and
+:func:`embed` and :func:`reconstruct` use it; ``recipe=`` overrides it (:func:`input_recipe` reads it
+from a path); variables not loaded here get the authors' recipe (``AUTHORS``) at the model's crop
+length. Arrays are taken as one window and cropped over their whole length; ECGs read from files
+are cut into windows as stmem-prepare cuts them, and their first usable window is used (as
+``stmem-embed --files`` does).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import weakref
 from collections.abc import Sequence
@@ -33,12 +36,13 @@ import numpy as np
 from stmem_jax import infer
 from stmem_jax.core.ecgfile import ECG, ECGFileError, read_ecg
 from stmem_jax.core.leads import LEAD_NAMES, lead_indices
-from stmem_jax.core.recipe import Recipe, model_inputs, window_inputs
+from stmem_jax.core import recipe as recipe_lib
+from stmem_jax.core.recipe import AUTHORS, Recipe, window_inputs
 from stmem_jax.core.signal import RecordError
 from stmem_jax.plots import reconstruction_figure
 
-__all__ = ["ECG", "read_ecg", "load_encoder", "load_pretraining_model", "input_recipe", "prepare", "embed",
-           "reconstruct", "plot_reconstruction"]
+__all__ = ["ECG", "Recipe", "AUTHORS", "read_ecg", "load_encoder", "load_pretraining_model", "input_recipe",
+           "model_inputs", "embed", "reconstruct", "plot_reconstruction"]
 
 # id of the first array of variables returned by a load function -> (a weak reference to it, its recipe)
 _RECIPES: dict[int, tuple[weakref.ref, Recipe]] = {}
@@ -53,10 +57,11 @@ def _remember(loaded: tuple[Any, dict[str, Any]], recipe: Recipe) -> tuple[Any, 
 
 
 def _recipe_of(variables: dict[str, Any], model) -> Recipe:
-    """The recipe recorded for ``variables`` by a load function, else the default one at the model's crop length."""
+    """The recipe recorded for ``variables`` by a load function, else the authors' at the model's crop length."""
     leaves = jax.tree.leaves(variables)
     entry = _RECIPES.get(id(leaves[0])) if leaves else None
-    return entry[1] if entry is not None and entry[0]() is leaves[0] else Recipe(crop_samples=model.seq_len)
+    return entry[1] if entry is not None and entry[0]() is leaves[0] else \
+        dataclasses.replace(AUTHORS, crop_samples=model.seq_len)
 
 
 def load_encoder(path: str) -> tuple[Any, dict[str, Any]]:
@@ -77,15 +82,17 @@ def input_recipe(path: str) -> Recipe:
     return infer.input_recipe(path)
 
 
-def prepare(ecgs: np.ndarray, fs: float, *, recipe: Recipe = Recipe(), crop_samples: int | None = None,
-            crops: int | None = None, bandpass: bool = True, leads: str | Sequence[str] | None = None) -> np.ndarray:
-    """ECGs (B, C, T) or (C, T) in mV at ``fs`` Hz -> model inputs (B, crops, C, crop_samples): resampled
-    to the recipe's rate, band-filtered (as stmem-prepare does), cut into ``crops`` crops (default: the
-    recipe's evaluation crops; one crop is centred), each z-scored over leads and time. A NaN or
-    infinite sample is an error naming the example and lead (``leads`` names the rows), unless its
-    gap is short enough for ``recipe.max_gap_s`` to interpolate it."""
+def model_inputs(ecgs: np.ndarray, fs: float, *, recipe: Recipe = AUTHORS, crop_samples: int | None = None,
+                 crops: int | None = None, leads: str | Sequence[str] | None = None) -> np.ndarray:
+    """What the model sees: ECGs (B, C, T) or (C, T) in mV at ``fs`` Hz -> model inputs (B, crops, C,
+    crop_samples), exactly as the input pipeline feeds a window prepared under ``recipe`` (each
+    recording taken as one window): resampled to the recipe's rate as it says, cut into ``crops``
+    crops (default: the recipe's evaluation crops; one crop is centred), band-filtered where it says
+    (the authors': each crop), each z-scored over leads and time. A NaN or infinite sample is an
+    error naming the example and lead (``leads`` names the rows), unless its gap is short enough for
+    ``recipe.max_gap_s`` to interpolate it."""
     names = None if leads is None else [LEAD_NAMES[i] for i in lead_indices(leads)]
-    return model_inputs(ecgs, fs, recipe, crop_samples=crop_samples, count=crops, bandpass=bandpass, lead_names=names)
+    return recipe_lib.model_inputs(ecgs, fs, recipe, crop_samples=crop_samples, count=crops, lead_names=names)
 
 
 def embed(encoder, variables: dict[str, Any], ecgs: np.ndarray | ECG | Sequence[ECG], fs: float | None = None,
@@ -102,7 +109,7 @@ def embed(encoder, variables: dict[str, Any], ecgs: np.ndarray | ECG | Sequence[
     elif fs is None:
         raise ValueError("embed needs fs (the sampling rate in Hz) for arrays")
     else:
-        inputs = prepare(ecgs, fs, recipe=recipe, crop_samples=encoder.seq_len, crops=crops, leads=leads)
+        inputs = model_inputs(ecgs, fs, recipe=recipe, crop_samples=encoder.seq_len, crops=crops, leads=leads)
     lead_ids = lead_indices(leads, inputs.shape[2])
     params = {"encoder": variables["params"]["encoder"]}
     return infer.map_batches(infer.features_fn(encoder, lead_ids), params, inputs, batch_size)
@@ -131,7 +138,7 @@ def reconstruct(model, variables: dict[str, Any], ecg: np.ndarray, fs: float, le
     if not hasattr(model, "reconstruction"):
         raise ValueError(f"reconstruct needs a masked autoencoder's pre-training model; got {type(model).__name__}")
     model = model if mask_ratio is None else model.clone(mask_ratio=mask_ratio)
-    series = prepare(ecg, fs, recipe=recipe, crop_samples=model.seq_len, crops=1, leads=leads)[:, 0]
+    series = model_inputs(ecg, fs, recipe=recipe, crop_samples=model.seq_len, crops=1, leads=leads)[:, 0]
     lead_ids = lead_indices(leads, series.shape[1])
     noise = jax.random.uniform(jax.random.key(seed), model.noise_shape(series.shape))
     out = jax.jit(functools.partial(model.apply, leads=lead_ids))(variables, series, noise=noise)

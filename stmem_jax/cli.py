@@ -21,22 +21,29 @@ from stmem_jax.core import fileio
 SYNTHETIC_TASKS = ("st_mem", "all", "diagnostic", "subdiagnostic", "superdiagnostic", "rhythm")
 
 
-def synthetic_dataset(directory: str, records: int, seed: int = 0, workers: int = 2) -> str:
+def synthetic_dataset(directory: str, records: int, seed: int = 0, workers: int = 2, recipe=None) -> str:
     """The built-in synthetic dataset: ``records`` ECGs generated in PTB-XL's layout in
-    ``<directory>/native`` and prepared into ``<directory>/shards`` by the ``stmem-prepare synthetic``
-    command (on process 0; the others wait). Reused when already prepared; returns the shards' path."""
+    ``<directory>/native`` and prepared as ``recipe`` says (its resampling, filter at preparation or
+    not, flat leads; default the authors' recipe) by the ``stmem-prepare synthetic`` command, into
+    ``<directory>/shards`` (the authors' recipe) or ``<directory>/shards-<recipe>`` (on process 0; the
+    others wait). Reused when already prepared; returns the shards' path."""
     import jax
     from jax.experimental import multihost_utils
 
+    from stmem_jax.core.recipe import AUTHORS
     from stmem_jax.core.shards import MANIFEST
 
-    target = fileio.join(fileio.absolute(directory), "shards")
+    recipe = recipe or AUTHORS
+    prefilter = "filtered" if recipe.prefiltered else "unfiltered"
+    name = recipe.name if recipe.name != "custom" else f"{recipe.resample}-{prefilter}-{recipe.flat_leads}"
+    target = fileio.join(fileio.absolute(directory), "shards" if name == "authors" else f"shards-{name}")
     if jax.process_index() == 0 and not fileio.isfile(fileio.join(target, MANIFEST)):
         native = fileio.join(fileio.absolute(directory), "native")
         print(f"generating {records} synthetic ECGs in {native}", flush=True)
         command = [sys.executable, "-m", "data_prep", "synthetic", "--input", native, "--output", target,
                    "--records", str(records), "--seed", str(seed), "--workers", str(workers),
-                   "--shard-windows", "500"]
+                   "--shard-windows", "500", "--resample", recipe.resample, "--flat-leads", recipe.flat_leads,
+                   "--filter" if recipe.prefiltered else "--no-filter"]
         code = subprocess.run(command).returncode
         if code not in (0, 3):  # 3: finished, some records skipped
             raise RuntimeError(f"preparing the synthetic data failed (exit status {code}): {' '.join(command)}")
@@ -44,8 +51,19 @@ def synthetic_dataset(directory: str, records: int, seed: int = 0, workers: int 
     return target
 
 
+def preparation(config):
+    """The preparation (a ``core.recipe.Recipe``) that a trainer config's recipe expects of its folders."""
+    from stmem_jax.core.recipe import Recipe
+    from stmem_jax.train.config import resolve_recipe
+
+    data = resolve_recipe(config).data
+    return Recipe(resample=data.resample, flat_leads=data.flat_leads,
+                  filter_on="record" if data.filter == "record" else "crop")
+
+
 def with_synthetic_data(run, workdir: str) -> None:
-    """Sets ``run.data.dir`` to the built-in synthetic data under ``<workdir>/data`` when it is empty."""
+    """Sets ``run.data.dir`` to the built-in synthetic data under ``<workdir>/data``, prepared as the
+    run's recipe expects, when it is empty."""
     data = run.data
     if data.dir:
         return
@@ -53,7 +71,7 @@ def with_synthetic_data(run, workdir: str) -> None:
         raise ValueError(f"task {data.task!r} needs data.dir (a stmem-prepare output); the built-in synthetic data "
                          f"has the tasks {', '.join(SYNTHETIC_TASKS)}")
     data.dir = synthetic_dataset(fileio.join(workdir, "data"), data.synthetic_records, data.synthetic_seed,
-                                 data.workers)
+                                 data.workers, preparation(run))
 
 
 def use_compilation_cache() -> None:
@@ -292,8 +310,10 @@ def convert(argv: list[str] | None = None) -> int:
     """``stmem-convert``: public PyTorch checkpoints to model directories and back (``stmem_jax.convert``).
     Exit status 0; 1 on an error in the inputs (one line naming the file); 2 on a usage error."""
     import argparse
+    import dataclasses
 
     from stmem_jax import convert as lib
+    from stmem_jax.core.recipe import AUTHORS
     from stmem_jax.model_dir import load_model, save_model
     from stmem_jax.models import count_parameters, model_config
 
@@ -319,8 +339,9 @@ def convert(argv: list[str] | None = None) -> int:
         if args.command == "import":
             model, variables = lib.load_torch_checkpoint(args.checkpoint, strict=not args.allow_unused,
                                                          kind=args.kind)
+            recipe = dataclasses.replace(AUTHORS, crop_samples=model.seq_len)  # the authors' code trained it
             save_model(args.output, model, variables, overwrite=args.overwrite,
-                       metadata={"source": fileio.absolute(args.checkpoint)})
+                       metadata={"source": fileio.absolute(args.checkpoint), "recipe": recipe.to_dict()})
         else:
             model, variables = load_model(args.model_dir)
             lib.save_torch_checkpoint(args.output, model, variables, encoder_only=args.encoder_only)

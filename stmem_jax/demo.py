@@ -13,6 +13,8 @@
    training from scratch beyond the spread of the seeds, and writes the figures (the shipped
    model's masked reconstruction of a test ECG, the fresh pre-training's curve, the embedding map).
 
+Every stage runs the default recipe, the ST-MEM authors' (``config.recipe=authors``; docs/guide.md,
+"The recipe"); the shipped encoder was pre-trained under stmem-jax's (its README).
 ``--encoder fresh`` runs step 3 on the fresh encoder of step 2 instead. Compiled steps are kept in
 the persistent compilation cache (``stmem_jax.cli.use_compilation_cache``); every stage and run
 is reused on a rerun.
@@ -98,9 +100,10 @@ def run_demo(workdir: str, *, records: int = 3000, pretrain_steps: int = 100, do
     init = pretrain_dir if encoder == "fresh" else encoder
     label = ("the fresh encoder of stage 2" if encoder == "fresh" else
              f"{init} (pre-trained for {_steps_of(init)} steps on other synthetic ECGs; see its README)")
-    print(f"== 3/4 downstream, {fraction:.0%} of the labels, seeds {','.join(map(str, seeds))}: fine-tune "
-          f"(12, 6, 1 leads), linear probe and scratch (12 leads); encoder: {label}", flush=True)
     grid = load_config("grid:ptbxl:st_mem")
+    print(f"== 3/4 downstream, {fraction:.0%} of the labels, seeds {','.join(map(str, seeds))}: fine-tune "
+          f"(12, 6, 1 leads), linear probe and scratch (12 leads), the {grid.run.recipe} recipe; encoder: {label}",
+          flush=True)
     grid.run.data.dir = data_dir
     grid.run.train.update(epochs=downstream_epochs, min_steps=0)  # the demo's epochs and rates (LEARNING_RATES)
     grid.run.data.val_split = ""  # no model selection: the last state is tested (in earlier demos every run chose it)
@@ -140,7 +143,7 @@ def run_demo(workdir: str, *, records: int = 3000, pretrain_steps: int = 100, do
                                              title="ST-MEM encoder, synthetic test ECGs (PCA)"),
     }
     stage("figures")
-    summary = {"table": results, "verdict": judged, "encoder": init, "figures": paths,
+    summary = {"table": results, "verdict": judged, "encoder": init, "recipe": grid.run.recipe, "figures": paths,
                "seconds": stages, "minutes": round((time.time() - start) / 60, 1)}
     with fileio.open(fileio.join(workdir, "demo_summary.json"), "w") as f:
         json.dump(summary, f, indent=2)

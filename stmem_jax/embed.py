@@ -33,7 +33,7 @@ from stmem_jax import mesh as meshlib
 from stmem_jax.core import fileio
 from stmem_jax.core.label_table import lookup, read_label_table
 from stmem_jax.core.leads import lead_indices, parse_leads
-from stmem_jax.core.recipe import Recipe
+from stmem_jax.core.recipe import AUTHORS, Recipe
 from stmem_jax.core.shards import read_manifests
 from stmem_jax.core.signal import EXIT_SKIPPED
 
@@ -46,7 +46,7 @@ def embed_split(encoder, variables, data_dir: str, split: str, leads="12", task:
     the pipeline where the data's differs), crop length and evaluation crops (``crops`` overrides)."""
     from stmem_jax.data.pipeline import folders, task_classes  # TensorFlow: only to read a split
 
-    recipe = recipe or Recipe(crop_samples=encoder.seq_len)
+    recipe = recipe or dataclasses.replace(AUTHORS, crop_samples=encoder.seq_len)
     recipe = dataclasses.replace(recipe, eval_crops=crops or recipe.eval_crops)
     input_config = infer.split_input(data_dir, split, recipe, leads, batch_size, task=task)
     mesh = meshlib.make_mesh()
@@ -63,10 +63,10 @@ def embed_files(encoder, variables, folder: str, leads="12", labels_csv: str | N
                 crops: int | None = None, per_window: bool = False, pattern: str | None = None,
                 recipe: Recipe | None = None) -> tuple[dict[str, np.ndarray], list[tuple[str, str]]]:
     """Features of the ECG files under ``folder`` (any format ``core.ecgfile`` reads), each through
-    the encoder's ``recipe`` (default: the recipe at the encoder's crop length): one row per file (its
+    the encoder's ``recipe`` (default: the authors' recipe at the encoder's crop length): one row per file (its
     first usable window) or per window, the file's relative path as ``record_id``; and the files left
     out with their reasons."""
-    recipe = recipe or Recipe(crop_samples=encoder.seq_len)
+    recipe = recipe or dataclasses.replace(AUTHORS, crop_samples=encoder.seq_len)
     recipe = dataclasses.replace(recipe, eval_crops=crops or recipe.eval_crops)
     out, skipped = infer.file_outputs(infer.features_fn(encoder, lead_indices(leads)), variables["params"], folder,
                                       leads, recipe, crop_samples=encoder.seq_len, per_window=per_window,

@@ -31,7 +31,7 @@ from stmem_jax.convert import load_torch_checkpoint
 from stmem_jax.core import fileio
 from stmem_jax.core.ecgfile import list_files, read_ecg
 from stmem_jax.core.leads import LEAD_NAMES, lead_indices
-from stmem_jax.core.recipe import Recipe, window_inputs
+from stmem_jax.core.recipe import AUTHORS, Recipe, window_inputs
 from stmem_jax.core.shards import read_manifests
 from stmem_jax.core.signal import RecordError
 from stmem_jax.model_dir import MODEL_FILE, load_model, read_description
@@ -71,11 +71,12 @@ def input_recipe(path: str, model: nn.Module | None = None, prefer: Sequence[str
     trained on, to feed it exactly that: ``metadata.recipe`` of its ``model.json`` (``Recipe.to_dict()``).
     Keys missing there (an older version wrote it) take the field's default, the behaviour of the
     versions without the field; keys this version does not know (a newer one wrote it) are refused,
-    as is a crop length other than the model's. Without a recipe (a public ``.pth``, an export from
-    before recipes were saved): the default recipe at the model's crop length, at ``data.sample_rate``
-    when the saved pre-training config set one."""
+    as is a crop length other than the model's. A public ``.pth`` (the authors' code trained it): the
+    authors' recipe at the model's crop length. An export from before recipes were saved: stmem-jax's
+    recipe (then the only one) at the model's crop length, at ``data.sample_rate`` when the saved
+    pre-training config set one."""
     if fileio.isfile(path):
-        return Recipe(crop_samples=(model or load_torch_checkpoint(path)[0]).seq_len)
+        return dataclasses.replace(AUTHORS, crop_samples=(model or load_torch_checkpoint(path)[0]).seq_len)
     directory = model_directory(path, prefer)
     file = fileio.join(directory, MODEL_FILE)
     described, _, metadata = read_description(directory)
@@ -115,25 +116,31 @@ def checksum(path: str, prefer: Sequence[str] = ("encoder", "model"), *, weights
 def split_input(data_dir: str, split: str, recipe: Recipe, leads, batch_size: int, task: str | None = None
                 ) -> InputConfig:
     """The evaluation input of a prepared split that shows a model the input of ``recipe``: its crops
-    and evaluation crops, the windows resampled to its rate in the pipeline where the data's differs,
-    its band filter applied on the fly to unfiltered data; an error naming the folder when the
-    data's window or filter cannot give that."""
-    from stmem_jax.data.pipeline import InputConfig  # TensorFlow: only to read a split
+    and evaluation crops, its filter placement and resampling (a folder prepared otherwise is an
+    error naming it when read), the windows resampled to its rate in the pipeline where the data's
+    differs; an error naming the folder when the data's window or band filter cannot give that."""
+    from stmem_jax.data.pipeline import InputConfig, model_recipe  # TensorFlow: only to read a split
 
-    bandpass, rates = False, set()
-    for directory, manifest in read_manifests(data_dir).items():
+    manifests = read_manifests(data_dir)
+    rates = set()
+    for directory, manifest in manifests.items():
         data = Recipe.of_manifest(manifest)
         if data.window_s != recipe.window_s:
             raise ValueError(f"{directory} holds {data.window_s:g} s windows; the model was trained on "
                              f"{recipe.window_s:g} s windows")
-        stored, wanted = data.filter_settings(), recipe.filter_settings()
-        bandpass = stored is None and wanted is not None
-        if stored != wanted and not (bandpass and recipe.with_band_of(Recipe()) == recipe):
-            raise ValueError(f"{directory} is stored with the filter {stored}; the model was trained with {wanted}")
         rates.add(data.fs)
-    return InputConfig(data_dir=data_dir, split=split, batch_size=batch_size, training=False, leads=leads, task=task,
-                       crop_samples=recipe.crop_samples, eval_crops=recipe.eval_crops, bandpass=bandpass,
-                       sample_rate=0 if rates == {recipe.fs} else recipe.fs)
+    input_config = InputConfig(data_dir=data_dir, split=split, batch_size=batch_size, training=False, leads=leads,
+                               task=task, crop_samples=recipe.crop_samples, eval_crops=recipe.eval_crops,
+                               filter=recipe.filter_on, resample=recipe.resample,
+                               sample_rate=0 if rates == {recipe.fs} else recipe.fs)
+    wanted = (recipe.highpass_hz, recipe.lowpass_hz, recipe.filter_order)
+    for directory in manifests:
+        seen = model_recipe(dataclasses.replace(input_config, data_dir=directory))
+        band = (seen.highpass_hz, seen.lowpass_hz, seen.filter_order)
+        if band != wanted:
+            raise ValueError(f"{directory} gives the band filter (high-pass, low-pass, order) {band}; the model was "
+                             f"trained with {wanted}")
+    return input_config
 
 
 def load_pretraining_model(path: str) -> tuple[nn.Module, dict[str, Any]]:
@@ -158,6 +165,11 @@ def crop_probabilities(logits: jax.Array, multilabel: bool) -> jax.Array:
     """(B, crops, K) logits -> (B, K) class probabilities averaged over the crops."""
     logits = logits.astype(jax.numpy.float32)
     return (jax.nn.sigmoid(logits) if multilabel else jax.nn.softmax(logits)).mean(axis=1)
+
+
+def outputs_fn(model: nn.Module, lead_ids: tuple[int, ...]) -> Callable:
+    """Jitted ``(params, (B, crops, C, T)) -> (B, crops, K)``: :func:`crop_outputs`."""
+    return jax.jit(lambda p, s: crop_outputs(model, p, s, lead_ids))
 
 
 def probabilities_fn(model: nn.Module, lead_ids: tuple[int, ...], multilabel: bool) -> Callable:

@@ -84,15 +84,27 @@ def loss(labels: np.ndarray, probs: np.ndarray, multilabel: bool) -> float:
     return float(-np.mean(np.log(probs[np.arange(len(labels)), labels])))
 
 
+def logit_loss(labels: np.ndarray, logits: np.ndarray, multilabel: bool) -> float:
+    """Cross-entropy of logits: softmax (class indices) or sigmoid binary averaged over classes, float64."""
+    logits = np.asarray(logits, np.float64)
+    if multilabel:
+        return float(np.mean(np.maximum(logits, 0) - logits * labels + np.log1p(np.exp(-np.abs(logits)))))
+    top = logits.max(axis=1, keepdims=True)
+    log_norm = np.log(np.exp(logits - top).sum(axis=1)) + top[:, 0]
+    return float(np.mean(log_norm - logits[np.arange(len(labels)), labels]))
+
+
 def classification_metrics(labels: np.ndarray, probs: np.ndarray, multilabel: bool,
-                           classes: Sequence[str]) -> dict:
+                           classes: Sequence[str], logits: np.ndarray | None = None) -> dict:
     """Every metric of one split. Single-label: ``auroc``, ``f1``, ``accuracy`` (argmax); multi-label:
-    ``auroc``, ``fmax``, ``f1`` (threshold 0.5). Also ``loss``, ``per_class_auroc`` and
-    ``absent_classes`` (no positive example; left out of the AUROC)."""
+    ``auroc``, ``fmax``, ``f1`` (threshold 0.5). Also ``loss`` (the cross-entropy of ``logits`` when
+    given, else of ``probs``), ``per_class_auroc`` and ``absent_classes`` (no positive example; left
+    out of the AUROC)."""
     probs = np.asarray(probs, np.float64)
     targets = np.asarray(labels, np.float32) if multilabel else one_hot(labels, len(classes))
     per_class = per_class_auroc(targets, probs)
-    out = {"num_examples": int(len(probs)), "loss": loss(labels, probs, multilabel),
+    value = loss(labels, probs, multilabel) if logits is None else logit_loss(labels, logits, multilabel)
+    out = {"num_examples": int(len(probs)), "loss": value,
            "auroc": macro_auroc(targets, probs)}
     if multilabel:
         out.update(fmax=f_max(targets, probs), f1=macro_f1(targets, probs >= 0.5))

@@ -34,6 +34,7 @@ from stmem_jax.core.leads import lead_indices
 from stmem_jax.core.views import batch_shape
 from stmem_jax.train import loop, setup
 from stmem_jax.train.checkpoints import abstract_with_shardings
+from stmem_jax.train.config import resolve_recipe
 
 # HBM per chip (GiB) by device kind; a v4 topology's devices are its TensorCores, 2 per chip
 HBM_GIB = {"TPU v4": 32, "TPU v5 lite": 16, "TPU v5": 95, "TPU v6 lite": 32}
@@ -91,14 +92,15 @@ def hbm_bytes(devices: list) -> int | None:
 def _step_and_inputs(config: ml_collections.ConfigDict, mesh: Mesh, global_batch: int, num_classes: int
                      ) -> tuple[Any, Any, list, float]:
     """(step function, abstract state with shardings, abstract batch arguments, analytic FLOPs per step)."""
+    config = resolve_recipe(config)
     lead_ids = lead_indices(config.data.leads)
     schedule = loop.Schedule.of(config.train, global_batch, steps_per_epoch=1000)
     batch_sharding = meshlib.batch_sharding(mesh)
     series = jax.ShapeDtypeStruct((global_batch, len(lead_ids), config.data.crop_samples), jnp.float32,
                                   sharding=batch_sharding)
     if "mode" in config:  # a downstream config: its classifier's step has the same shape from any init
-        if config.mode == "linprobe":
-            raise ValueError("linear probing trains only a head on cached features: nothing to plan")
+        if config.mode == "linprobe" and config.train.linprobe == "cached_features":
+            raise ValueError("linear probing on cached features trains only a head: nothing to plan")
         run = setup.build(config, lead_ids, schedule, mesh.devices.flat,
                           classifier=setup.scratch_classifier(config, num_classes, lead_ids))
         batch = [series, jax.ShapeDtypeStruct((global_batch,), jnp.int32, sharding=batch_sharding)]

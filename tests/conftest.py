@@ -44,15 +44,16 @@ def series():
 
 @pytest.fixture(scope="session")
 def synthetic_shards(tmp_path_factory):
-    """A prepared dataset of 240 synthetic 12-lead ECGs (PTB-XL layout through stmem-prepare)."""
+    """A prepared dataset of 240 synthetic 12-lead ECGs (PTB-XL layout through stmem-prepare, the
+    authors' recipe)."""
     from data_prep.sources import PTBXL
     from data_prep.synthetic import write_ptbxl
     from data_prep.writer import prepare
-    from stmem_jax.core.recipe import Recipe
+    from stmem_jax.core.recipe import AUTHORS
 
     root = tmp_path_factory.mktemp("synthetic")
     write_ptbxl(str(root / "native"), 240, seed=0, workers=1, progress=False)
-    prepare(PTBXL(str(root / "native")), str(root / "shards"), Recipe(), shard_windows=60, progress=False)
+    prepare(PTBXL(str(root / "native")), str(root / "shards"), AUTHORS, shard_windows=60, progress=False)
     return str(root / "shards")
 
 

@@ -6,6 +6,7 @@ dominant frequency depends on the class, so a model can learn it.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections import Counter
@@ -15,6 +16,7 @@ import numpy as np
 
 from stmem_jax.core import shards as fmt
 from stmem_jax.core.leads import LEAD_NAMES
+from stmem_jax.core.recipe import RECIPES
 
 DEFAULT_TASKS = {
     "superdiagnostic": {"classes": ["CD", "HYP", "MI", "NORM", "STTC"], "multilabel": True},
@@ -27,8 +29,13 @@ def write_dataset(directory: str | os.PathLike, *, num_records: int = 40, num_le
                   tasks: Mapping[str, Mapping] | None = None, splits: Mapping[str, float] | None = None,
                   seed: int = 0, window_samples: int = 2500, sampling_rate: int = 250,
                   windows_per_record: int = 1, shards_per_split: int = 2, filtered: bool = True,
-                  unlabeled_every: int = 0, leads: Sequence[str] | None = None, source: str = "synthetic") -> str:
+                  unlabeled_every: int = 0, leads: Sequence[str] | None = None, source: str = "synthetic",
+                  recipe: str = "") -> str:
     """Writes a prepared dataset into ``directory`` and returns its path.
+
+    Its manifest says it was prepared as stmem-prepare's recipe ``recipe`` prepares (``authors``:
+    unfiltered, FFT resampling, flat-lead records kept; the signals then carry a baseline wander), or,
+    empty, as manifests before the recipe was recorded (stmem-jax's, ``filtered`` or not).
 
     ``tasks`` maps task name -> {"classes": [...], "multilabel": bool} (default: a multi-label and a
     single-label task; ``{}`` for a pre-training dataset). ``splits`` maps split name -> fraction of
@@ -58,7 +65,7 @@ def write_dataset(directory: str | os.PathLike, *, num_records: int = 40, num_le
                 phase = rng.uniform(0, 2 * np.pi, (num_leads, 1))
                 signal = (np.sin(2 * np.pi * freq * t + phase) + 0.3 * np.sin(2 * np.pi * 7.0 * t)
                           + 0.1 * rng.standard_normal((num_leads, window_samples)))
-                if not filtered:
+                if not filtered or recipe == "authors":
                     signal = signal + 0.5 * np.sin(2 * np.pi * 0.2 * t) + 0.2
                 examples.append(fmt.serialize_example(fmt.make_example(
                     signal, record_id=f"rec{record:05d}", patient_id=f"pat{record // 2:05d}", source=source,
@@ -83,6 +90,9 @@ def write_dataset(directory: str | os.PathLike, *, num_records: int = 40, num_le
         "tasks": tasks, "splits": split_info, "storage": {"dtype": "int16"}, "inputs": {}, "skipped": [],
         "args": {"seed": seed},
     }
+    if recipe:
+        prepared = dataclasses.replace(RECIPES[recipe], fs=sampling_rate, window_s=window_samples / sampling_rate)
+        manifest.update(recipe=prepared.to_dict(), filter=prepared.filter_settings())
     with open(os.path.join(directory, fmt.MANIFEST), "w") as f:
         json.dump(manifest, f, indent=1)
     return directory

@@ -46,6 +46,13 @@ def test_input_pipeline_benchmark_prints_rates():
 
 
 @pytest.mark.slow
+def test_linear_probe_benchmark_times_both_paths():
+    out = run("linear_probe.py", "--examples", "16", "--batch-size", "8")
+    rows = {line[:56].strip(): float(line[56:]) for line in out.splitlines() if line.startswith(("frozen", "cached"))}
+    assert len(rows) == 3 and all(seconds >= 0 for seconds in rows.values())
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("step", ["pretrain", "finetune"])
 def test_torch_reference_benchmark_prints_the_same_columns(step):
     out = run("torch_reference.py", "--step", step, "--presets", "tiny", "--batch", "2", "--steps", "1",

@@ -2,6 +2,7 @@
 stmem-predict --files, checked against computations that do not use the library's code paths."""
 
 import copy
+import dataclasses
 import json
 import os
 import shutil
@@ -21,7 +22,7 @@ from stmem_jax import api, embed, infer, predict
 from stmem_jax.core import fingerprint
 from stmem_jax.core.ecgfile import ECGFileError, ECGFileWarning, list_files, read_ecg
 from stmem_jax.core.leads import LEAD_NAMES
-from stmem_jax.core.recipe import Recipe
+from stmem_jax.core.recipe import AUTHORS
 from stmem_jax.model_dir import save_model
 from stmem_jax import methods
 from stmem_jax.models import create_model, init_variables
@@ -42,12 +43,9 @@ def dicom_mv():
 
 
 def independent_window(x_mv, fs_in):
-    """The recipe written out with scipy: polyphase to 250 Hz, 5th-order Butterworth 0.67 Hz high-pass
-    then 40 Hz low-pass, zero-phase; the first 10 s."""
-    y = sps.resample_poly(x_mv, 250, fs_in, axis=-1)
-    y = sps.sosfiltfilt(sps.butter(5, 0.67, "highpass", fs=250, output="sos"), y)
-    y = sps.sosfiltfilt(sps.butter(5, 40.0, "lowpass", fs=250, output="sos"), y)
-    return y[:, :2500]
+    """The authors' preparation written out with scipy: the first 10 s at the native rate, resampled to
+    2,500 samples by the Fourier method, not filtered (the pipeline filters each crop)."""
+    return sps.resample(x_mv[:, :10 * fs_in], 2500, axis=-1)
 
 
 def test_read_ecg_gives_the_dicom_rhythm_in_millivolts_with_its_patient():
@@ -233,7 +231,7 @@ def test_predict_files_applies_the_models_leads_and_recipe(tmp_path):
     model = create_model("st_mem_classifier", "tiny", **SIZES, num_classes=3)
     variables = init_variables(model, jax.random.key(2))
     run = tmp_path / "run"
-    recipe = Recipe(crop_samples=model.seq_len)
+    recipe = dataclasses.replace(AUTHORS, crop_samples=model.seq_len)
     save_model(run / "model", model, variables, metadata={"classes": ["AF", "NORM", "STD"], "multilabel": True,
                                                          "leads": "1", "recipe": recipe.to_dict()})
     folder = tmp_path / "in"
@@ -248,7 +246,7 @@ def test_predict_files_applies_the_models_leads_and_recipe(tmp_path):
     row = lines[1].split(",")
     assert row[:2] == ["exam.dcm", "0"]
     expected, _, _ = dicom_mv()
-    inputs = api.prepare(expected[:1], 1000, crop_samples=model.seq_len)  # lead I, 3 crops
+    inputs = api.model_inputs(expected[:1], 1000, crop_samples=model.seq_len)  # lead I, 3 crops
     probs = infer.probabilities_fn(model, (0,), True)(variables["params"], inputs)
     np.testing.assert_allclose([float(v) for v in row[2:]], np.asarray(probs)[0], atol=1e-5)
     assert predict.main(["--model", str(run), "--files", str(folder), "--output", output]) == 1  # exists

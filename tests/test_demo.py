@@ -32,6 +32,7 @@ def test_demo_runs_end_to_end_with_the_shipped_encoder_and_resumes(tmp_path, cap
         assert f",{name},{names[mode]},{leads[lead_setting]},0.05," in runs
     assert "ST-MEM fine-tuning is" in out and "scratch at 5% of the labels, one seed" in summary["verdict"]
     assert "pre-trained for 6,000 steps" in out  # the shipped encoder is labelled as such
+    assert "the authors recipe" in out and summary["recipe"] == "authors"  # the recipe it runs, named
     assert set(summary["seconds"]) == {"data", "fresh pre-training", "downstream", "figures"}
     again = run_demo(str(tmp_path), **small)
     assert again["table"] == table

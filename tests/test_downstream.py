@@ -125,9 +125,10 @@ def test_scratch_learns_a_single_label_task_and_reports_absent_classes(synthetic
 
 
 @pytest.mark.slow
-def test_linear_probe_keeps_the_encoder_and_caches_features(finetuned, synthetic_shards, tmp_path, monkeypatch):
+def test_linear_probe_on_cached_features_keeps_the_encoder_and_caches_features(finetuned, synthetic_shards, tmp_path, monkeypatch):
     init = finetuned[0]  # a downstream workdir: its classifier's head is replaced
-    config = run_config(synthetic_shards, mode="linprobe", init=init, **{"train.num_steps": 100, "train.lr": 0.02})
+    config = run_config(synthetic_shards, mode="linprobe", init=init, **{"train.num_steps": 100, "train.lr": 0.02,
+                                                                       "train.linprobe": "cached_features"})
     record = downstream.train(config, str(tmp_path / "first"))
     assert record["test"]["auroc"] > 0.75, record["test"]
     _, before = infer.load_encoder(init)
@@ -166,13 +167,44 @@ def test_linear_probe_keeps_the_encoder_and_caches_features(finetuned, synthetic
     assert calls == ["train"]
 
 
-def test_linear_probe_stopped_by_a_signal_resumes_to_the_same_result(finetuned, synthetic_shards, tmp_path,
+@pytest.mark.slow
+def test_the_linear_probe_trains_the_head_on_augmented_random_crops_through_the_frozen_encoder(
+        pretrained, synthetic_shards, tmp_path, monkeypatch):
+    """The authors' linear probe (the default): the fine-tuning loop with the encoder frozen, its inputs
+    random crops with RandAugment (a record seen in two epochs meets two different inputs), validated
+    every epoch; the encoder leaves it unchanged."""
+    seen, real = {}, downstream.global_batches
+
+    def spying(config, mesh, **kwargs):
+        for batch in real(config, mesh, **kwargs):
+            if config.training:
+                for record_id, series in zip(batch["record_id"], np.asarray(batch["series"])):
+                    seen.setdefault(record_id, []).append(series)
+            yield batch
+
+    monkeypatch.setattr(downstream, "global_batches", spying)
+    config = run_config(synthetic_shards, mode="linprobe", init=pretrained, task="st_mem",
+                        **{"data.augment": True, "data.label_fraction": 0.2, "train.num_steps": 4})
+    record = downstream.train(config, str(tmp_path / "probe"))
+    assert seen and {s.shape for v in seen.values() for s in v} == {(12, 2250)}
+    twice = [v for v in seen.values() if len(v) == 2]
+    assert twice and all(not np.allclose(a, b) for a, b in twice)
+    validated = [json.loads(line)["step"] for line in open(tmp_path / "probe" / "metrics.jsonl")
+                 if '"validation"' in line]
+    assert validated == [2, 4] and record["selected_step"] in validated  # every epoch (2 steps each)
+    _, before = infer.load_encoder(pretrained)
+    _, after = load_model(str(tmp_path / "probe" / "model"))
+    for a, b in zip(jax.tree.leaves(before["params"]["encoder"]), jax.tree.leaves(after["params"]["encoder"])):
+        assert np.array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_linear_probe_on_cached_features_stopped_by_a_signal_resumes_to_the_same_result(finetuned, synthetic_shards, tmp_path,
                                                                      monkeypatch):
     """SIGTERM at step 46: the probe saves a checkpoint and stops; the rerun resumes there and ends as
     an uninterrupted run does."""
     config = run_config(synthetic_shards, mode="linprobe", init=finetuned[0],
                         **{"train.num_steps": 100, "train.lr": 0.02, "checkpoint.every_steps": 30,
-                           "data.feature_cache": str(tmp_path / "features")})
+                           "data.feature_cache": str(tmp_path / "features"), "train.linprobe": "cached_features"})
     full = downstream.train(config, str(tmp_path / "full"))
     real = linprobe._feature_batches
 

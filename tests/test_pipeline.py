@@ -23,6 +23,7 @@ from stmem_jax.data.transforms import band_filter  # noqa: E402
 from tests.data_fixtures import write_dataset  # noqa: E402
 
 T = 2250
+UNFILTERED = Recipe(highpass_hz=None, lowpass_hz=None)  # the stored window as it is
 
 
 @pytest.fixture(scope="module")
@@ -217,28 +218,54 @@ def test_stratified_subset_keeps_records_whole_and_covers_late_classes():
     assert len(chosen) == 3
 
 
-def test_band_filter_matches_scipy(tmp_path):
-    rng = np.random.default_rng(0)
+def test_band_filter_of_a_window_and_of_each_crop_equals_scipy_sosfiltfilt(tmp_path):
+    """The TF band filter equals ``scipy.signal.sosfiltfilt`` (high-pass, then low-pass) of whatever it
+    is given, to 1e-5 mV: a window, a crop, a stack of crops (the spec's per-crop filter)."""
+    from native_fixtures import ecg_like
+
     t = np.arange(2500) / 250
-    x = (np.cumsum(rng.standard_normal((12, 2500)), axis=1) * 0.05 + np.sin(2 * np.pi * 1.3 * t)
-         + 0.2 * np.sin(2 * np.pi * 60 * t) + 0.5)
+    x = ecg_like(np.random.default_rng(0), 12, 2500, 250) + 0.4 * np.sin(2 * np.pi * 0.3 * t) + 0.1 * np.sin(
+        2 * np.pi * 60 * t) + 0.5  # baseline wander, mains hum, an offset
     high = sps.butter(5, 0.67, "highpass", fs=250, output="sos")
     low = sps.butter(5, 40.0, "lowpass", fs=250, output="sos")
-    expected = sps.sosfiltfilt(low, sps.sosfiltfilt(high, x))
-    got = band_filter(tf.constant(x, tf.float32), Recipe()).numpy()
-    # the filter is exact up to float32 rounding of a length-5000 FFT and the rank-32 edge part
-    np.testing.assert_allclose(got, expected, atol=1e-4 * np.abs(expected).max())
+    for signal in (x, x[:, 17:17 + T], np.stack([x[:, s:s + T] for s in (0, 125, 250)])):
+        expected = sps.sosfiltfilt(low, sps.sosfiltfilt(high, signal))
+        got = band_filter(tf.constant(signal, tf.float32), Recipe()).numpy()
+        assert np.abs(got - expected).max() <= 1e-5, np.abs(got - expected).max()
 
+
+def test_the_pipeline_filters_each_crop_or_the_window_where_the_recipe_says(tmp_path):
+    """``filter="crop"`` (the authors'): every evaluation crop and the training crop is filtered on its
+    own after cropping, then z-scored; ``window``: the stored window before cropping; a folder filtered
+    at preparation is refused for either."""
     data = write_dataset(tmp_path / "raw", num_records=3, tasks={}, splits={"test": 1.0}, shards_per_split=1,
                          filtered=False)
     ref = reference(data, "test")
-    batch = batches(InputConfig(data, split="test", batch_size=3, training=False, bandpass=True))[0]
+    high = sps.butter(5, 0.67, "highpass", fs=250, output="sos")
+    low = sps.butter(5, 40.0, "lowpass", fs=250, output="sos")
+
+    def filtered(x):
+        return sps.sosfiltfilt(low, sps.sosfiltfilt(high, x))
+
+    batch = batches(InputConfig(data, split="test", batch_size=3, training=False, filter="crop"))[0]
     for key, series in zip(keys(batch), batch["series"]):
-        filtered = sps.sosfiltfilt(low, sps.sosfiltfilt(high, ref[key][0]))
-        np.testing.assert_allclose(series[2], z(filtered[:, 250:]), atol=1e-4)
-    with pytest.raises(ValueError, match="stored filtered"):
-        make_dataset(InputConfig(write_dataset(tmp_path / "f", num_records=2, tasks={}, splits={"train": 1.0}),
-                                 batch_size=1, bandpass=True))
+        for crop, s in zip(series, (0, 125, 250)):
+            np.testing.assert_allclose(crop, z(filtered(ref[key][0][:, s:s + T])), atol=2e-5)
+        assert np.abs(series[2] - z(filtered(ref[key][0])[:, 250:])).max() > 1e-2  # not a crop of the filtered window
+    training = batches(InputConfig(data, split="test", batch_size=3, filter="crop", shuffle_buffer=4), 1)[0]
+    for key, series in zip(keys(training), training["series"]):
+        candidates = filtered(np.stack([ref[key][0][:, s:s + T] for s in range(251)]))  # every crop start
+        candidates = (candidates - candidates.mean((1, 2), keepdims=True)) / candidates.std((1, 2), keepdims=True)
+        start = int(np.argmin(np.abs(candidates - series).max((1, 2))))
+        np.testing.assert_allclose(series, candidates[start], atol=2e-5)
+    batch = batches(InputConfig(data, split="test", batch_size=3, training=False, filter="window"))[0]
+    for key, series in zip(keys(batch), batch["series"]):
+        np.testing.assert_allclose(series[2], z(filtered(ref[key][0])[:, 250:]), atol=1e-4)
+    stored_filtered = write_dataset(tmp_path / "f", num_records=2, tasks={}, splits={"train": 1.0})
+    for place in ("crop", "window"):
+        with pytest.raises(ValueError, match=r"f was prepared with a band filter at preparation \(recipe stmem_jax\), "
+                                             r"but this run's recipe expects no filter at preparation"):
+            make_dataset(InputConfig(stored_filtered, batch_size=1, filter=place))
 
 
 def test_bad_inputs_give_clear_errors(data, tmp_path):
@@ -345,7 +372,7 @@ def test_one_evaluation_crop_is_centred_in_the_pipeline_and_the_api(data):
     for key, series in zip(keys(batch), batch["series"]):
         window = ref[key][0]
         np.testing.assert_allclose(series[0], z(window[:, 125:125 + T]), atol=2e-5)
-        np.testing.assert_allclose(series[0], api.prepare(window, fs=250, crops=1, bandpass=False)[0, 0], atol=2e-5)
+        np.testing.assert_allclose(series[0], api.model_inputs(window, fs=250, crops=1, recipe=UNFILTERED)[0, 0], atol=2e-5)
 
 
 def test_views_two_crops_segments_patients_and_resampling_match_numpy(data):

@@ -49,13 +49,14 @@ def test_a_v4_device_is_a_tensorcore_with_half_its_chips_hbm(devices):
 
 
 @pytest.mark.slow
-def test_fine_tuning_step_compiles_with_fsdp_and_linear_probing_is_refused(devices):
+def test_fine_tuning_step_compiles_with_fsdp_and_the_cached_linear_probe_is_refused(devices):
     config = load_config("ptbxl:st_mem")
     config.model.preset = "tiny"
     config.mesh.fsdp = 2
     step = plan.compile_step(config, devices, 8)
     assert step.global_batch == 32 and 0.7 < step.compiled_flops / step.analytic_flops < 1.5
-    config.mode = "linprobe"
+    config.update(mode="linprobe")
+    config.train.linprobe = "cached_features"
     with pytest.raises(ValueError, match="nothing to plan"):
         plan.compile_step(config, devices, 8)
     with pytest.raises(ValueError, match="unknown TPU topology 'v9z:1x1'"):

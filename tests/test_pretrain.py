@@ -161,7 +161,8 @@ def test_non_finite_guard_keeps_parameters_and_names_the_step(synthetic_shards, 
 
 @pytest.mark.slow
 def test_killed_run_over_a_mixture_resumed_equals_uninterrupted_run(synthetic_shards, tmp_path):
-    other = write_dataset(tmp_path / "other", num_records=40, tasks={}, splits={"train": 1.0}, seed=3)
+    other = write_dataset(tmp_path / "other", num_records=40, tasks={}, splits={"train": 1.0}, seed=3,
+                          recipe="authors")
     mixture = {"data.dir": f"{synthetic_shards},{other}", "data.weights": "3,1", "train.num_steps": 8}
     full = str(tmp_path / "full")
     pretrain.train(small_config(synthetic_shards, **mixture), full)
@@ -209,7 +210,8 @@ def test_command_errors_name_the_unknown_field_and_the_missing_folder(tmp_path):
 @pytest.mark.slow
 def test_eight_devices_match_one_and_their_checkpoint_restores_on_one(synthetic_shards, tmp_path):
     one, eight = str(tmp_path / "one"), str(tmp_path / "eight")
-    other = write_dataset(tmp_path / "other", num_records=40, tasks={}, splits={"train": 1.0}, seed=3)
+    other = write_dataset(tmp_path / "other", num_records=40, tasks={}, splits={"train": 1.0}, seed=3,
+                          recipe="authors")
     data = f"{synthetic_shards},{other}"  # a mixture of two folders
     run_cli(one, data, devices=1, **{"train.num_steps": 5})
     run_cli(eight, data, devices=8, **{"train.num_steps": 5, "train.max_steps_per_run": 3})

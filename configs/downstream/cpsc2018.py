@@ -4,6 +4,9 @@
 protocol); ``multi``: task ``cpsc2018``, multi-label. ``data.dir`` is a stmem-prepare output of the
 Challenge 2021 release (``stmem-prepare challenge2021 --subsets cpsc_2018``) or of the original
 release (``stmem-prepare cpsc2018``).
+
+The recipe is the authors' (``config.recipe``; our departures: ``--config.recipe=stmem_jax``); the
+batch, epochs and warm-up are ours, the authors' YAML holding placeholders (``train.config.downstream``).
 """
 
 from stmem_jax.train.config import downstream

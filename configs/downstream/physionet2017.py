@@ -2,6 +2,9 @@
 
     stmem-prepare physionet2017 --input <training2017> --output <dir>
     stmem-finetune --config physionet2017 --config.data.dir=<dir> ...
+
+The recipe is the authors' (``config.recipe``; our departures: ``--config.recipe=stmem_jax``); the
+batch, epochs and warm-up are ours, the authors' YAML holding placeholders (``train.config.downstream``).
 """
 
 from stmem_jax.train.config import downstream

@@ -8,6 +8,9 @@ multi-label benchmark of Strodthoff et al. (folds 1-8/9/10):
     stmem-prepare ptbxl --input <ptb-xl root> --output <dir> --split-scheme benchmark
 With ``data.dir`` empty the run uses the built-in synthetic data (PTB-XL layout). Every field can be
 overridden: ``--config.mode=linprobe --config.init=runs/pretrain --config.data.leads=limb``.
+
+The recipe is the authors' (``config.recipe``; our departures: ``--config.recipe=stmem_jax``); the
+batch, epochs and warm-up are ours, the authors' YAML holding placeholders (``train.config.downstream``).
 """
 
 from stmem_jax.train.config import downstream

@@ -7,6 +7,9 @@ MSE on the removed leads (``stmem_jax.methods.token_mae``). Encoder and decoder 
 and recipe are ST-MEM's. Inputs holding fewer leads (``data.leads``) enter zero-filled at the
 standard positions of their leads.
 
+Recipe, batch and epochs as ``st_mem`` (the authors' recipe; batch, epochs and warm-up ours, their
+YAML holding placeholders).
+
     stmem-pretrain --config mlae:vit_base --workdir runs/mlae --config.data.dir=...
 """
 

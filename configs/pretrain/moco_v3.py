@@ -9,7 +9,8 @@ frozen at its random initialisation. The ViT is MTAE's classifier encoder, so th
 fine-tunes and probes as ``mtae_classifier``.
 
 Optimiser, as MoCo v3's ViT recipe: AdamW, base learning rate 1.5e-4 x batch / 256, weight decay
-0.1 (Dense kernels), betas (0.9, 0.999), warm-up 40 of 300 epochs scaled to the epoch budget
+0.1 (on every parameter under the authors' recipe, the default; Dense kernels under ``stmem_jax``),
+betas (0.9, 0.999), warm-up 40 of 300 epochs scaled to the epoch budget
 (``train.epochs``, ST-MEM's 800 here: 107 warm-up epochs). The loss couples the examples of a
 batch: a step is never split into micro-batches (``train.grad_accum_steps`` > 1 is refused).
 

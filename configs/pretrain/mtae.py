@@ -8,6 +8,9 @@ masked, one decoder over the whole sequence, normalised-token MSE on the removed
 (the paper compares them at the same budget). Inputs holding fewer leads (``data.leads``) enter
 zero-filled at the standard positions of their leads.
 
+Recipe, batch and epochs as ``st_mem`` (the authors' recipe; batch, epochs and warm-up ours, their
+YAML holding placeholders).
+
     stmem-pretrain --config mtae:vit_base --workdir runs/mtae --config.data.dir=...
 """
 

@@ -19,10 +19,12 @@ each source prepared into its own folder, then read together (one epoch = one pa
     stmem-pretrain --config st_mem:vit_base --workdir runs/vit_base \
         --config.data.dir=/data/shards/chapman,/data/shards/ningbo,/data/shards/code15
 
-The optimiser decays Dense kernels only (``train.weight_decay_on="kernels"``, weight decay 0.05);
-the public code decays every parameter at 0.01: add ``--config.train.weight_decay_on=all
---config.train.weight_decay=0.01`` to match it. ``data.weights`` (e.g. ``1,1,2``) changes each
-folder's share.
+The recipe is the authors' (``config.recipe``, ``stmem_jax.train.config``): AdamW betas (0.9, 0.95),
+weight decay 0.01 on every parameter, lr 1.5e-4 x batch / 256, each crop band-filtered; folders
+prepared with ``stmem-prepare --recipe authors`` (the default). Batch 512, 800 epochs and 40
+warm-up epochs are ours: the authors' YAML holds placeholders (16, 10, 3) beside a dummy dataset.
+``--config.recipe=stmem_jax`` runs our departures (docs/guide.md, "The recipe"). ``data.weights``
+(e.g. ``1,1,2``) changes each folder's share.
 """
 
 from stmem_jax.train.config import pretraining

@@ -1,15 +1,23 @@
 """The ST-MEM signal recipe: its settings as one dataclass, and the NumPy reference of every step.
 
-Preparation resamples a record to ``fs``, band-filters it (zero-phase Butterworth high-pass and
-low-pass) and cuts it into non-overlapping ``window_s`` windows. The model sees
-``crop_samples``-long crops of a window, each z-scored over leads and time: one random crop when
-training, ``eval_crops`` crops at evaluation (probabilities or features averaged). Crop placement:
-equally spaced from the first sample to the last (0, 125, 250 for 3 crops of 2250 in 2500), a
-single crop centred.
+Preparation cuts a record into non-overlapping ``window_s`` windows at ``fs``: ``resample="fft"``
+(the authors' code) cuts them at the native rate and resamples each window on its own with
+``scipy.signal.resample``; ``"polyphase"`` (stmem-jax's) resamples the whole record, then cuts it.
+The band filter (zero-phase Butterworth high-pass and low-pass) acts where ``filter_on`` says:
+``"crop"`` (the authors'), on each crop after cropping; ``"window"``, on each stored window before
+cropping; ``"record"`` (stmem-jax's), on the whole record at preparation (each window with
+``fft``). ``flat_leads``: records with a flat lead are kept (the authors') or dropped. The model
+sees ``crop_samples``-long crops of a window, each z-scored over leads and time: one random crop
+when training, ``eval_crops`` crops at evaluation (probabilities or features averaged). Crop
+placement: equally spaced from the first sample to the last (0, 125, 250 for 3 crops of 2250 in
+2500), a single crop centred.
 
-``stmem-prepare`` writes the recipe into ``manifest.json``; the input pipeline reads it there and
-runs the crop and z-score steps as TensorFlow ops (``stmem_jax.data.transforms``, tested against
-these functions); ``api`` and ``stmem-embed`` apply these functions to raw recordings.
+``RECIPES`` names the two recipes: ``authors`` (:data:`AUTHORS`, what ``stmem-prepare`` and the
+trainers do by default) and ``stmem_jax`` (``Recipe()``: a recipe saved before these fields existed
+means it). ``stmem-prepare`` writes the recipe into ``manifest.json``; the input pipeline reads it
+there and runs the crop, filter and z-score steps as TensorFlow ops (``stmem_jax.data.transforms``,
+tested against these functions); ``api`` and ``stmem-embed`` apply these functions to raw
+recordings.
 """
 
 from __future__ import annotations
@@ -27,12 +35,20 @@ from stmem_jax.core.leads import canonical_lead_name
 from stmem_jax.core.signal import RecordError, Signal
 
 
+RESAMPLING = ("fft", "polyphase")
+FILTER_PLACES = ("crop", "window", "record")
+FLAT_LEADS = ("keep", "drop")
+
+
 @dataclasses.dataclass(frozen=True)
 class Recipe:
     """Sampling rate, window, band filter (None disables a side), crop length, evaluation crops, the
-    longest gap of missing (non-finite) samples that is interpolated rather than left out, and the
-    rate the windows are prepared at when the model's rate ``fs`` is reached by resampling prepared
-    windows (``prepared_fs``: a model trained with ``data.sample_rate``, e.g. CPC at 100 Hz on 250 Hz
+    longest gap of missing (non-finite) samples that is interpolated rather than left out, how
+    windows are resampled, where the band filter acts and whether records with a flat lead are kept
+    (module docstring; the defaults of these three are stmem-jax's: a recipe saved before they
+    existed means them; :data:`AUTHORS` is the authors' recipe), and the rate the windows are
+    prepared at when the model's rate ``fs`` is reached by resampling prepared windows
+    (``prepared_fs``: a model trained with ``data.sample_rate``, e.g. CPC at 100 Hz on 250 Hz
     shards; 0: the windows are prepared at ``fs``)."""
 
     fs: int = 250
@@ -43,17 +59,23 @@ class Recipe:
     crop_samples: int = 2250
     eval_crops: int = 3
     max_gap_s: float = 0.0
+    resample: str = "polyphase"
+    filter_on: str = "record"
+    flat_leads: str = "drop"
     prepared_fs: int = 0
 
     def __post_init__(self):
         problems = []
+        for name, allowed in (("resample", RESAMPLING), ("filter_on", FILTER_PLACES), ("flat_leads", FLAT_LEADS)):
+            if getattr(self, name) not in allowed:
+                problems.append(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         if not (isinstance(self.fs, int) and self.fs > 0):
             problems.append(f"sampling rate must be a positive whole number of Hz, got {self.fs!r}")
         if not (isinstance(self.prepared_fs, int) and self.prepared_fs >= 0):
             problems.append(f"prepared_fs must be 0 or a positive whole number of Hz, got {self.prepared_fs!r}")
         if not (math.isfinite(self.window_s) and self.window_s > 0):
             problems.append(f"window must last more than 0 s, got {self.window_s!r}")
-        rate = self.prepared_fs or self.fs
+        rate = (self.prepared_fs or self.fs) if self.filter_on == "record" else self.fs  # where the filter acts
         for name in ("highpass_hz", "lowpass_hz"):
             value = getattr(self, name)
             if value is not None and not (math.isfinite(value) and 0 < value < rate / 2):
@@ -81,9 +103,25 @@ class Recipe:
     def filtered(self) -> bool:
         return self.highpass_hz is not None or self.lowpass_hz is not None
 
+    @property
+    def prefiltered(self) -> bool:
+        """Whether preparation band-filtered the stored windows (``filter_on="record"`` with a band)."""
+        return self.filter_on == "record" and self.filtered
+
+    @property
+    def name(self) -> str:
+        """``authors`` or ``stmem_jax`` when resampling, filter placement and flat leads are that
+        recipe's and there is a band filter, else ``custom``."""
+        for name, recipe in RECIPES.items():
+            if self.filtered and (self.resample, self.filter_on, self.flat_leads) == \
+                    (recipe.resample, recipe.filter_on, recipe.flat_leads):
+                return name
+        return "custom"
+
     def filter_settings(self) -> dict | None:
-        """The manifest's description of the band filter (None when unfiltered)."""
-        if not self.filtered:
+        """The manifest's description of the band filter applied at preparation (None when the stored
+        windows are not filtered)."""
+        if not self.prefiltered:
             return None
         return {"highpass_hz": self.highpass_hz, "lowpass_hz": self.lowpass_hz, "order": self.filter_order,
                 "design": "Butterworth, zero-phase (sosfiltfilt), applied at the target rate"}
@@ -106,6 +144,10 @@ class Recipe:
         """This recipe with ``other``'s band filter (to filter unfiltered data on the fly)."""
         return dataclasses.replace(self, highpass_hz=other.highpass_hz, lowpass_hz=other.lowpass_hz,
                                    filter_order=other.filter_order)
+
+
+AUTHORS = Recipe(resample="fft", filter_on="crop", flat_leads="keep")
+RECIPES = {"authors": AUTHORS, "stmem_jax": Recipe()}
 
 
 def crop_starts(total: int, length: int, count: int) -> tuple[int, ...]:
@@ -131,13 +173,16 @@ def zscore(x: np.ndarray) -> np.ndarray:
     return np.divide(x - mean, std, out=np.zeros_like(x), where=std > 0).astype(np.float32)
 
 
-def resample(data: np.ndarray, fs_in: float, fs_out: int) -> np.ndarray:
-    """Polyphase resampling along the last axis (anti-aliasing included), float64."""
+def resample(data: np.ndarray, fs_in: float, fs_out: int, method: str = "polyphase") -> np.ndarray:
+    """Resampling along the last axis, float64: ``polyphase`` (anti-aliasing included) or ``fft``
+    (the Fourier method, ``scipy.signal.resample``, to floor(samples x fs_out / fs_in) samples)."""
     from scipy import signal as sps
 
     ratio = Fraction(fs_out) / Fraction(fs_in).limit_denominator(1000)
     if ratio == 1:
         return data.astype(np.float64)
+    if method == "fft":
+        return sps.resample(np.asarray(data, np.float64), math.floor(data.shape[-1] * ratio), axis=-1)
     return sps.resample_poly(data, ratio.numerator, ratio.denominator, axis=-1)
 
 
@@ -204,15 +249,19 @@ def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
 
 def make_windows(sig: Signal, wanted: Sequence[str], recipe: Recipe
                  ) -> tuple[list[tuple[int, np.ndarray]], int]:
-    """The record cut into non-overlapping windows at the recipe's rate, filtered (at ``prepared_fs``,
-    the windows then resampled to ``fs``, when it is set).
+    """The record cut into non-overlapping windows at the recipe's rate, as ``recipe.resample``
+    says: ``fft``, windows of ``window_s`` at the native rate, each resampled on its own; ``polyphase``,
+    the record resampled, then cut. Band-filtered here only with ``filter_on="record"`` (the whole
+    record; with ``fft`` each window). With ``prepared_fs`` the windows are prepared at that rate,
+    then resampled to ``fs`` (as the input pipeline resamples them).
 
-    Gaps of non-finite samples up to ``recipe.max_gap_s`` are interpolated and kept. Longer gaps
-    are bridged by a straight line for resampling and filtering only (a zero fill would ring
-    through the filter into the windows around it) and the windows they touch are dropped, as are
-    windows whose values overflow float32.
+    Gaps of non-finite samples up to ``recipe.max_gap_s`` are interpolated and kept; windows holding
+    longer gaps are dropped, as are windows whose values overflow float32. With ``polyphase`` the
+    longer gaps are bridged by a straight line for resampling and filtering only (a zero fill would
+    ring through the filter into the windows around it).
     Returns ``([(window index, float32 (leads, window_samples)), ...], windows dropped for gaps)``.
-    Raises RecordError for unusable records (missing, non-finite or flat leads, too short, bad rate).
+    Raises RecordError for unusable records (missing or non-finite leads, flat leads unless
+    ``flat_leads="keep"``, too short, bad rate).
     """
     if not np.isfinite(sig.fs) or sig.fs < 2 * (recipe.lowpass_hz or 0) or sig.fs <= 0:
         raise RecordError(f"unusable sampling rate {sig.fs} Hz")
@@ -221,50 +270,80 @@ def make_windows(sig: Signal, wanted: Sequence[str], recipe: Recipe
     for name, row, row_bad in zip(wanted, data, bad):
         if row_bad.all():
             raise RecordError(f"lead {name} has no finite sample")
-        if row[~row_bad].max() == row[~row_bad].min():
+        if recipe.flat_leads == "drop" and row[~row_bad].max() == row[~row_bad].min():
             raise RecordError(f"lead {name} is flat")
     duration = data.shape[1] / sig.fs
     if duration < recipe.window_s:
         raise RecordError(f"shorter than the window ({duration:.2f} s < {recipe.window_s:g} s)")
     prepared = recipe.prepared()
-    resampled = band_filter(resample(fill_gaps(data, sig.fs), sig.fs, prepared.fs), prepared)
     length = prepared.window_samples
     native = int(round(recipe.window_s * sig.fs))
     missing = bad.any(axis=0)
+    polyphase = recipe.resample == "polyphase"
+    prefilter = functools.partial(band_filter, recipe=prepared) if recipe.prefiltered else (lambda x: x)
+    if polyphase:
+        resampled = prefilter(resample(fill_gaps(data, sig.fs), sig.fs, prepared.fs))
     windows, dropped = [], 0
-    for w in range(resampled.shape[1] // length):
-        start = int(round(w * recipe.window_s * sig.fs))
+    for w in range(resampled.shape[1] // length if polyphase else data.shape[1] // native):
+        start = int(round(w * recipe.window_s * sig.fs)) if polyphase else w * native
+        if missing[start:start + native].any():  # gaps
+            dropped += 1
+            continue
+        window = resampled[:, w * length:(w + 1) * length] if polyphase else \
+            prefilter(_fft_window(data[:, start:start + native], length))
         with np.errstate(over="ignore"):
-            window = resampled[:, w * length:(w + 1) * length].astype(np.float32)
-        if missing[start:start + native].any() or not np.isfinite(window).all():  # gaps, or beyond float32
+            window = window.astype(np.float32)
+        if not np.isfinite(window).all():  # beyond float32
             dropped += 1
             continue
         if prepared is not recipe:  # prepared windows resampled to the model's rate (as the pipeline does)
-            window = resample(window, prepared.fs, recipe.fs).astype(np.float32)
+            window = resample(window, prepared.fs, recipe.fs, recipe.resample).astype(np.float32)
         windows.append((w, window))
     return windows, dropped
 
 
+def _fft_window(window: np.ndarray, samples: int) -> np.ndarray:
+    """One native-rate window resampled to ``samples`` by the Fourier method (``scipy.signal.resample``;
+    ``samples`` is floor(native samples x fs / native rate) at every whole-number rate)."""
+    from scipy import signal as sps
+
+    return window if window.shape[-1] == samples else sps.resample(window, samples, axis=-1)
+
+
 def window_inputs(sig: Signal, wanted: Sequence[str], recipe: Recipe, *, crop_samples: int | None = None,
                   count: int | None = None, per_window: bool = False) -> list[tuple[int, np.ndarray]]:
-    """``(window index, z-scored crops (count, leads, crop_samples))`` of the record's first usable
-    window, or of every window with ``per_window``, as stmem-prepare cuts them (:func:`make_windows`)."""
+    """``(window index, crops (count, leads, crop_samples))`` of the record's first usable window, or of
+    every window with ``per_window``, as stmem-prepare cuts them (:func:`make_windows`) and the input
+    pipeline crops, filters and z-scores them (:func:`window_crops`)."""
     windows, _ = make_windows(sig, wanted, recipe)
     if not windows:
         raise RecordError("no window without NaN or infinite samples")
-    return [(index, zscore(crops(window, crop_samples or recipe.crop_samples, count or recipe.eval_crops)))
+    return [(index, window_crops(window, recipe, crop_samples, count))
             for index, window in (windows if per_window else windows[:1])]
 
 
-def model_inputs(ecgs: np.ndarray, fs: float, recipe: Recipe = Recipe(), *, crop_samples: int | None = None,
-                 count: int | None = None, bandpass: bool = True, lead_names: Sequence[str] | None = None
+def window_crops(window: np.ndarray, recipe: Recipe, crop_samples: int | None = None, count: int | None = None
                  ) -> np.ndarray:
-    """Recordings (B, C, T) or (C, T) in mV at ``fs`` Hz -> model inputs (B, count, C, crop_samples):
-    gaps up to ``recipe.max_gap_s`` interpolated, resampled to the recipe's rate, band-filtered (at
-    ``prepared_fs`` when set, then resampled to ``fs``), cut
-    into ``count`` crops (default: the recipe's evaluation crops), each z-scored. Bad input (a rate
-    that is not a positive number, a (T, C) array, a non-finite sample left) is a ValueError naming
-    the example and lead (``lead_names``, else the row)."""
+    """A window at the recipe's rate (leads, samples) -> its ``count`` crops (count, leads, crop_samples)
+    as the model sees them: band-filtered where ``recipe.filter_on`` says (``window``: before
+    cropping, ``crop``: each crop; ``record``: done before), each z-scored."""
+    if recipe.filter_on == "window":
+        window = band_filter(window, recipe)
+    cut = crops(window, crop_samples or recipe.crop_samples, count or recipe.eval_crops)
+    return zscore(band_filter(cut, recipe) if recipe.filter_on == "crop" else cut)
+
+
+def model_inputs(ecgs: np.ndarray, fs: float, recipe: Recipe = AUTHORS, *, crop_samples: int | None = None,
+                 count: int | None = None, lead_names: Sequence[str] | None = None) -> np.ndarray:
+    """Recordings (B, C, T) or (C, T) in mV at ``fs`` Hz -> model inputs (B, count, C, crop_samples)
+    exactly as the input pipeline makes them from a window under ``recipe``: gaps up to
+    ``recipe.max_gap_s`` interpolated, each recording resampled to the recipe's rate as one window
+    (``recipe.resample``; with ``prepared_fs``, to that rate first, as prepared, then to ``fs``),
+    band-filtered where ``recipe.filter_on`` says (``record``: at the prepared rate, ``window``: the
+    whole recording; ``crop``: each crop), cut into ``count`` crops (default: the recipe's
+    evaluation crops), each z-scored. A recipe without a band filter filters nothing. Bad input (a
+    rate that is not a positive number, a (T, C) array, a non-finite sample left) is a ValueError
+    naming the example and lead (``lead_names``, else the row)."""
     ecgs = np.asarray(ecgs, np.float64)
     if ecgs.ndim == 2:
         ecgs = ecgs[None]
@@ -288,11 +367,11 @@ def model_inputs(ecgs: np.ndarray, fs: float, recipe: Recipe = Recipe(), *, crop
                          f"interpolated, e.g. recipe=Recipe(max_gap_s=0.1)")
     length = crop_samples or recipe.crop_samples
     prepared = recipe.prepared()
-    signal = resample(ecgs, fs, prepared.fs)
-    if bandpass:
+    signal = resample(ecgs, fs, prepared.fs, recipe.resample)
+    if recipe.filter_on == "record":
         signal = band_filter(signal, prepared)
-    signal = resample(signal, prepared.fs, recipe.fs)
+    signal = resample(signal, prepared.fs, recipe.fs, recipe.resample)
     if signal.shape[-1] < length:
         raise ValueError(f"ECGs last {signal.shape[-1] / recipe.fs:.2f} s at {recipe.fs} Hz; the model needs "
                          f"{length / recipe.fs:.2f} s")
-    return zscore(crops(signal, length, count or recipe.eval_crops))
+    return window_crops(signal, recipe, length, count)

@@ -30,6 +30,7 @@ import numpy as np
 
 from stmem_jax.core import fileio
 from stmem_jax.core.fileio import OutsideFolder, inside
+from stmem_jax.core.recipe import Recipe
 
 MANIFEST = "manifest.json"
 INT16_MAX = 32767
@@ -252,12 +253,13 @@ _SHARED = (("sampling rate (Hz)", lambda m: m["sampling_rate"]),
            ("window (samples)", lambda m: m["window_samples"]),
            ("filter", lambda m: None if not m.get("filter") else
             {k: m["filter"].get(k) for k in ("highpass_hz", "lowpass_hz", "order")}),
+           ("resampling", lambda m: Recipe.of_manifest(m).resample),
            ("storage dtype", lambda m: (m.get("storage") or {}).get("dtype", "int16")))
 
 
 def read_manifests(value: str | os.PathLike | Sequence[str]) -> dict[str, dict[str, Any]]:
     """The manifests of the folders :func:`data_dirs` names, in order; the folders must agree on
-    sampling rate, window, filter and storage (the error names both folders and the field)."""
+    sampling rate, window, filter, resampling and storage (the error names both folders and the field)."""
     manifests = {d: read_manifest(d) for d in data_dirs(value)}
     (first, reference), *others = manifests.items()
     for directory, manifest in others:

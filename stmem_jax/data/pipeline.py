@@ -18,11 +18,15 @@ Views (``views``, what a pre-training method's ``inputs`` name; ``series`` alone
   patient             int32 (B,): the example's patient (a hash of ``patient_id``; of the record id
                       when the shards hold none), for same-patient positives
 
-Per example: int16 * scale -> lead selection -> optional band filter (full window) -> optional
-resampling to ``sample_rate`` (full window, ``core.recipe.resample``) -> crop(s) -> z-score ->
-RandAugment (training with ``augment``): the dataset's recipe (``manifest.json``,
-``stmem_jax.core.recipe``) as TensorFlow ops; the band filter on the fly is the default recipe's
-band at the stored rate. Single-label tasks use only examples with
+Per example: int16 * scale -> lead selection -> optional resampling to ``sample_rate`` (full
+window, ``core.recipe.resample`` by ``resample``'s method) -> band filter where ``filter`` says
+(``window``: the window; ``crop``: each crop after cropping, the authors' recipe; ``record``: none,
+the shards were filtered at preparation) -> crop(s) -> z-score -> RandAugment (training with
+``augment``): the dataset's recipe (``manifest.json``, ``stmem_jax.core.recipe``; its NumPy
+reference ``core.recipe.window_crops``) as TensorFlow ops, with the folder's band (the default band
+when it records none). ``filter``, ``resample`` and ``flat_leads`` set are also what the folders
+must have been prepared with: a folder prepared otherwise is an error naming it (empty: as the
+folder was prepared, unchecked). Single-label tasks use only examples with
 exactly one class (others are dropped, training and evaluation alike).
 
 Several folders. ``data_dir`` may name several prepared folders (comma-separated or a tuple);
@@ -49,8 +53,7 @@ With a task, every process first reads the labels of the whole split (cached per
 give the label arrays, the usable examples and the label-fraction subset, so the examples per
 process are known exactly. The shuffle buffer holds serialised examples (about 60 kB each for 12
 leads x 2500 samples); a folder's share that fits in it whole (a label-fraction subset) is read
-once, kept in memory and shuffled whole each pass. The band filter acts on the stored window
-(data_prep filters whole records).
+once, kept in memory and shuffled whole each pass.
 """
 
 from __future__ import annotations
@@ -73,7 +76,7 @@ from stmem_jax.core import shards as fmt
 from stmem_jax.data import labels as labels_lib
 from stmem_jax.data.augment import rand_augment
 from stmem_jax.data.records import record_dataset
-from stmem_jax.core.recipe import Recipe
+from stmem_jax.core.recipe import RECIPES, Recipe
 from stmem_jax.data.transforms import band_filter, fixed_crops, random_crop, resample, split_segments, zscore
 from stmem_jax.core.leads import LEAD_NAMES, lead_indices
 from stmem_jax.core.views import VIEWS
@@ -91,8 +94,10 @@ _MAX_EPOCHS = 1 << 40
 class InputConfig:
     """What to read and how. ``batch_size`` is global; ``leads`` a set name (``"12"``, ``"limb"``,
     ``"1"``) or a sequence of lead names; ``label_fraction`` < 1 keeps a seeded, stratified subset
-    of the split's records (needs a task); ``augment`` applies to training only; ``bandpass``
-    filters on the fly (for data stored unfiltered)."""
+    of the split's records (needs a task); ``augment`` (RandAugment: ``augment_variant``'s ops,
+    ``augment_list`` of them, empty: all) applies to training only; ``filter`` (crop | window |
+    record), ``resample`` (fft | polyphase) and ``flat_leads`` (keep | drop): the recipe the input
+    follows, checked against each folder's preparation (empty: the folder's, unchecked)."""
 
     data_dir: str | tuple[str, ...]
     split: str = "train"
@@ -106,7 +111,11 @@ class InputConfig:
     augment_level: int = 10
     augment_ops: int = 2
     augment_prob: float = 0.5
-    bandpass: bool = False
+    augment_variant: str = "authors"
+    augment_list: tuple[str, ...] = ()
+    filter: str = ""
+    resample: str = ""
+    flat_leads: str = ""
     seed: int = 0
     shuffle_buffer: int = 10_000
     eval_crops: int = Recipe.eval_crops
@@ -162,6 +171,15 @@ def parse_weights(value: str | Sequence[float] | None) -> tuple[float, ...] | No
         raise ValueError(f"data.weights must be comma-separated numbers, got {value!r}") from None
 
 
+def input_options(data) -> dict:
+    """The fields of :class:`InputConfig` that a trainer config's resolved ``data`` section sets alike
+    for every split: the recipe's (``filter``, ``resample``, ``flat_leads``) and RandAugment's."""
+    ops = tuple(op.strip() for op in data.augment_list.split(",") if op.strip())
+    return dict(filter=data.filter, resample=data.resample, flat_leads=data.flat_leads,
+                augment_level=data.augment_level, augment_ops=data.augment_ops, augment_prob=data.augment_prob,
+                augment_variant=data.augment_variant, augment_list=ops)
+
+
 def folders(config: InputConfig) -> tuple[str, ...]:
     """The folders the split is read from, in order (the ``source`` index of a batch points here)."""
     return tuple(split.directory for split in _load(config)[1])
@@ -191,15 +209,50 @@ def task_classes(manifests: dict[str, dict], task: str) -> tuple[list[str], bool
 
 def model_recipe(config: InputConfig) -> Recipe:
     """The recipe the model sees through this input: the prepared data's rate (or ``sample_rate``, the
-    data's then its ``prepared_fs``) and window, its band filter (or the default band when
-    ``bandpass`` filters unfiltered data on the fly), and the config's crop length and evaluation
-    crops. Raw ECGs go through it to meet the model as trained."""
-    recipe = Recipe.of_manifest(next(iter(fmt.read_manifests(config.data_dir).values())))
-    if config.bandpass:
+    data's then its ``prepared_fs``), window and band filter (the default band when it records none
+    and the input filters), where the input filters and how it resamples, and the config's crop
+    length and evaluation crops. Raw ECGs go through it (``core.recipe.model_inputs``) to meet the
+    model as trained."""
+    return _input_recipe(config, Recipe.of_manifest(next(iter(fmt.read_manifests(config.data_dir).values()))))
+
+
+def _input_recipe(config: InputConfig, stored: Recipe) -> Recipe:
+    recipe = dataclasses.replace(stored, fs=config.sample_rate or stored.fs, crop_samples=config.crop_samples,
+                                 eval_crops=config.eval_crops, filter_on=config.filter or stored.filter_on,
+                                 resample=config.resample or stored.resample,
+                                 prepared_fs=stored.fs if config.sample_rate not in (0, stored.fs) else 0)
+    if recipe.filter_on != "record" and not recipe.filtered:
         recipe = recipe.with_band_of(Recipe())
-    resampled = config.sample_rate and config.sample_rate != recipe.fs
-    return dataclasses.replace(recipe, fs=config.sample_rate or recipe.fs, crop_samples=config.crop_samples,
-                               eval_crops=config.eval_crops, prepared_fs=recipe.fs if resampled else 0)
+    return recipe
+
+
+def check_preparation(config: InputConfig, directory: str, manifest: dict) -> None:
+    """A ValueError in one line naming ``directory`` when it was prepared otherwise than the input's
+    ``filter``, ``resample`` and ``flat_leads`` expect (those set), with the two ways out."""
+    stored = Recipe.of_manifest(manifest)
+    kept = {"keep": "kept", "drop": "dropped"}
+    wrong = []  # (field, what the folder holds, what the input expects)
+    if config.filter and (config.filter == "record") != stored.prefiltered:
+        wrong.append(("data.filter", *(("a band filter" if f else "no filter") + " at preparation"
+                                       for f in (stored.prefiltered, config.filter == "record"))))
+    if config.resample and config.resample != stored.resample:
+        wrong.append(("data.resample", f"{stored.resample} resampling", f"{config.resample} resampling"))
+    if config.flat_leads and config.flat_leads != stored.flat_leads:
+        wrong.append(("data.flat_leads", f"flat-lead records {kept[stored.flat_leads]}",
+                      f"flat-lead records {kept[config.flat_leads]}"))
+    if not wrong:
+        return
+
+    def fits(recipe: Recipe) -> bool:  # a preparation the input accepts
+        return (not config.filter or (config.filter == "record") == recipe.prefiltered) and \
+            config.resample in ("", recipe.resample) and config.flat_leads in ("", recipe.flat_leads)
+
+    expected = next((name for name, recipe in RECIPES.items() if fits(recipe)), None)
+    redo = f"`stmem-prepare --recipe {expected}`" if expected else "stmem-prepare's --resample/--filter/--flat-leads"
+    run = f"--config.recipe={stored.name}" if stored.name != "custom" else " ".join(f"--config.{f}=..." for f, *_ in wrong)
+    raise ValueError(f"{directory} was prepared with {', '.join(h for _, h, _ in wrong)} (recipe {stored.name}), "
+                     f"but this run's recipe expects {', '.join(w for *_, w in wrong)} "
+                     f"({', '.join(f for f, *_ in wrong)}): prepare it again with {redo}, or run with {run}")
 
 
 def steps_per_epoch(config: InputConfig, *, process_count: int | None = None) -> int:
@@ -421,9 +474,9 @@ def _read(split: _Split, files: tf.Tensor, mask: np.ndarray | None) -> tf.data.D
 def _transform(config: InputConfig, manifests: dict[str, dict], splits: list[_Split]):
     """The per-example map ``(seed or None, global index, serialised) -> dict``."""
     first = manifests[splits[0].directory]
-    recipe = Recipe.of_manifest(first)
-    samples, fs = recipe.window_samples, recipe.fs
-    band = model_recipe(config)
+    stored = Recipe.of_manifest(first)
+    samples, fs = stored.window_samples, stored.fs
+    recipe = _input_recipe(config, stored)
     layouts = [(len(manifests[s.directory]["leads"]), _lead_rows(config, manifests[s.directory], s.directory))
                for s in splits]
     unknown = [v for v in config.views if v not in VIEWS]
@@ -442,7 +495,12 @@ def _transform(config: InputConfig, manifests: dict[str, dict], splits: list[_Sp
         if seed is None or not config.augment:
             return x
         return rand_augment(x, seed, level=config.augment_level, num_ops=config.augment_ops,
-                            prob=config.augment_prob, sampling_rate=band.fs)
+                            prob=config.augment_prob, sampling_rate=recipe.fs, variant=config.augment_variant,
+                            ops=config.augment_list or None)
+
+    def finish(crop):
+        """A crop (or a stack of crops) as the model sees it: filtered when the recipe filters crops, z-scored."""
+        return zscore(band_filter(crop, recipe) if recipe.filter_on == "crop" else crop)
 
     def seeds(seed, view: int):
         """(crop seed, augmentation seed) of view ``view`` (0: ``series``, as ever), or (None, None)."""
@@ -457,18 +515,18 @@ def _transform(config: InputConfig, manifests: dict[str, dict], splits: list[_Sp
         if "series" in config.views:
             crop_seed, augment_seed = seeds(seed, 0)
             if seed is None:
-                out["series"] = zscore(fixed_crops(x, config.crop_samples, config.eval_crops))
+                out["series"] = finish(fixed_crops(x, config.crop_samples, config.eval_crops))
             else:
-                out["series"] = augmented(zscore(random_crop(x, config.crop_samples, crop_seed)), augment_seed)
+                out["series"] = augmented(finish(random_crop(x, config.crop_samples, crop_seed)), augment_seed)
         if {"view1", "view2"} & set(config.views):
             two = fixed_crops(x, config.crop_samples, 2) if seed is None else None
             for i, name in enumerate(("view1", "view2")):
                 crop_seed, augment_seed = seeds(seed, 1 + i)
                 crop = two[i] if seed is None else random_crop(x, config.crop_samples, crop_seed)
-                out[name] = augmented(zscore(crop), augment_seed)
+                out[name] = augmented(finish(crop), augment_seed)
         if {"segment1", "segment2"} & set(config.views):
             first, second = split_segments(x, config.segment_samples, seeds(seed, 3)[0])
-            out["segment1"], out["segment2"] = zscore(first), zscore(second)
+            out["segment1"], out["segment2"] = finish(first), finish(second)
         if "patient" in config.views:
             patient = tf.where(tf.strings.length(example["patient_id"]) > 0, example["patient_id"],
                                tf.strings.join(["record:", example["record_id"]]))
@@ -493,10 +551,10 @@ def _transform(config: InputConfig, manifests: dict[str, dict], splits: list[_Sp
             "non-finite scale in shard", tf.gather(shard_paths, shard), "example", g - tf.gather(shard_starts, shard)])
         with tf.control_dependencies([finite]):  # a damaged shard is an error naming it, never NaN inputs
             x = tf.cast(x, tf.float32) * example["scale"]
-        if config.bandpass:
-            x = band_filter(x, dataclasses.replace(band, fs=fs))
-        if band.fs != fs:
-            x = resample(x, fs, band.fs)
+        if recipe.fs != fs:
+            x = resample(x, fs, recipe.fs, recipe.resample)
+        if recipe.filter_on == "window":
+            x = band_filter(x, recipe)
         out = views(x, seed, example) if config.training else {"valid": tf.constant(True), **views(x, None, example)}
         out.update(record_id=example["record_id"], window=tf.cast(example["window"], tf.int32), source=source)
         if labels is not None:
@@ -565,8 +623,7 @@ def _load_split(config: InputConfig, directory: str, manifest: dict, task: tuple
     if longest > window:
         raise ValueError(f"crop of {longest} samples is longer than the {window}-sample windows of {directory}"
                          + (f" at {config.sample_rate} Hz" if config.sample_rate else ""))
-    if config.bandpass and manifest.get("filter"):
-        raise ValueError(f"{directory} is stored filtered ({manifest['filter']}); set bandpass=False")
+    check_preparation(config, directory, manifest)
     _lead_rows(config, manifest, directory)
     if task is None:
         for path, length in zip(files, lengths):  # a URL's shards: counted as they are read (a pass over the data)

@@ -9,7 +9,7 @@ import ml_collections
 
 from stmem_jax.core.leads import parse_leads
 from stmem_jax.core.shards import read_manifests
-from stmem_jax.data.pipeline import InputConfig, lead_indices_for, parse_weights, task_classes
+from stmem_jax.data.pipeline import InputConfig, input_options, lead_indices_for, parse_weights, task_classes
 
 
 @dataclasses.dataclass
@@ -30,9 +30,10 @@ class Task:
         d = config.data
         return InputConfig(data_dir=self.data_dir, split=split, batch_size=batch_size, training=training,
                            leads=self.leads, crop_samples=d.crop_samples, sample_rate=d.sample_rate, task=self.name,
-                           label_fraction=label_fraction, augment=training and d.augment, bandpass=d.bandpass,
-                           seed=config.train.seed, shuffle_buffer=d.shuffle_buffer, eval_crops=config.eval.crops,
-                           weights=parse_weights(d.weights) if training else None, exclude=self.exclude)
+                           label_fraction=label_fraction, augment=training and d.augment, seed=config.train.seed,
+                           shuffle_buffer=d.shuffle_buffer, eval_crops=config.eval.crops,
+                           weights=parse_weights(d.weights) if training else None, exclude=self.exclude,
+                           **input_options(d))
 
 
 def resolve_task(data_dir: str, name: str, leads: str) -> Task:

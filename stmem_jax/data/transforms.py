@@ -34,16 +34,16 @@ def split_segments(x: tf.Tensor, length: int, seed: tf.Tensor | None) -> tuple[t
     return both[:, :length], both[:, length:]
 
 
-def resample(x: tf.Tensor, fs_in: int, fs_out: int) -> tf.Tensor:
-    """``recipe.resample`` (polyphase, anti-aliased) of a fixed-length window, as one matmul."""
-    return tf.matmul(x, tf.constant(resample_operator(x.shape[-1], fs_in, fs_out)))
+def resample(x: tf.Tensor, fs_in: int, fs_out: int, method: str = "polyphase") -> tf.Tensor:
+    """``recipe.resample`` (``polyphase`` or ``fft``) of a fixed-length window, as one matmul."""
+    return tf.matmul(x, tf.constant(resample_operator(x.shape[-1], fs_in, fs_out, method)))
 
 
 @functools.lru_cache(maxsize=8)
-def resample_operator(samples: int, fs_in: int, fs_out: int) -> np.ndarray:
+def resample_operator(samples: int, fs_in: int, fs_out: int, method: str = "polyphase") -> np.ndarray:
     """(samples, resampled) float32: row i is the resampled unit impulse at i (a NumPy array: a
     cached tensor would belong to the first graph that made it)."""
-    return recipe_lib.resample(np.eye(samples), fs_in, fs_out).astype(np.float32)
+    return recipe_lib.resample(np.eye(samples), fs_in, fs_out, method).astype(np.float32)
 
 
 def zscore(x: tf.Tensor) -> tf.Tensor:
@@ -54,7 +54,8 @@ def zscore(x: tf.Tensor) -> tf.Tensor:
 
 
 def band_filter(x: tf.Tensor, recipe: Recipe) -> tf.Tensor:
-    """The recipe's high-pass then low-pass (each a zero-phase Butterworth, at ``recipe.fs``), exactly
+    """The recipe's high-pass then low-pass (each a zero-phase Butterworth, at ``recipe.fs``) along the
+    last axis of (..., samples) (a window, a crop or a stack of crops), exactly
     as ``recipe.band_filter`` (``scipy.signal.sosfiltfilt``: odd padding, steady-state initial state)
     computes them.
 

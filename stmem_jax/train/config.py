@@ -1,13 +1,20 @@
-"""The config schemas of the trainers (ml_collections), with the public recipes as defaults.
+"""The config schemas of the trainers (ml_collections), with the authors' recipe as the default.
 
 ``pretraining()`` is what ``configs/pretrain/*.py`` start from, ``downstream()`` what
 ``configs/downstream/*.py`` start from; both share the sections built here once. Every
 field can be overridden on the command line (``--config.train.batch_size=512``). ``load_config``
 reads a config as ``--config`` does: a shipped config by name (``st_mem:vit_base``) or a file.
+
+``config.recipe`` chooses the recipe: ``authors`` (the default: what the ST-MEM authors' public code
+does, the project's spec ``recipe.md``) or ``stmem_jax`` (our departures from it, each with its
+reason in docs/guide.md). Every field of :data:`RECIPE_FIELDS` is None by default, meaning "as
+``config.recipe`` says"; set it to choose that item alone. :func:`resolve_recipe` fills them in at
+the start of every trainer, and the resolved values are what ``config.json`` records.
 """
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import inspect
 import json
@@ -21,8 +28,9 @@ from ml_collections.config_dict import placeholder
 
 from stmem_jax import methods
 from stmem_jax.core import fileio
-from stmem_jax.core.recipe import Recipe
+from stmem_jax.core.recipe import FILTER_PLACES, FLAT_LEADS, RESAMPLING, Recipe
 from stmem_jax.models import ENCODER_SIZES, PRESETS
+from stmem_jax.train.optim import DECAY_ON
 
 PRETRAINING_PRESETS = ("vit_base", "vit_small", "tiny")
 
@@ -61,9 +69,42 @@ def load_config(spec: str, arg: str = "") -> ml_collections.ConfigDict:
     return module.get_config(given if colon else arg)
 
 
+RECIPES = ("authors", "stmem_jax")
+# field -> (the authors' value, stmem-jax's): what a field left None takes from config.recipe
+RECIPE_FIELDS = {
+    "data.resample": ("fft", "polyphase"),
+    "data.filter": ("crop", "record"),
+    "data.flat_leads": ("keep", "drop"),
+    "data.augment_variant": ("authors", "stmem_jax"),
+    "train.weight_decay": (0.01, 0.05),
+    "train.weight_decay_on": ("all", "kernels"),
+    "train.layer_decay": (1.0, 0.75),
+    "model.drop_path": (0.0, 0.1),
+    "model.init_scheme": ("pytorch", "xavier"),
+    "train.linprobe": ("frozen_encoder", "cached_features"),
+    "eval.selection_loss": ("mean_logits", "mean_probabilities"),
+    "eval.max_evals": (0, 50),
+}
+
+
+def resolve_recipe(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """A copy of ``config`` with every field of :data:`RECIPE_FIELDS` it has that is None set to
+    ``config.recipe``'s value (fields set stay as they are)."""
+    if config.get("recipe") not in RECIPES:
+        raise ValueError(f"recipe={config.get('recipe')!r}: use {' or '.join(RECIPES)}")
+    config = copy.deepcopy(config)
+    for field, values in RECIPE_FIELDS.items():
+        section, name = field.split(".")
+        if section in config and name in config[section] and config[section][name] is None:
+            config[section][name] = values[RECIPES.index(config.recipe)]
+    return config
+
+
 def _common(preset: str) -> ml_collections.ConfigDict:
     """The sections and fields every trainer has."""
     config = ml_collections.ConfigDict()
+    config.recipe = "authors"          # authors (the ST-MEM authors' code) | stmem_jax (our departures): what
+                                       # every field shown None follows (docs/guide.md, "The recipe")
     config.model = ml_collections.ConfigDict(dict(
         preset=preset,                 # tiny | vit_small | vit_base
         dtype="float32",               # compute dtype (float32 | bfloat16); parameters stay float32
@@ -77,7 +118,16 @@ def _common(preset: str) -> ml_collections.ConfigDict:
         leads="12",                    # 12 | limb | 1 (lead I) | a lead name | comma-separated names (I,II,V1)
         crop_samples=Recipe.crop_samples,
         sample_rate=0,                 # > 0: windows resampled to this rate (Hz) in the pipeline; 0: the stored rate
-        bandpass=False,                # filter on the fly (for shards prepared with --no-filter)
+        resample=placeholder(str),     # fft (each native 10 s window) | polyphase (the record): how the folders were
+                                       # resampled, and the pipeline's resampling to sample_rate
+        filter=placeholder(str),       # crop (each crop after cropping) | window (each stored window) | record (none
+                                       # in the pipeline: the folders were filtered at preparation)
+        flat_leads=placeholder(str),   # keep | drop: what the folders' preparation did with records with a flat lead
+        augment_level=10,              # RandAugment magnitude 0..10
+        augment_ops=2,                 # ops drawn per input
+        augment_prob=0.5,              # probability of each drawn op
+        augment_variant=placeholder(str),  # authors (two distinct ops; the spec's) | stmem_jax (ours, with replacement)
+        augment_list="",               # comma-separated RandAugment ops to draw from; empty: all eight
         shuffle_buffer=10_000,
         synthetic_records=2_000,       # the built-in synthetic data (data.dir empty)
         synthetic_seed=0,
@@ -85,18 +135,19 @@ def _common(preset: str) -> ml_collections.ConfigDict:
     ))
     config.train = ml_collections.ConfigDict(dict(
         seed=0,
-        batch_size=64,                 # global, per optimizer step
+        batch_size=64,                 # global, per optimizer step. Batch, epochs and warm-up are ours: the authors'
+                                       # YAML holds placeholders (16, 10, 3) beside a dummy dataset
         grad_accum_steps=0,            # micro-batches per step (memory), same result as one big batch;
                                        # 0: automatic (1; on CPU at most 8 per device, 4 for ViT-B)
-        epochs=100,
+        epochs=100,                    # ours (see batch_size)
         num_steps=0,                   # > 0 overrides epochs
-        warmup_epochs=5,
+        warmup_epochs=5,               # ours (see batch_size)
         warmup_steps=-1,               # >= 0 overrides warmup_epochs
         base_lr=1e-3,                  # x global batch / 256
         lr=0.0,                        # > 0 sets the peak learning rate directly
         min_lr=0.0,
-        weight_decay=0.05,
-        weight_decay_on="kernels",     # kernels (Dense kernels only) | all (every parameter, as the public code)
+        weight_decay=placeholder(float),
+        weight_decay_on=placeholder(str),  # all (every trainable parameter) | kernels (Dense kernels only)
         b1=0.9,
         b2=0.999,
         clip_norm=0.0,
@@ -113,9 +164,12 @@ def _common(preset: str) -> ml_collections.ConfigDict:
 
 
 def pretraining(preset: str = "vit_base", method: str = "st_mem") -> ml_collections.ConfigDict:
-    """Pre-training (stmem-pretrain) with ``method`` (``stmem_jax.methods``), the ST-MEM paper's
-    recipe; ``config.model`` also holds the method's own fields. Presets: ``vit_base`` (the paper's),
-    ``vit_small``, ``tiny`` (a CPU run of minutes: float32, batch 64, 30 epochs)."""
+    """Pre-training (stmem-pretrain) with ``method`` (``stmem_jax.methods``) under ``config.recipe`` (the
+    authors' by default: AdamW betas (0.9, 0.95), weight decay 0.01 on every parameter, lr 1.5e-4 x
+    batch / 256); ``config.model`` also holds the method's own fields. Batch 512, 800 epochs and 40
+    warm-up epochs are ours (the authors' YAML holds placeholders beside a dummy dataset: 16, 10,
+    3; 800 epochs is what a third party reports for the released model). Presets: ``vit_base`` (the
+    paper's), ``vit_small``, ``tiny`` (a CPU run of minutes: float32, batch 64, 30 epochs)."""
     if preset not in PRETRAINING_PRESETS:
         raise ValueError(f"unknown preset {preset!r}: use {', '.join(PRETRAINING_PRESETS)}")
     config = _common(preset)
@@ -128,9 +182,6 @@ def pretraining(preset: str = "vit_base", method: str = "st_mem") -> ml_collecti
         lead_masking=0.0,              # random lead masking (RLM): each lead zeroed with this probability
         lead_masking_restandardize=False,  # then re-standardise the kept leads together (the public code's variant)
         augment=False,                 # RandAugment of the training inputs (finetune, scratch; pre-training: each view)
-        augment_level=10,              # RandAugment magnitude 0..10
-        augment_ops=2,                 # ops drawn per input
-        augment_prob=0.5,              # probability of each drawn op
         segment_samples=1200,          # segment1 / segment2 inputs (CMSC): each this long, adjacent
     )
     config.train.update(
@@ -155,8 +206,12 @@ def pretraining(preset: str = "vit_base", method: str = "st_mem") -> ml_collecti
 
 
 def downstream() -> ml_collections.ConfigDict:
-    """Fine-tuning, linear probing and training from scratch (stmem-finetune), the public recipe;
-    the configs in ``configs/downstream`` set the task and dataset."""
+    """Fine-tuning, linear probing and training from scratch (stmem-finetune) under ``config.recipe``
+    (the authors' by default: AdamW betas (0.9, 0.999), one learning rate 1e-3 x batch / 256 and
+    weight decay 0.05 on every trainable parameter, no drop path, RandAugment, model selection every
+    epoch); the configs in ``configs/downstream`` set the task and dataset. Batch 64, 100
+    epochs, 5 warm-up epochs and at least 1000 steps are ours (the authors' YAML holds placeholders
+    beside a dummy dataset: 16, 10, 3)."""
     config = _common("vit_base")
     config.mode = "finetune"           # finetune | linprobe | scratch
     config.init = ""                   # pre-trained weights (finetune, linprobe): a workdir, model directory or .pth;
@@ -164,7 +219,9 @@ def downstream() -> ml_collections.ConfigDict:
                                        # architecture to train (empty: model.kind from model.preset and sizes)
     config.model.update(
         kind="st_mem",                 # scratch: the method whose encoder trains (st_mem | mtae | mlae | ...)
-        drop_path=0.1,
+        drop_path=placeholder(float),  # stochastic depth, rising linearly over the blocks to this rate
+        init_scheme=placeholder(str),  # pytorch (PyTorch's defaults) | xavier (Xavier-uniform kernels, zero biases):
+                                       # the scratch encoder's and the new head's initialisation
         dropout=0.0,
         first_k_leads=False,           # the public code's rule: a k-lead input uses lead embeddings 0..k-1
     )
@@ -178,12 +235,17 @@ def downstream() -> ml_collections.ConfigDict:
         feature_cache="",              # linprobe feature cache; empty: <workdir>/features
         exclude_pretraining_overlap=False,  # leave out windows also in init's pre-training data (a workdir)
     )
-    config.train.layer_decay = 0.75    # finetune only
+    config.train.weight_decay = 0.05   # AdamW's decoupled weight decay (downstream: 0.05 in both recipes)
+    config.train.layer_decay = placeholder(float)  # finetune: a block's lr x this per block above it (1: none)
+    config.train.linprobe = placeholder(str)  # frozen_encoder (the head on augmented random crops through it) |
+                                       # cached_features (on the cached features of the evaluation crops, fast)
     config.train.min_steps = 1000      # with epochs: at least this many steps (1-5% of the labels: few per epoch)
     config.eval.update(
         crops=Recipe.eval_crops,
-        max_evals=50,                  # with every_steps 0: every epoch, at most this many times
+        max_evals=placeholder(int),    # with every_steps 0: every epoch, at most this many times (0: no cap)
         select="loss",                 # loss | auroc: the validation metric that picks the test checkpoint
+        selection_loss=placeholder(str),  # mean_logits (cross-entropy of the crops' mean logits) |
+                                       # mean_probabilities (of their mean probabilities): eval.select's loss
     )
     return config
 
@@ -204,7 +266,7 @@ RANGES = {
     "data.augment_ops": (0, None, True), "data.augment_prob": (0, 1, True),
     "data.shuffle_buffer": (1, None, True), "data.synthetic_records": (1, None, True), "data.workers": (1, None, True),
     "checkpoint.every_steps": (1, None, True), "checkpoint.keep": (1, None, True), "eval.every_steps": (0, None, True),
-    "eval.batch_size": (1, None, True), "eval.max_evals": (1, None, True), "eval.crops": (1, None, True),
+    "eval.batch_size": (1, None, True), "eval.max_evals": (0, None, True), "eval.crops": (1, None, True),
     "log.every_steps": (1, None, True), "log.figure_every_steps": (0, None, True), "mesh.fsdp": (1, None, True),
 }
 
@@ -222,6 +284,13 @@ def _outside(field: str, value: Any, bounds: tuple) -> str | None:
     return None
 
 
+# field -> the values it takes (None: as config.recipe says)
+CHOICES = {"recipe": RECIPES, "data.resample": RESAMPLING, "data.filter": FILTER_PLACES, "data.flat_leads": FLAT_LEADS,
+           "data.augment_variant": ("authors", "stmem_jax"), "train.weight_decay_on": DECAY_ON,
+           "model.init_scheme": ("pytorch", "xavier"), "train.linprobe": ("frozen_encoder", "cached_features"),
+           "eval.selection_loss": ("mean_logits", "mean_probabilities")}
+
+
 def check_values(config: ml_collections.ConfigDict) -> None:
     """Raises ValueError naming every field of ``config`` whose value means nothing (a negative
     learning rate, ``mask_ratio=0``, ``checkpoint.keep=0``, no step to train, ...): the common
@@ -236,6 +305,13 @@ def check_values(config: ml_collections.ConfigDict) -> None:
         if section in config and config[section].get(name) is not None:
             problems.append(_outside(field, config[section][name], bounds))
     problems = [p for p in problems if p]
+    for field, allowed in CHOICES.items():
+        section, _, name = field.rpartition(".")
+        tree = config[section] if section else config
+        if section and section not in config or name not in tree or tree[name] is None:
+            continue
+        if tree[name] not in allowed:
+            problems.append(f"{field}={tree[name]!r} is not one of {', '.join(allowed)}")
     train = config.train
     if not problems and not (train.num_steps or train.epochs):
         problems.append("train.num_steps and train.epochs are both 0: nothing to train")
@@ -352,5 +428,8 @@ def describe_fields(config: ml_collections.ConfigDict, file: str = "") -> list[s
     for key, value in rows:
         meaning = helps.get(key) or helps.get(key.split(".", 1)[-1]) or \
             ("set to override the preset" if value is None else "")
+        if key in RECIPE_FIELDS and value is None:
+            authors, ours = RECIPE_FIELDS[key]
+            meaning += f" [None: as recipe says, authors {authors!r}, stmem_jax {ours!r}]"
         lines.append(f"  --config.{key:<{size - 10}}  {value!r:<14}  {meaning}".rstrip())
     return lines

@@ -3,9 +3,12 @@
     stmem-finetune --config ptbxl:st_mem --workdir runs/ptbxl_st_mem \\
         --config.data.dir=/data/ptbxl --config.init=runs/pretrain --config.mode=finetune
 
-Modes (``config.mode``):
-  finetune  all weights from ``config.init``, layer-wise learning-rate decay, drop-path;
-  linprobe  frozen encoder from ``config.init``, only the head trains (``stmem_jax.train.linprobe``);
+Modes (``config.mode``), under ``config.recipe`` (``stmem_jax.train.config``: the authors' by default):
+  finetune  all weights from ``config.init`` (``train.layer_decay`` and ``model.drop_path`` as the
+          recipe says: none for the authors');
+  linprobe  frozen encoder from ``config.init``, only the head trains: on augmented random crops through
+          the frozen encoder in the fine-tuning loop (``train.linprobe=frozen_encoder``, the authors'),
+          or on cached features of the evaluation crops (``cached_features``, ``stmem_jax.train.linprobe``);
   scratch   random weights: the architecture of the encoder ``config.init`` names (the one it is compared
           with; only its shapes are used), else of the method ``config.model.kind`` built from
           ``config.model`` (``preset``, sizes).
@@ -14,14 +17,16 @@ Modes (``config.mode``):
 ``random:<method>`` or ``random:<path>``, that method's (or that model's) encoder at random
 initialisation (the random-encoder control).
 
-The loss is the classification loss; the evaluator validates at intervals (3 crops, probabilities
-averaged) and the state with the best validation loss or macro AUROC (``eval.select``) is
-evaluated on the test split. The workdir gets ``test_metrics.json`` (written last: a finished
-run), ``test_metrics.csv``, ``test_predictions.npz`` and ``model/`` (the selected classifier, with
-its input recipe). A run resumes from its latest checkpoint (``stmem_jax.train.loop``). Its
-``config.json`` records its identity, with ``init_checksum``, the checksum of the weights ``init``
-held: a rerun or a resume with other settings (``train.config.identity``) or other weights under
-the same path is refused, and a finished run is never reported for another.
+The loss is the classification loss; the evaluator validates every epoch (``eval.max_evals`` caps
+how often) and the state with the best validation loss (``eval.selection_loss``: of the 3 crops'
+mean logits, the authors', or of their mean probabilities) or macro AUROC (``eval.select``) is
+evaluated on the test split (the crops' probabilities averaged). The workdir gets
+``test_metrics.json`` (written last: a finished run), ``test_metrics.csv``, ``test_predictions.npz``
+and ``model/`` (the selected classifier, with its input recipe). A run resumes from its latest
+checkpoint (``stmem_jax.train.loop``). Its ``config.json`` records its identity, with
+``init_checksum``, the checksum of the weights ``init`` held: a rerun or a resume with other
+settings (``train.config.identity``) or other weights under the same path is refused, and a
+finished run is never reported for another.
 """
 
 from __future__ import annotations
@@ -49,8 +54,8 @@ from stmem_jax.data.pipeline import global_batches, mixture_names, model_recipe,
 from stmem_jax.data.tasks import resolve_task
 from stmem_jax.model_dir import save_model
 from stmem_jax.train import linprobe, loop, setup
-from stmem_jax.train.classification import (checkpoints_for, eval_interval, num_examples, scalars_of, score,
-                                            validation)
+from stmem_jax.train.classification import (checkpoints_for, crop_predictions, eval_interval, num_examples,
+                                            scalars_of, score, validation)
 from stmem_jax.train import config as config_lib
 from stmem_jax.train.reporting import Reporter
 
@@ -80,6 +85,9 @@ def build_classifier(config: ml_collections.ConfigDict, num_classes: int, lead_i
         encoder_params = None if config.mode == "scratch" else variables["params"]["encoder"]
     else:
         model, encoder_params = setup.scratch_classifier(config, num_classes, lead_ids), None
+    if config.mode == "linprobe":  # a frozen encoder: no dropout or drop path; a deeper head's linear one
+        model = model.clone(drop_path=0.0, dropout=0.0,
+                            **({"linear_head": True} if "linear_head" in models.fields(type(model)) else {}))
     if model.seq_len != config.data.crop_samples:
         raise ValueError(f"the encoder takes {model.seq_len}-sample inputs but data.crop_samples is "
                          f"{config.data.crop_samples}")
@@ -109,6 +117,7 @@ def random_encoder(config: ml_collections.ConfigDict, lead_ids: tuple[int, ...])
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Runs (or resumes) one downstream run; returns its test metrics record (``test_metrics.json``)."""
+    config = config_lib.resolve_recipe(config)
     config_lib.check_values(config)
     meshlib.initialize_from_config(config)
     if config.mode not in MODES:
@@ -136,7 +145,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     model, encoder_params = build_classifier(config, len(task.classes), task.lead_ids)
     mesh = meshlib.make_mesh(config.mesh.fsdp)
     has_val = any(config.data.val_split in m["splits"] for m in read_manifests(task.data_dir).values())
-    run = linprobe.train_head if config.mode == "linprobe" else train_end_to_end
+    cached = config.mode == "linprobe" and config.train.linprobe == "cached_features"
+    run = linprobe.train_head if cached else train_end_to_end
     params, selected, val, test = run(config, workdir, task, model, encoder_params, mesh, has_val)
     return _finish(config, workdir, task, model, params, selected, val, test, mesh, leak)
 
@@ -229,15 +239,16 @@ def _train_batch(config: ml_collections.ConfigDict, examples: int) -> int:
 
 
 def train_end_to_end(config, workdir, task, model, encoder_params, mesh, has_val):
-    """finetune / scratch: the whole classifier trains on augmented random crops; returns (params,
-    selected step, validation metrics, None: the test split is predicted by ``_finish``)."""
+    """finetune / scratch / linprobe through the frozen encoder: the classifier (a linear probe: its
+    head) trains on augmented random crops; returns (params, selected step, validation metrics,
+    None: the test split is predicted by ``_finish``)."""
     train_input = task.input(config, config.data.train_split, True, config.train.batch_size,
                              config.data.label_fraction)
     batch = _train_batch(config, num_examples(train_input))
     train_input = dataclasses.replace(train_input, batch_size=batch)
     schedule = loop.Schedule.of(config.train, batch, steps_per_epoch(train_input))
     run = setup.build(config, task.lead_ids, schedule, mesh.devices.flat, classifier=model, multilabel=task.multilabel)
-    probs_fn = infer.probabilities_fn(model, task.lead_ids, task.multilabel)
+    logits_fn = infer.outputs_fn(model, task.lead_ids)
     val_input = task.input(config, config.data.val_split, False, config.eval.batch_size)
     with contextlib.ExitStack() as stack:
         checkpoints = stack.enter_context(checkpoints_for(config, workdir, has_val))
@@ -249,7 +260,7 @@ def train_end_to_end(config, workdir, task, model, encoder_params, mesh, has_val
         validated = {}  # step -> validation metrics of this process's run (a resumed run recomputes the selected)
 
         def validate(state, step):
-            val = validated[step] = validation(task, infer.predict(probs_fn, state.params, val_input, mesh))
+            val = validated[step] = validation(config, task, predict(logits_fn, state.params, val_input, mesh, task))
             reporter.write(step, scalars_of(val), prefix="validation")
             checkpoints.save_best(step, state, {"val_score": score(config, val)})
 
@@ -262,8 +273,14 @@ def train_end_to_end(config, workdir, task, model, encoder_params, mesh, has_val
                                   sources=mixture_names(train_input))
         state, selected = loop.restore_best(checkpoints, state, target, step)
     val = None if not has_val else validated.get(selected) or validation(
-        task, infer.predict(probs_fn, state.params, val_input, mesh))
+        config, task, predict(logits_fn, state.params, val_input, mesh, task))
     return state.params, selected, val, None
+
+
+def predict(logits_fn, params, input_config, mesh, task) -> dict[str, np.ndarray]:
+    """``infer.predict`` of crop logits, as :func:`crop_predictions`: the crops' mean probabilities
+    (``outputs``) and mean logits."""
+    return crop_predictions(infer.predict(logits_fn, params, input_config, mesh), task.multilabel)
 
 
 def _finish(config, workdir, task, model, params, selected, val, predictions, mesh, leak) -> dict[str, Any]:
@@ -271,9 +288,8 @@ def _finish(config, workdir, task, model, params, selected, val, predictions, me
     the model (all processes take part), the predictions and the metrics (process 0)."""
     test_input = task.input(config, config.data.test_split, False, config.eval.batch_size)
     if predictions is None:
-        predictions = infer.predict(infer.probabilities_fn(model, task.lead_ids, task.multilabel), params,
-                                    test_input, mesh)
-    test = validation(task, predictions)
+        predictions = predict(infer.outputs_fn(model, task.lead_ids), params, test_input, mesh, task)
+    test = validation(config, task, predictions)
     record = {"task": task.name, "mode": config.mode, "init": config.init, "init_checksum": config.init_checksum,
               "data_dir": task.data_dir,
               "leads": config.data.leads, "label_fraction": config.data.label_fraction, "seed": config.train.seed,

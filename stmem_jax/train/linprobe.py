@@ -1,4 +1,7 @@
-"""Linear probing (``stmem-finetune --config.mode=linprobe``): the head alone trains on a frozen encoder.
+"""Linear probing on cached features (``stmem-finetune --config.mode=linprobe
+--config.train.linprobe=cached_features``, stmem-jax's fast path): the head alone trains on a frozen
+encoder's features. (The authors' linear probe, the default, trains the head on augmented random
+crops through the frozen encoder in the fine-tuning loop: ``stmem_jax.train.downstream``.)
 
 The pooled features of the evaluation crops of every example are computed once and cached as
 ``.npz`` (``<workdir>/features`` unless ``data.feature_cache`` is set); the head trains on every
@@ -26,9 +29,10 @@ from stmem_jax import infer, models
 from stmem_jax import mesh as meshlib
 from stmem_jax.core import fileio
 from stmem_jax.data.tasks import Task
+from stmem_jax.initialization import pytorch_defaults
 from stmem_jax.train import loop
-from stmem_jax.train.classification import (checkpoints_for, eval_interval, num_examples, scalars_of, score,
-                                            validation)
+from stmem_jax.train.classification import (checkpoints_for, crop_predictions, eval_interval, num_examples,
+                                            scalars_of, score, validation)
 from stmem_jax.train.config import save as save_config
 from stmem_jax.train.steps import classification_loss
 from stmem_jax.train.optim import from_config as optimizer
@@ -58,7 +62,7 @@ def cached_features(config, workdir: str, task: Task, encoder: nn.Module, encode
     if np.all(found):
         with fileio.open(path, "rb") as f, np.load(f) as data:
             return dict(data)
-    fn = jax.jit(lambda p, s: infer.crop_outputs(encoder, p, s, task.lead_ids))
+    fn = infer.outputs_fn(encoder, task.lead_ids)
     params = jax.device_put({"encoder": jax.device_get(encoder_params)}, meshlib.replicated(mesh))
     features = infer.predict(fn, params, input_config, mesh)
     if jax.process_index() == 0:
@@ -99,8 +103,10 @@ def train_head(config, workdir, task, model, encoder_params, mesh, has_val):
     example = jnp.zeros((1, len(task.lead_ids), model.seq_len), jnp.float32)
     width = jax.eval_shape(lambda p: encoder.apply({"params": {"encoder": p}}, example, leads=task.lead_ids),
                            encoder_params).shape[-1]
-    head = model.init(jax.random.key(config.train.seed), jnp.zeros((1, width)),
-                      method=lambda m, f: m.head(f))["params"]["head"]
+    key = jax.random.key(config.train.seed)
+    head = model.init(key, jnp.zeros((1, width)), method=lambda m, f: m.head(f))["params"]["head"]
+    if config.model.init_scheme == "pytorch":
+        head = pytorch_defaults({"head": head}, key)["head"]
     tx = optimizer(config.train, schedule.learning_rate, {"head": head})
 
     def step(state, xb, yb, key):
@@ -109,14 +115,14 @@ def train_head(config, workdir, task, model, encoder_params, mesh, has_val):
             lambda p: classification_loss(head_logits(p["head"], xb), yb, task.multilabel))(state.params)
         return loop.guarded_update(state, tx, loss, grads)
 
-    probs_fn = jax.jit(lambda head, feats: infer.crop_probabilities(head_logits(head, feats), task.multilabel))
+    logits_fn = jax.jit(head_logits)
 
     def predictions(state, split):
-        return {**features[split], "outputs": np.asarray(probs_fn(jax.device_get(state.params)["head"],
-                                                                  features[split]["outputs"]))}
+        logits = np.asarray(logits_fn(jax.device_get(state.params)["head"], features[split]["outputs"]))
+        return crop_predictions({**features[split], "outputs": logits}, task.multilabel)
 
     def validate_head(state):
-        return validation(task, predictions(state, config.data.val_split))
+        return validation(config, task, predictions(state, config.data.val_split))
 
     with contextlib.ExitStack() as stack:
         checkpoints = stack.enter_context(checkpoints_for(config, workdir, has_val))

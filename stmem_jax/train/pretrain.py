@@ -31,8 +31,8 @@ from stmem_jax import mesh as meshlib
 from stmem_jax.core import fileio
 from stmem_jax.core.shards import read_manifests
 from stmem_jax.core.recipe import Recipe
-from stmem_jax.data.pipeline import (InputConfig, global_batches, lead_indices_for, mixture_names, model_recipe,
-                                     parse_weights, steps_per_epoch)
+from stmem_jax.data.pipeline import (InputConfig, global_batches, input_options, lead_indices_for, mixture_names,
+                                     model_recipe, parse_weights, steps_per_epoch)
 from stmem_jax.model_dir import save_model
 from stmem_jax.train import loop, setup
 from stmem_jax.train.checkpoints import Checkpoints
@@ -43,7 +43,9 @@ from stmem_jax.train.reporting import Reporter
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Runs (or resumes) pre-training on ``config.data.dir`` (one folder or several, mixed by
     ``data.weights``); returns a summary (final step, last losses, paths). Raises ``loop.Interrupted``
-    when stopped by a signal (a checkpoint is kept)."""
+    when stopped by a signal (a checkpoint is kept). ``config`` is resolved first
+    (``config.resolve_recipe``: the authors' recipe unless ``config.recipe`` says otherwise)."""
+    config = config_lib.resolve_recipe(config)
     config_lib.check_values(config)
     meshlib.initialize_from_config(config)
     if not config.data.dir:
@@ -99,11 +101,10 @@ def method_input(config: ml_collections.ConfigDict, method: methods.Method, spli
     """The pipeline of ``method``'s inputs (its views) with the config's data settings."""
     d = config.data
     return InputConfig(data_dir=d.dir, split=split, batch_size=batch_size, training=training, leads=d.leads,
-                       crop_samples=d.crop_samples, bandpass=d.bandpass, seed=config.train.seed,
-                       shuffle_buffer=d.shuffle_buffer, weights=parse_weights(d.weights) if training else None,
-                       views=method.inputs, segment_samples=d.segment_samples, sample_rate=d.sample_rate,
-                       augment=d.augment, augment_level=d.augment_level, augment_ops=d.augment_ops,
-                       augment_prob=d.augment_prob, eval_crops=1)
+                       crop_samples=d.crop_samples, seed=config.train.seed, shuffle_buffer=d.shuffle_buffer,
+                       weights=parse_weights(d.weights) if training else None, views=method.inputs,
+                       segment_samples=d.segment_samples, sample_rate=d.sample_rate, augment=d.augment, eval_crops=1,
+                       **input_options(d))
 
 
 def _trained_recipe(input_config: InputConfig) -> Recipe:

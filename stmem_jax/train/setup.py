@@ -15,7 +15,9 @@ import ml_collections
 import optax
 
 from stmem_jax import methods, microbatch, models
+from stmem_jax.initialization import pytorch_defaults
 from stmem_jax.train import loop, steps
+from stmem_jax.train.config import resolve_recipe
 from stmem_jax.train.optim import from_config as optimizer
 
 
@@ -49,8 +51,11 @@ def scratch_classifier(config: ml_collections.ConfigDict, num_classes: int, lead
 def build(config: ml_collections.ConfigDict, lead_ids: Sequence[int], schedule: loop.Schedule,
           devices: Sequence[jax.Device], *, classifier: nn.Module | None = None, multilabel: bool = False) -> Setup:
     """The pre-training set-up of ``config.method`` or, given ``classifier``, the set-up that trains it
-    (layer-wise learning-rate decay when ``config.mode`` is finetune), for a global batch of
-    ``schedule.global_batch`` inputs holding the leads ``lead_ids`` split over ``devices``."""
+    (``model.init_scheme``'s initialisation; ``train.layer_decay`` when ``config.mode`` is finetune;
+    with linprobe only the head trains, the encoder frozen), for a global batch of
+    ``schedule.global_batch`` inputs holding the leads ``lead_ids`` split over ``devices``.
+    ``config`` is resolved first (``config.resolve_recipe``)."""
+    config = resolve_recipe(config)
     lead_ids = tuple(lead_ids)
     init_key, step_key = jax.random.split(jax.random.key(config.train.seed))
     if classifier is None:
@@ -75,11 +80,14 @@ def build(config: ml_collections.ConfigDict, lead_ids: Sequence[int], schedule: 
 
         def init_params(encoder: Any = None):
             params = model.init({"params": init_key, "dropout": init_key}, example, leads=lead_ids)["params"]
+            if config.model.init_scheme == "pytorch":
+                params = pytorch_defaults(params, init_key)
             return params if encoder is None else {**params, "encoder": encoder}
 
         layer_decay = config.train.layer_decay if config.get("mode") == "finetune" else 1.0
+        frozen = ("encoder",) if config.get("mode") == "linprobe" else ()
         tx = optimizer(config.train, schedule.learning_rate, jax.eval_shape(init_params), layer_decay=layer_decay,
-                       depth=model.depth)
+                       depth=model.depth, frozen=frozen)
 
         def init_state(encoder: Any = None):
             return loop.TrainState.create(init_params(encoder), tx)
@@ -92,5 +100,5 @@ def build(config: ml_collections.ConfigDict, lead_ids: Sequence[int], schedule: 
                                    config.data.get("lead_masking", 0.0),
                                    config.data.get("lead_masking_restandardize", False))
     else:
-        step = steps.classifier_step(model, tx, multilabel, lead_ids, accum_steps)
+        step = steps.classifier_step(model, tx, multilabel, lead_ids, accum_steps, frozen=frozen)
     return Setup(model, tx, init_state, step, inputs, step_key, accum_steps, model.forward_flops(len(lead_ids)))

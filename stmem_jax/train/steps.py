@@ -63,19 +63,23 @@ def pretrain_step(method: Method, model: nn.Module, tx: optax.GradientTransforma
 
 
 def classifier_step(model: nn.Module, tx: optax.GradientTransformation, multilabel: bool,
-                    lead_ids: tuple[int, ...], accum_steps: int = 1):
+                    lead_ids: tuple[int, ...], accum_steps: int = 1, frozen: tuple[str, ...] = ()):
     """One optimizer step of a classifier, as ``accum_steps`` micro-batches whose gradients are averaged
     (``stmem_jax.microbatch``); dropout / drop-path keys from ``fold_in(key, step)`` (and the
-    micro-batch's number)."""
+    micro-batch's number). The top-level parameter parts in ``frozen`` (a linear probe's
+    ``encoder``) pass through ``stop_gradient``: no backward pass through them."""
 
     def step(state: loop.TrainState, series: jax.Array, labels: jax.Array, key: jax.Array):
         step_key = jax.random.fold_in(key, state.step)
 
+        def loss_of(params, micro, rng):
+            params = {k: jax.lax.stop_gradient(v) if k in frozen else v for k, v in params.items()}
+            logits = model.apply({"params": params}, micro[0], leads=lead_ids, train=True, rngs={"dropout": rng})
+            return classification_loss(logits, micro[1], multilabel)
+
         def grad_fn(params, micro, index):
             rng = step_key if index is None else jax.random.fold_in(step_key, index)
-            return jax.value_and_grad(lambda p: classification_loss(
-                model.apply({"params": p}, micro[0], leads=lead_ids, train=True, rngs={"dropout": rng}),
-                micro[1], multilabel))(params)
+            return jax.value_and_grad(loss_of)(params, micro, rng)
 
         loss, grads = microbatch.mean_gradients(grad_fn, state.params, (series, labels), accum_steps)
         return loop.guarded_update(state, tx, loss, grads)
