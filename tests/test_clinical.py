@@ -214,7 +214,7 @@ def test_embed_files_gives_api_embed_of_the_pydicom_array_and_one_row_per_window
     assert embed.main(["--model", encoder_dir, "--files", str(folder), "--output", output, "--batch-size", "2"]) == 3
     out = np.load(output)
     assert list(out["record_id"]) == ["holter.edf", "site/exam.dcm", "ukb.xml"] and list(out["window"]) == [0, 0, 0]
-    encoder, variables = infer.load_encoder(encoder_dir)
+    encoder, variables = api.load_encoder(encoder_dir)  # with the recipe it was saved with
     expected, _, _ = dicom_mv()
     reference = api.embed(encoder, variables, expected, fs=1000)
     np.testing.assert_allclose(out["features"][1], reference[0], atol=1e-4)
