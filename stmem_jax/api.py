@@ -24,7 +24,6 @@ are cut into windows as stmem-prepare cuts them, and their first usable window i
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import weakref
 from collections.abc import Sequence
@@ -37,7 +36,7 @@ from stmem_jax import infer
 from stmem_jax.core.ecgfile import ECG, ECGFileError, read_ecg
 from stmem_jax.core.leads import LEAD_NAMES, lead_indices
 from stmem_jax.core import recipe as recipe_lib
-from stmem_jax.core.recipe import AUTHORS, Recipe, window_inputs
+from stmem_jax.core.recipe import AUTHORS, Recipe, authors_for, window_inputs
 from stmem_jax.core.signal import RecordError
 from stmem_jax.plots import reconstruction_figure
 
@@ -61,7 +60,7 @@ def _recipe_of(variables: dict[str, Any], model) -> Recipe:
     leaves = jax.tree.leaves(variables)
     entry = _RECIPES.get(id(leaves[0])) if leaves else None
     return entry[1] if entry is not None and entry[0]() is leaves[0] else \
-        dataclasses.replace(AUTHORS, crop_samples=model.seq_len)
+        authors_for(model)
 
 
 def load_encoder(path: str) -> tuple[Any, dict[str, Any]]:

@@ -310,10 +310,9 @@ def convert(argv: list[str] | None = None) -> int:
     """``stmem-convert``: public PyTorch checkpoints to model directories and back (``stmem_jax.convert``).
     Exit status 0; 1 on an error in the inputs (one line naming the file); 2 on a usage error."""
     import argparse
-    import dataclasses
 
     from stmem_jax import convert as lib
-    from stmem_jax.core.recipe import AUTHORS
+    from stmem_jax.core.recipe import authors_for
     from stmem_jax.model_dir import load_model, save_model
     from stmem_jax.models import count_parameters, model_config
 
@@ -339,7 +338,7 @@ def convert(argv: list[str] | None = None) -> int:
         if args.command == "import":
             model, variables = lib.load_torch_checkpoint(args.checkpoint, strict=not args.allow_unused,
                                                          kind=args.kind)
-            recipe = dataclasses.replace(AUTHORS, crop_samples=model.seq_len)  # the authors' code trained it
+            recipe = authors_for(model)  # the authors' code trained it
             save_model(args.output, model, variables, overwrite=args.overwrite,
                        metadata={"source": fileio.absolute(args.checkpoint), "recipe": recipe.to_dict()})
         else:

@@ -70,7 +70,6 @@ def run_demo(workdir: str, *, records: int = 3000, pretrain_steps: int = 100, do
     from stmem_jax.cli import synthetic_dataset, use_compilation_cache
     from stmem_jax.embed import embed_split
     from stmem_jax.grid import run_grid, write_results
-    from stmem_jax.infer import load_pretraining_model
     from stmem_jax.train import pretrain
     from stmem_jax.train.config import load_config
 
@@ -126,11 +125,11 @@ def run_demo(workdir: str, *, records: int = 3000, pretrain_steps: int = 100, do
 
     print("== 4/4 figures", flush=True)
     figures = fileio.join(workdir, "figures")
-    model, variables = load_pretraining_model(init)
+    model, variables = api.load_pretraining_model(init)  # remembers the recipe it was trained on
     ecg = api.read_ecg(_test_record(fileio.join(workdir, "data", "native")))
     reconstruction = api.reconstruct(model, variables, ecg.signal, fs=ecg.fs, leads=ecg.leads, seed=0)
     encoder_model, encoder_vars = methods.classification_encoder(model, variables)
-    embedded = embed_split(encoder_model, encoder_vars, data_dir, "test", task="st_mem")
+    embedded = embed_split(encoder_model, encoder_vars, data_dir, "test", task="st_mem", recipe=api.input_recipe(init))
     paths = {
         "reconstruction": api.plot_reconstruction(reconstruction, fileio.join(figures, "reconstruction.png")),
         "fresh_reconstruction": fileio.join(pretrain_dir, "figures",

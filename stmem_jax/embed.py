@@ -33,7 +33,7 @@ from stmem_jax import mesh as meshlib
 from stmem_jax.core import fileio
 from stmem_jax.core.label_table import lookup, read_label_table
 from stmem_jax.core.leads import lead_indices, parse_leads
-from stmem_jax.core.recipe import AUTHORS, Recipe
+from stmem_jax.core.recipe import Recipe, authors_for
 from stmem_jax.core.shards import read_manifests
 from stmem_jax.core.signal import EXIT_SKIPPED
 
@@ -41,12 +41,13 @@ from stmem_jax.core.signal import EXIT_SKIPPED
 def embed_split(encoder, variables, data_dir: str, split: str, leads="12", task: str | None = None,
                 batch_size: int = 64, crops: int | None = None, recipe: Recipe | None = None) -> dict[str, np.ndarray]:
     """Features of every example of a prepared split (of one folder, or of several one after the
-    other), read by the input pipeline as the encoder's ``recipe`` says (default: the recipe at the
-    encoder's crop length; ``infer.input_recipe`` reads a saved model's): at its rate (resampled in
-    the pipeline where the data's differs), crop length and evaluation crops (``crops`` overrides)."""
+    other), read by the input pipeline as the encoder's ``recipe`` says (default: the authors' at the
+    encoder's crop length; ``infer.input_recipe`` reads a saved model's; ``infer.split_input`` says
+    how a folder prepared otherwise serves): at its rate (resampled in the pipeline where the data's
+    differs), crop length and evaluation crops (``crops`` overrides)."""
     from stmem_jax.data.pipeline import folders, task_classes  # TensorFlow: only to read a split
 
-    recipe = recipe or dataclasses.replace(AUTHORS, crop_samples=encoder.seq_len)
+    recipe = recipe or authors_for(encoder)
     recipe = dataclasses.replace(recipe, eval_crops=crops or recipe.eval_crops)
     input_config = infer.split_input(data_dir, split, recipe, leads, batch_size, task=task)
     mesh = meshlib.make_mesh()
@@ -63,10 +64,10 @@ def embed_files(encoder, variables, folder: str, leads="12", labels_csv: str | N
                 crops: int | None = None, per_window: bool = False, pattern: str | None = None,
                 recipe: Recipe | None = None) -> tuple[dict[str, np.ndarray], list[tuple[str, str]]]:
     """Features of the ECG files under ``folder`` (any format ``core.ecgfile`` reads), each through
-    the encoder's ``recipe`` (default: the authors' recipe at the encoder's crop length): one row per file (its
-    first usable window) or per window, the file's relative path as ``record_id``; and the files left
-    out with their reasons."""
-    recipe = recipe or dataclasses.replace(AUTHORS, crop_samples=encoder.seq_len)
+    the encoder's ``recipe`` (default: the authors' at the encoder's crop length; ``infer.input_recipe``
+    reads a saved model's): one row per file (its first usable window) or per window, the file's
+    relative path as ``record_id``; and the files left out with their reasons."""
+    recipe = recipe or authors_for(encoder)
     recipe = dataclasses.replace(recipe, eval_crops=crops or recipe.eval_crops)
     out, skipped = infer.file_outputs(infer.features_fn(encoder, lead_indices(leads)), variables["params"], folder,
                                       leads, recipe, crop_samples=encoder.seq_len, per_window=per_window,

@@ -31,7 +31,7 @@ from stmem_jax.convert import load_torch_checkpoint
 from stmem_jax.core import fileio
 from stmem_jax.core.ecgfile import list_files, read_ecg
 from stmem_jax.core.leads import LEAD_NAMES, lead_indices
-from stmem_jax.core.recipe import AUTHORS, Recipe, window_inputs
+from stmem_jax.core.recipe import Recipe, authors_for, window_inputs
 from stmem_jax.core.shards import read_manifests
 from stmem_jax.core.signal import RecordError
 from stmem_jax.model_dir import MODEL_FILE, load_model, read_description
@@ -76,7 +76,7 @@ def input_recipe(path: str, model: nn.Module | None = None, prefer: Sequence[str
     recipe (then the only one) at the model's crop length, at ``data.sample_rate`` when the saved
     pre-training config set one."""
     if fileio.isfile(path):
-        return dataclasses.replace(AUTHORS, crop_samples=(model or load_torch_checkpoint(path)[0]).seq_len)
+        return authors_for(model or load_torch_checkpoint(path)[0])
     directory = model_directory(path, prefer)
     file = fileio.join(directory, MODEL_FILE)
     described, _, metadata = read_description(directory)
@@ -116,23 +116,38 @@ def checksum(path: str, prefer: Sequence[str] = ("encoder", "model"), *, weights
 def split_input(data_dir: str, split: str, recipe: Recipe, leads, batch_size: int, task: str | None = None
                 ) -> InputConfig:
     """The evaluation input of a prepared split that shows a model the input of ``recipe``: its crops
-    and evaluation crops, its filter placement and resampling (a folder prepared otherwise is an
-    error naming it when read), the windows resampled to its rate in the pipeline where the data's
-    differs; an error naming the folder when the data's window or band filter cannot give that."""
+    and evaluation crops, its filter placement, the windows resampled to its rate in the pipeline
+    (with its resampling) where the data's differs. A folder prepared under the other recipe still
+    serves, with a printed note: the model's band filter where the folder has none (each stored
+    window, the closest to a record filtered at preparation), none in the pipeline where the folder
+    was filtered at preparation; its windows as they were resampled. An error naming the folder when
+    the data's window or band filter cannot give the model's input."""
     from stmem_jax.data.pipeline import InputConfig, model_recipe  # TensorFlow: only to read a split
 
     manifests = read_manifests(data_dir)
-    rates = set()
-    for directory, manifest in manifests.items():
-        data = Recipe.of_manifest(manifest)
+    stored = {directory: Recipe.of_manifest(manifest) for directory, manifest in manifests.items()}
+    for directory, data in stored.items():
         if data.window_s != recipe.window_s:
             raise ValueError(f"{directory} holds {data.window_s:g} s windows; the model was trained on "
                              f"{recipe.window_s:g} s windows")
-        rates.add(data.fs)
+    rates = {data.fs for data in stored.values()}
+    filter_on, prefiltered = recipe.filter_on, {data.prefiltered for data in stored.values()}
+    if prefiltered == {True} and filter_on != "record":
+        filter_on = "record"
+    elif prefiltered == {False} and filter_on == "record":
+        filter_on = "window"
+    differs = sorted({f"{directory} ({data.name})" for directory, data in stored.items()
+                      if (data.prefiltered, data.resample) != (recipe.prefiltered, recipe.resample)})
+    if differs:
+        print(f"note: prepared otherwise than the model's input ({recipe.name} recipe: "
+              f"{'band filter at preparation' if recipe.prefiltered else 'no filter at preparation'}, "
+              f"{recipe.resample} resampling): {', '.join(differs)}; the pipeline filters "
+              f"{ {'record': 'nothing', 'window': 'each stored window', 'crop': 'each crop'}[filter_on] }",
+              flush=True)
     input_config = InputConfig(data_dir=data_dir, split=split, batch_size=batch_size, training=False, leads=leads,
                                task=task, crop_samples=recipe.crop_samples, eval_crops=recipe.eval_crops,
-                               filter=recipe.filter_on, resample=recipe.resample,
-                               sample_rate=0 if rates == {recipe.fs} else recipe.fs)
+                               filter=filter_on, sample_rate=0 if rates == {recipe.fs} else recipe.fs,
+                               resample="" if rates == {recipe.fs} else recipe.resample)
     wanted = (recipe.highpass_hz, recipe.lowpass_hz, recipe.filter_order)
     for directory in manifests:
         seen = model_recipe(dataclasses.replace(input_config, data_dir=directory))

@@ -102,7 +102,8 @@ def _step_and_inputs(config: ml_collections.ConfigDict, mesh: Mesh, global_batch
         if config.mode == "linprobe" and config.train.linprobe == "cached_features":
             raise ValueError("linear probing on cached features trains only a head: nothing to plan")
         run = setup.build(config, lead_ids, schedule, mesh.devices.flat,
-                          classifier=setup.scratch_classifier(config, num_classes, lead_ids))
+                          classifier=setup.for_mode(setup.scratch_classifier(config, num_classes, lead_ids),
+                                                    config.mode))
         batch = [series, jax.ShapeDtypeStruct((global_batch,), jnp.int32, sharding=batch_sharding)]
     else:
         run = setup.build(config, lead_ids, schedule, mesh.devices.flat)

@@ -244,7 +244,7 @@ def test_cmsc_refuses_pretraining_on_batches_of_one_patient(tmp_path):
     method = methods.get("cmsc")
     method.check_batch({"patient": jnp.array([4, 4, 9, 4], jnp.int32)})  # a negative pair: fine
     data = write_dataset(tmp_path / "one", num_records=2, windows_per_record=8, tasks={},
-                         splits={"train": 1.0})  # 16 windows of one patient
+                         splits={"train": 1.0}, recipe="authors")  # 16 windows of one patient
     config = load_config("cmsc", "tiny")
     for key, value in {**{f"model.{k}": v for k, v in SMALL.items() if k in ("width", "depth", "heads", "mlp_dim")},
                        "data.segment_samples": 600, "data.dir": data, "train.batch_size": 8, "train.num_steps": 2,

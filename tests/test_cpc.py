@@ -278,7 +278,7 @@ def test_a_100_hz_encoder_gets_100_hz_crops_from_model_or_encoder_through_embed_
     # the API on the native recording (500 Hz): the same crops, the same features
     native = os.path.join(os.path.dirname(synthetic_shards), "native", "records500")
     ecg = read_ecg(os.path.join(native, f"{int(ids[0]) // 1000 * 1000:05d}", f"{int(ids[0]):05d}_hr.hea"))
-    np.testing.assert_allclose(api.prepare(ecg.signal, ecg.fs, recipe=recipe)[0], batch["series"][0], atol=2e-3)
+    np.testing.assert_allclose(api.model_inputs(ecg.signal, ecg.fs, recipe=recipe)[0], batch["series"][0], atol=2e-3)
     np.testing.assert_allclose(api.embed(encoder, variables, [ecg])[0], split["features"][0], rtol=1e-3, atol=1e-5)
 
 

@@ -1,4 +1,5 @@
 import csv
+import dataclasses
 import json
 import os
 import shutil
@@ -16,6 +17,7 @@ from stmem_jax.data.pipeline import InputConfig, make_dataset
 from stmem_jax import methods
 from stmem_jax.models import create_model, init_variables
 from stmem_jax.core.leads import parse_leads
+from stmem_jax.core.recipe import AUTHORS
 from stmem_jax.data.tasks import resolve_task
 from stmem_jax.train import checkpoints, downstream, linprobe, loop
 from stmem_jax.train.config import downstream as downstream_config, load_config
@@ -49,12 +51,14 @@ def split_ids(data_dir, split="test", task="rhythm"):
 
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory):
-    """A (randomly initialised) pre-training workdir as stmem-pretrain leaves it: model/ and encoder/."""
+    """A (randomly initialised) pre-training workdir as stmem-pretrain leaves it: model/ and encoder/,
+    each recording the authors' recipe as its input."""
     workdir = tmp_path_factory.mktemp("pretrain")
     model = create_model("st_mem", "tiny", **SIZES, decoder_width=64, decoder_depth=1, decoder_heads=1)
     variables = init_variables(model, jax.random.key(0))
-    save_model(workdir / "model", model, variables)
-    save_model(workdir / "encoder", *methods.get("st_mem").encoder(model, variables))
+    metadata = {"recipe": dataclasses.replace(AUTHORS, crop_samples=model.seq_len).to_dict()}
+    save_model(workdir / "model", model, variables, metadata=metadata)
+    save_model(workdir / "encoder", *methods.get("st_mem").encoder(model, variables), metadata=metadata)
     return str(workdir)
 
 

@@ -418,3 +418,28 @@ def test_views_two_crops_segments_patients_and_resampling_match_numpy(data):
     training = dataclasses.replace(evaluation, split="train", training=True, batch_size=4)
     assert batches(training, 1)[0]["view1"].shape == (4, 1, 900)
     assert batches(evaluation, 1)[0]["view1"].shape == (4, 1, 900)
+
+
+def test_a_model_reads_a_folder_prepared_for_the_other_recipe_with_a_note(tmp_path, capsys):
+    """stmem-embed and stmem-predict feed a model of one recipe a folder prepared for the other: its
+    band filter on each stored window where the folder has none, none where the folder was filtered,
+    saying so; a folder prepared for the model's recipe is read silently."""
+    import dataclasses
+
+    from stmem_jax.core.recipe import RECIPES
+    from stmem_jax.infer import split_input
+
+    ours = dataclasses.replace(RECIPES["stmem_jax"], eval_crops=1)
+    theirs = dataclasses.replace(RECIPES["authors"], eval_crops=1)
+    unfiltered = write_dataset(tmp_path / "a", num_records=2, tasks={}, splits={"test": 1.0}, recipe="authors")
+    filtered = write_dataset(tmp_path / "s", num_records=2, tasks={}, splits={"test": 1.0}, recipe="stmem_jax")
+    for folder, recipe, place, note in ((unfiltered, ours, "window", f"{unfiltered} (authors); the pipeline filters "
+                                                                       f"each stored window"),
+                                        (filtered, theirs, "record", f"{filtered} (stmem_jax); the pipeline filters "
+                                                                     f"nothing"),
+                                        (filtered, ours, "record", None), (unfiltered, theirs, "crop", None)):
+        config = split_input(folder, "test", recipe, "12", 2)
+        printed = capsys.readouterr().out
+        assert config.filter == place and ((note in printed) if note else not printed), printed
+        series = batches(config)[0]["series"]
+        assert series.shape == (2, 1, 12, recipe.crop_samples) and np.isfinite(series).all()

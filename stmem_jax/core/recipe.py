@@ -150,6 +150,12 @@ AUTHORS = Recipe(resample="fft", filter_on="crop", flat_leads="keep")
 RECIPES = {"authors": AUTHORS, "stmem_jax": Recipe()}
 
 
+def authors_for(model) -> Recipe:
+    """The authors' recipe at ``model``'s crop length (``seq_len``): the input of a model that says
+    nothing of its own (a public ``.pth``, variables not loaded by ``api``)."""
+    return dataclasses.replace(AUTHORS, crop_samples=model.seq_len)
+
+
 def crop_starts(total: int, length: int, count: int) -> tuple[int, ...]:
     """Starts of ``count`` crops of ``length`` samples in ``total``: equally spaced from 0 to
     ``total - length`` (rounded), one crop centred."""

@@ -249,7 +249,10 @@ def check_preparation(config: InputConfig, directory: str, manifest: dict) -> No
 
     expected = next((name for name, recipe in RECIPES.items() if fits(recipe)), None)
     redo = f"`stmem-prepare --recipe {expected}`" if expected else "stmem-prepare's --resample/--filter/--flat-leads"
-    run = f"--config.recipe={stored.name}" if stored.name != "custom" else " ".join(f"--config.{f}=..." for f, *_ in wrong)
+    folder = {"data.filter": "record" if stored.prefiltered else "crop", "data.resample": stored.resample,
+              "data.flat_leads": stored.flat_leads}  # the settings that read the folder as it is
+    run = " ".join(f"--config.{f}={folder[f]}" for f, *_ in wrong) + \
+        (f" (--config.recipe={stored.name} sets each one not set otherwise)" if stored.name != "custom" else "")
     raise ValueError(f"{directory} was prepared with {', '.join(h for _, h, _ in wrong)} (recipe {stored.name}), "
                      f"but this run's recipe expects {', '.join(w for *_, w in wrong)} "
                      f"({', '.join(f for f, *_ in wrong)}): prepare it again with {redo}, or run with {run}")

@@ -22,8 +22,7 @@ method (the facts in the project's spec, ``baselines.md``, section "CPC for ECG"
   nothing). The exported encoder holds them as parameters ``mean`` / ``var`` (:meth:`Cpc.encoder`
   reads them from ``variables['extra']``, the state's extra) that its BatchNorms use through
   ``stop_gradient``: they do not train in fine-tuning either (the downstream state is parameters
-  only; weight decay on them with ``train.weight_decay_on=all`` would shrink them: keep the
-  default ``kernels``).
+  only; weight decay, even ``train.weight_decay_on=all``, never touches them: ``optim.decay_mask``).
 - Classifier (``cpc_classifier``): the encoder and LSTM, concat pooling over time [mean, max, last]
   (3 x width), then BN, Dropout 0.25, Dense(-> 512), ReLU, BN, Dropout 0.5, Dense(-> classes). The
   head's BatchNorms cannot keep running statistics (parameters only) [choice]: each is a learned

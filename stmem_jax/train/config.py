@@ -28,7 +28,9 @@ from ml_collections.config_dict import placeholder
 
 from stmem_jax import methods
 from stmem_jax.core import fileio
+from stmem_jax.core import recipe as recipe_lib
 from stmem_jax.core.recipe import FILTER_PLACES, FLAT_LEADS, RESAMPLING, Recipe
+from stmem_jax.initialization import INIT_SCHEMES
 from stmem_jax.models import ENCODER_SIZES, PRESETS
 from stmem_jax.train.optim import DECAY_ON
 
@@ -69,7 +71,7 @@ def load_config(spec: str, arg: str = "") -> ml_collections.ConfigDict:
     return module.get_config(given if colon else arg)
 
 
-RECIPES = ("authors", "stmem_jax")
+RECIPES = tuple(recipe_lib.RECIPES)  # authors, stmem_jax: the order of RECIPE_FIELDS' pairs
 # field -> (the authors' value, stmem-jax's): what a field left None takes from config.recipe
 RECIPE_FIELDS = {
     "data.resample": ("fft", "polyphase"),
@@ -284,11 +286,11 @@ def _outside(field: str, value: Any, bounds: tuple) -> str | None:
     return None
 
 
-# field -> the values it takes (None: as config.recipe says)
+# field -> the values it takes (None: as config.recipe says); a two-way field's are the recipes' own
 CHOICES = {"recipe": RECIPES, "data.resample": RESAMPLING, "data.filter": FILTER_PLACES, "data.flat_leads": FLAT_LEADS,
-           "data.augment_variant": ("authors", "stmem_jax"), "train.weight_decay_on": DECAY_ON,
-           "model.init_scheme": ("pytorch", "xavier"), "train.linprobe": ("frozen_encoder", "cached_features"),
-           "eval.selection_loss": ("mean_logits", "mean_probabilities")}
+           "train.weight_decay_on": DECAY_ON, "model.init_scheme": INIT_SCHEMES,
+           **{field: RECIPE_FIELDS[field] for field in ("data.augment_variant", "train.linprobe",
+                                                          "eval.selection_loss")}}
 
 
 def check_values(config: ml_collections.ConfigDict) -> None:

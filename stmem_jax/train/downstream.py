@@ -68,7 +68,8 @@ def build_classifier(config: ml_collections.ConfigDict, num_classes: int, lead_i
                      ) -> tuple[nn.Module, Any]:
     """The run's classifier and the pre-trained encoder parameters (None for scratch). Scratch takes
     the architecture of the encoder ``init`` names (the one it is compared with), else of
-    ``model.kind`` built from ``config.model``."""
+    ``model.kind`` built from ``config.model`` (``config.resolve_recipe``'s)."""
+    config = config_lib.resolve_recipe(config)
     m = config.model
     if config.mode != "scratch" and not config.init:
         raise ValueError(f"mode {config.mode!r} needs pre-trained weights: set init (or use mode 'scratch')")
@@ -79,15 +80,11 @@ def build_classifier(config: ml_collections.ConfigDict, num_classes: int, lead_i
                       remat=m.remat)
         if "first_k_leads" in models.fields(type(encoder)):
             fields["first_k_leads"] = m.first_k_leads
-        if config.mode == "linprobe" and "linear_head" in models.fields(type(encoder)):
-            fields["linear_head"] = True  # a classifier with a deeper fine-tuning head is probed with its linear one
         model = encoder.clone(**fields)
         encoder_params = None if config.mode == "scratch" else variables["params"]["encoder"]
     else:
         model, encoder_params = setup.scratch_classifier(config, num_classes, lead_ids), None
-    if config.mode == "linprobe":  # a frozen encoder: no dropout or drop path; a deeper head's linear one
-        model = model.clone(drop_path=0.0, dropout=0.0,
-                            **({"linear_head": True} if "linear_head" in models.fields(type(model)) else {}))
+    model = setup.for_mode(model, config.mode)
     if model.seq_len != config.data.crop_samples:
         raise ValueError(f"the encoder takes {model.seq_len}-sample inputs but data.crop_samples is "
                          f"{config.data.crop_samples}")
@@ -195,9 +192,10 @@ def with_identity(config: ml_collections.ConfigDict, cache: dict | None = None, 
                   ) -> ml_collections.ConfigDict:
     """The config a run of ``config`` records as its identity (``config.json``): :func:`encoder_input`'s,
     with ``init_checksum`` (:func:`init_checksum`): a rerun with other weights under the same path is
-    another run. Imports the method ``model.kind`` names (a method of your own: its saved models load)."""
+    another run, and the recipe's fields resolved (``config.resolve_recipe``). Imports the method
+    ``model.kind`` names (a method of your own: its saved models load)."""
     methods.get(config.model.kind)
-    config = copy.deepcopy(encoder_input(config, quiet))
+    config = copy.deepcopy(encoder_input(config_lib.resolve_recipe(config), quiet))
     with config.unlocked():
         config.init_checksum = init_checksum(config, cache)
     return config

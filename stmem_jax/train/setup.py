@@ -40,12 +40,21 @@ class Setup:
 def scratch_classifier(config: ml_collections.ConfigDict, num_classes: int, lead_ids: Sequence[int]) -> nn.Module:
     """The classifier that ``model.kind`` (a method) fine-tunes, at random initialisation: the
     encoder the method would export from its model of ``config.model`` (preset and sizes, e.g. CPC's
-    own), with a head and the run's dropout and drop-path."""
-    m = config.model
+    own), with a head and the run's dropout and drop-path (``config.resolve_recipe``'s)."""
+    m = resolve_recipe(config).model
     method = methods.get(m.kind)
     encoder = method.classifier_model(method.model(config, lead_ids))
     fields = {"first_k_leads": m.first_k_leads} if "first_k_leads" in models.fields(type(encoder)) else {}
     return encoder.clone(num_classes=num_classes, drop_path=m.drop_path, dropout=m.dropout, **fields)
+
+
+def for_mode(classifier: nn.Module, mode: str) -> nn.Module:
+    """The classifier a downstream ``mode`` trains: for a linear probe (a frozen encoder) no dropout or
+    drop path, and a deeper head's linear one."""
+    if mode != "linprobe":
+        return classifier
+    return classifier.clone(drop_path=0.0, dropout=0.0,
+                            **({"linear_head": True} if "linear_head" in models.fields(type(classifier)) else {}))
 
 
 def build(config: ml_collections.ConfigDict, lead_ids: Sequence[int], schedule: loop.Schedule,
