@@ -18,8 +18,10 @@ with the paper's numbers beside ours (``grid.reference=paper``).
 3. writes ``<workdir>/grid/results.md`` (both layouts, the paper's numbers beside ours) and
    ``runs.csv``, prints them and the wall time of each phase.
 A rerun with the same workdir resumes: finished pre-trainings and runs are reused. On a 2-core CPU
-a fine-tune run takes about 20 s, a linear probe 2-3 s, a ViT pre-training about 40 s: with every
-method about 40 minutes (7 minutes for the second command). The numbers are a smoke test of the
+under the default (authors') recipe a fine-tune run takes about 20-60 s (CPC's LSTM the longest), a
+linear probe through the frozen encoder 10-40 s, a ViT pre-training about 40 s: with every method
+about an hour (docs/results.md; 31 minutes under ``config.recipe=stmem_jax``, whose probes train on
+cached features). The numbers are a smoke test of the
 pipeline, not the paper's (tiny models, synthetic data: the paper's column shows the layout and
 the gaps).
 """
