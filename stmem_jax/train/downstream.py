@@ -195,7 +195,7 @@ def with_identity(config: ml_collections.ConfigDict, cache: dict | None = None, 
     another run, and the recipe's fields resolved (``config.resolve_recipe``). Imports the method
     ``model.kind`` names (a method of your own: its saved models load)."""
     methods.get(config.model.kind)
-    config = copy.deepcopy(encoder_input(config_lib.resolve_recipe(config), quiet))
+    config = encoder_input(config_lib.resolve_recipe(config), quiet)  # resolve_recipe: a copy
     with config.unlocked():
         config.init_checksum = init_checksum(config, cache)
     return config
